@@ -1,0 +1,162 @@
+"""Argument validation shared by every public function: one place, clear messages.
+
+Every check raises before anything is written, so running statistics are never half-updated.
+Messages name the argument, the value received and what was expected.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def is_device_array(a) -> bool:
+    """True for GPU arrays: anything with ``__cuda_array_interface__`` and numba's (simulated) device arrays."""
+    if isinstance(a, np.ndarray):
+        return False
+    return hasattr(a, "__cuda_array_interface__") or type(a).__name__ in ("DeviceNDArray", "FakeCUDAArray")
+
+
+def array(name: str, a, *, min_ndim: int = 1, what: str = "") -> np.ndarray:
+    """A float32/float64 array (NumPy or device). NumPy inputs are made C-contiguous (one copy if needed)."""
+    if a is None:
+        raise TypeError(f"{name} is None; expected a float32 or float64 array")
+    if not is_device_array(a):
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{name} has type {type(a).__name__}; expected a NumPy (or CUDA) array")
+    dtype = np.dtype(a.dtype)
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} has dtype {dtype}; expected float32 or float64")
+    if len(a.shape) < min_ndim:
+        raise ValueError(
+            f"{name} has shape {tuple(a.shape)} (rank {len(a.shape)}); expected rank >= {min_ndim}"
+            + (f" {what}" if what else "")
+        )
+    if isinstance(a, np.ndarray) and not a.flags.c_contiguous:
+        a = np.ascontiguousarray(a)  # kernels assume C order; documented one copy
+    return a
+
+
+def same_dtype(name: str, a, ref_name: str, ref) -> None:
+    if np.dtype(a.dtype) != np.dtype(ref.dtype):
+        raise TypeError(f"{name} has dtype {np.dtype(a.dtype)} but {ref_name} has dtype {np.dtype(ref.dtype)}; "
+                        "mixed dtypes are not supported")
+
+
+def like(name: str, a, ref_name: str, ref):
+    """An array with exactly the shape and dtype of ``ref`` (e.g. dy like x)."""
+    a = array(name, a, min_ndim=0)
+    if tuple(a.shape) != tuple(ref.shape):
+        raise ValueError(f"{name} has shape {tuple(a.shape)}; expected the shape of {ref_name}, {tuple(ref.shape)}")
+    same_dtype(name, a, ref_name, ref)
+    return a
+
+
+def same_shape(name: str, a, ref_name: str, ref):
+    """A float array of ``ref``'s shape whose dtype may differ (e.g. float64 outputs of the reference backend
+    passed back to a backward); the backend casts it to what it computes in."""
+    a = array(name, a, min_ndim=0)
+    if tuple(a.shape) != tuple(ref.shape):
+        raise ValueError(f"{name} has shape {tuple(a.shape)}; expected the shape of {ref_name}, {tuple(ref.shape)}")
+    return a
+
+
+def param(name: str, p, shape: tuple, x, *, required: bool = False, writable: bool = False):
+    """An optional per-feature parameter (weight, bias, running statistics) of ``shape`` and x's dtype."""
+    if p is None:
+        if required:
+            raise TypeError(f"{name} is None; expected an array of shape {shape}")
+        return None
+    if not (isinstance(p, np.ndarray) or is_device_array(p)):
+        raise TypeError(f"{name} has type {type(p).__name__}; expected an array of shape {shape} or None")
+    if tuple(p.shape) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(p.shape)}; expected {tuple(shape)}")
+    same_dtype(name, p, "x", x)
+    if writable:
+        if isinstance(p, np.ndarray) and not p.flags.writeable:
+            raise ValueError(f"{name} is read-only; running statistics are updated in place")
+        return p
+    return array(name, p, min_ndim=0)
+
+
+def stats(name: str, s, shape: tuple):
+    """Saved statistics from a forward pass: float arrays of ``shape``; returned as float64 (NumPy) arrays."""
+    if s is None:
+        raise TypeError(f"{name} is None; expected the {name} returned by the forward pass, shape {shape}")
+    if not (isinstance(s, np.ndarray) or is_device_array(s)):
+        raise TypeError(f"{name} has type {type(s).__name__}; expected an array of shape {shape}")
+    if tuple(s.shape) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(s.shape)}; expected {tuple(shape)}")
+    if np.dtype(s.dtype) not in FLOAT_DTYPES:
+        raise TypeError(f"{name} has dtype {np.dtype(s.dtype)}; expected float64 (or float32)")
+    if isinstance(s, np.ndarray):
+        return np.ascontiguousarray(s, dtype=np.float64)
+    return s
+
+
+def channel_axis(axis, x) -> int:
+    """axis=1 (channels-first) or -1 (channels-last); returns the non-negative channel axis."""
+    if isinstance(axis, bool) or axis not in (1, -1):
+        raise ValueError(f"axis={axis!r}; expected 1 (channels-first, (N, C, *spatial)) "
+                         "or -1 (channels-last, (N, *spatial, C))")
+    return 1 if axis == 1 else x.ndim - 1
+
+
+def normalized_shape(value, x) -> tuple:
+    """normalized_shape: an int or a tuple of ints equal to x's trailing dimensions."""
+    shape = (value,) if isinstance(value, (int, np.integer)) else value
+    try:
+        shape = tuple(int(d) for d in shape)
+    except TypeError:
+        raise TypeError(f"normalized_shape={value!r}; expected an int or a tuple of ints") from None
+    k = len(shape)
+    if k == 0 or k > x.ndim or tuple(x.shape[x.ndim - k:]) != shape:
+        raise ValueError(f"normalized_shape={shape} does not match the trailing dimensions of x, shape "
+                         f"{tuple(x.shape)}")
+    if math.prod(shape) == 0:
+        raise ValueError(f"normalized_shape={shape} has zero elements; expected a non-empty normalized shape")
+    return shape
+
+
+def momentum(value) -> float:
+    try:
+        m = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"momentum={value!r}; expected a real number in [0, 1]") from None
+    if not 0.0 <= m <= 1.0:
+        raise ValueError(f"momentum={value!r}; expected a real number in [0, 1] (PyTorch convention: "
+                         "running = (1 - momentum) * running + momentum * batch)")
+    return m
+
+
+def positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}={value!r}; expected a positive integer")
+    return int(value)
+
+
+def real(name: str, value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}={value!r}; expected a real number") from None
+
+
+def output(name: str, out, shape: tuple, dtype, inputs: dict):
+    """A preallocated output: exact shape and dtype, writable, C-contiguous, sharing memory with no input."""
+    if out is None:
+        return None
+    if not (isinstance(out, np.ndarray) or is_device_array(out)):
+        raise TypeError(f"{name} has type {type(out).__name__}; expected an array or None")
+    if tuple(out.shape) != tuple(shape) or np.dtype(out.dtype) != np.dtype(dtype):
+        raise ValueError(f"{name} has shape {tuple(out.shape)} and dtype {np.dtype(out.dtype)}; expected shape "
+                         f"{tuple(shape)} and dtype {np.dtype(dtype)}")
+    if isinstance(out, np.ndarray):
+        if not out.flags.writeable or not out.flags.c_contiguous:
+            raise ValueError(f"{name} must be a writable C-contiguous array")
+        for in_name, a in inputs.items():
+            if isinstance(a, np.ndarray) and np.shares_memory(out, a):
+                raise ValueError(f"{name} shares memory with {in_name}; outputs must not overlap inputs")
+    return out

@@ -1,0 +1,101 @@
+"""PreciseBN: population statistics accumulated over many batches.
+
+``PopulationStats.update(x, axis=1)`` computes each batch's per-channel (count, mean, M2) with the chosen
+backend and merges them in float64:
+
+* ``weighting="samples"``: Chan's parallel formula, so ``mean`` and ``var()`` are exactly the statistics of
+  the concatenation of every batch seen, whatever the batch sizes.
+* ``weighting="batches"``: every batch has equal weight (the PreciseBN formula):
+  ``mu_pop = E[mu_B]`` and ``var_pop = E[mu_B**2 + var_B] - E[mu_B]**2`` (var_B the biased batch variance).
+
+``var(correction=c)`` scales the population's biased variance by ``n/(n - c)``, n the number of samples seen,
+so the two weightings agree for equal-size batches for every correction.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import _checks, registry
+
+WEIGHTINGS = ("samples", "batches")
+
+
+class PopulationStats:
+    def __init__(self, num_features, *, weighting="samples"):
+        self.num_features = _checks.positive_int("num_features", num_features)
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting={weighting!r}; expected one of {list(WEIGHTINGS)}")
+        self.weighting = weighting
+        self.reset()
+
+    def reset(self):
+        C = self.num_features
+        self.count = 0  # samples seen per channel
+        self.num_batches = 0
+        self._mean = np.zeros(C)  # samples: running mean;        batches: sum of mu_B
+        self._m2 = np.zeros(C)  # samples: running M2;             batches: sum of mu_B**2 + var_B
+
+    def update(self, x, axis=1, *, backend=None):
+        """Merge one batch (N, C, *spatial) (``axis=1``) or (N, *spatial, C) (``axis=-1``). Empty batches are
+        ignored. Returns self."""
+        x = _checks.array("x", x, min_ndim=2, what="(N, C, *spatial); a 1-D input is an error")
+        ax = _checks.channel_axis(axis, x)
+        if x.shape[ax] != self.num_features:
+            raise ValueError(f"x has {x.shape[ax]} channels on axis={axis}; expected num_features="
+                             f"{self.num_features}")
+        n = x.size // self.num_features
+        if n == 0:
+            return self
+        backend = registry.pick_backend(x, backend, "batch_norm")
+        module = registry._backend_module(backend, "batch")
+        count, mean, m2 = module.channel_moments(x, 1 if ax == 1 or x.ndim == 2 else -1)
+        self.merge_moments(count, np.asarray(mean, np.float64), np.asarray(m2, np.float64))
+        return self
+
+    def merge_moments(self, count, mean, m2, num_batches=1):
+        """Merge per-channel moments of ``count`` samples (for "batches", ``num_batches`` batch(es))."""
+        if count == 0:
+            return self
+        if self.weighting == "samples":
+            total = self.count + count
+            delta = mean - self._mean
+            self._mean = self._mean + delta * (count / total)
+            self._m2 = self._m2 + m2 + delta * delta * (self.count * count / total)
+        else:
+            self._mean = self._mean + mean
+            self._m2 = self._m2 + mean * mean + m2 / count
+        self.count += count
+        self.num_batches += num_batches
+        return self
+
+    def merge(self, other: "PopulationStats"):
+        """Merge another accumulator of the same kind (e.g. from another process)."""
+        if other.num_features != self.num_features or other.weighting != self.weighting:
+            raise ValueError("can only merge PopulationStats with the same num_features and weighting")
+        if other.count == 0:
+            return self
+        if self.weighting == "samples":
+            return self.merge_moments(other.count, other._mean, other._m2, other.num_batches)
+        self._mean = self._mean + other._mean
+        self._m2 = self._m2 + other._m2
+        self.count += other.count
+        self.num_batches += other.num_batches
+        return self
+
+    @property
+    def mean(self) -> np.ndarray:
+        if self.count == 0:
+            return np.full(self.num_features, np.nan)
+        return self._mean.copy() if self.weighting == "samples" else self._mean / self.num_batches
+
+    def var(self, correction=0) -> np.ndarray:
+        correction = int(correction)
+        if correction < 0:
+            raise ValueError(f"correction={correction}; expected a non-negative integer")
+        if self.count <= correction:
+            return np.full(self.num_features, np.nan)
+        if self.weighting == "samples":
+            return self._m2 / (self.count - correction)
+        mu = self._mean / self.num_batches
+        biased = np.maximum(self._m2 / self.num_batches - mu * mu, 0.0)
+        return biased * (self.count / (self.count - correction))

@@ -1,0 +1,1 @@
+"""float64 NumPy oracle: one module per family, readable formulas."""
