@@ -1,0 +1,51 @@
+"""The physical limit: the copy baseline of design.md's performance method.
+
+``copy_seconds(nbytes)`` times the faster of ``np.copyto`` (single-threaded) and a ``prange`` copy on all
+Numba threads, on a working set of the same size as the kernel's, so a cache-resident case is compared with a
+cache-resident copy.  Effective bandwidth of a kernel = bytes it must move / time; its *fraction of the limit*
+is that bandwidth over the copy's, divided by the pass's factor where x must be read twice:
+:data:`TWO_READ_FORWARD` (2/3) and :data:`TWO_READ_BACKWARD` (3/5).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from numba import njit, prange
+
+TWO_READ_FORWARD = 2 / 3
+TWO_READ_BACKWARD = 3 / 5
+
+
+@njit(parallel=True, cache=True)
+def _parallel_copy(dst, src):
+    for i in prange(src.size):
+        dst[i] = src[i]
+
+
+def median_seconds(fn, repeats=7, warmup=1, min_time=0.0):
+    """Median wall time of ``fn()`` over ``repeats`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def copy_seconds(nbytes, repeats=7):
+    """Median time of the faster copy of a working set of ``nbytes`` (read nbytes/2, write nbytes/2)."""
+    n = max(1, int(nbytes) // 2 // 4)
+    src = np.ones(n, np.float32)
+    dst = np.zeros_like(src)  # touched: no first-touch page faults in the timing
+    t_np = median_seconds(lambda: np.copyto(dst, src), repeats)
+    t_par = median_seconds(lambda: _parallel_copy(dst, src), repeats)
+    return min(t_np, t_par)
+
+
+def copy_gbps(nbytes, repeats=7):
+    """Bandwidth (GB/s, bytes read + written) of the best copy of an ``nbytes`` working set."""
+    moved = 2 * (max(1, int(nbytes) // 2 // 4) * 4)
+    return moved / copy_seconds(nbytes, repeats) / 1e9

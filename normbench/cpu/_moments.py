@@ -1,0 +1,229 @@
+"""The variance algorithms shared by every CPU kernel: one implementation of each.
+
+Every primitive returns per-range moments as ``(mean, m2)`` (m2 = sum of squared deviations) so that any
+split of the data — a row over threads, a channel over the batch — merges exactly with Chan's formula
+(:func:`chan_merge`).  Algorithms (runtime codes, see ``normbench.numerics.VARIANCE_CODE``):
+
+* ``TWO_PASS``: mean, then the sum of squared deviations (reads the range twice; exact-ish, cache-friendly).
+* ``WELFORD``: blocked Welford: the range is cut into blocks of ``BLOCK`` values whose (mean, m2) are computed
+  in registers and merged into the running moments with Chan's formula (vectorisable, one pass).
+* ``NAIVE``: sum and sum of squares, ``m2 = s2 - s1**2/n`` clamped at 0 (catastrophic cancellation on offset
+  data: kept on purpose for the accuracy study).
+* ``SHIFTED``: one pass of sums around ``K = x[lo]``: ``m2 = sum((x-K)**2) - sum(x-K)**2/n`` (clamped at 0);
+  with a float64 accumulator this is as accurate as two-pass on float32 data and as fast as one pass.
+
+Each comes with a float32 and a float64 accumulator (``acc64``).  ``fastmath`` allows reassociation and
+contraction only (vectorised sums); never ``nnan``/``ninf``, so NaN and Inf propagate as IEEE says.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+FASTMATH = {"reassoc", "contract"}
+TWO_PASS, WELFORD, NAIVE, SHIFTED = 0, 1, 2, 3
+BLOCK = 64  # values per Welford block
+
+
+def _make_range_moments(acc):
+    """Compile the four algorithms for accumulator type ``acc`` (np.float32 or np.float64)."""
+
+    @njit(fastmath=FASTMATH, cache=True)
+    def range_moments(x, lo, hi, algo):
+        n = hi - lo
+        zero = acc(0.0)
+        if n <= 0:
+            return zero, zero
+        if algo == TWO_PASS:
+            s = zero
+            for i in range(lo, hi):
+                s += acc(x[i])
+            mean = s / acc(n)
+            q = zero
+            for i in range(lo, hi):
+                d = acc(x[i]) - mean
+                q += d * d
+            return mean, q
+        if algo == WELFORD:
+            count = zero
+            mean = zero
+            q = zero
+            for b in range(lo, hi, BLOCK):
+                e = min(b + BLOCK, hi)
+                k = acc(e - b)
+                s = zero
+                for i in range(b, e):
+                    s += acc(x[i])
+                bm = s / k
+                bq = zero
+                for i in range(b, e):
+                    d = acc(x[i]) - bm
+                    bq += d * d
+                tot = count + k
+                delta = bm - mean
+                mean += delta * (k / tot)
+                q += bq + delta * delta * (count * k / tot)
+                count = tot
+            return mean, q
+        if algo == NAIVE:
+            s = zero
+            s2 = zero
+            for i in range(lo, hi):
+                v = acc(x[i])
+                s += v
+                s2 += v * v
+            mean = s / acc(n)
+            q = s2 - s * mean
+            if q < zero:  # cancellation can make it negative; NaN stays NaN
+                q = zero
+            return mean, q
+        # SHIFTED
+        shift = acc(x[lo])
+        s = zero
+        s2 = zero
+        for i in range(lo, hi):
+            d = acc(x[i]) - shift
+            s += d
+            s2 += d * d
+        q = s2 - s * (s / acc(n))
+        if q < zero:
+            q = zero
+        return shift + s / acc(n), q
+
+    return range_moments
+
+
+range_moments_acc32 = _make_range_moments(np.float32)
+range_moments_acc64 = _make_range_moments(np.float64)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def range_moments(x, lo, hi, algo, acc64):
+    """(mean, m2) in float64 of the contiguous 1-D range ``x[lo:hi]`` with algorithm ``algo``."""
+    if acc64:
+        m, q = range_moments_acc64(x, lo, hi, algo)
+        return np.float64(m), np.float64(q)
+    m, q = range_moments_acc32(x, lo, hi, algo)
+    return np.float64(m), np.float64(q)
+
+
+@njit(cache=True)
+def chan_merge(na, mean_a, m2_a, nb, mean_b, m2_b):
+    """Chan et al.'s pairwise merge of two (count, mean, m2) summaries, in float64."""
+    n = na + nb
+    if nb == 0:
+        return na, mean_a, m2_a
+    if na == 0:
+        return nb, mean_b, m2_b
+    delta = mean_b - mean_a
+    fa = np.float64(na)
+    fb = np.float64(nb)
+    mean = mean_a + delta * (fb / (fa + fb))
+    m2 = m2_a + m2_b + delta * delta * (fa * fb / (fa + fb))
+    return n, mean, m2
+
+
+def _make_column_moments(acc):
+    @njit(fastmath=FASTMATH, cache=True)
+    def column_moments(x, r0, r1, algo, mean_out, m2_out, work):
+        """Per-column (mean, m2) of rows ``r0:r1`` of the 2-D C-contiguous ``x`` (rows x C), vectorised over
+        C: written to ``mean_out``/``m2_out`` (float64, length C). ``work`` is a (3, C) scratch of ``acc``."""
+        C = x.shape[1]
+        n = r1 - r0
+        s = work[0]
+        s2 = work[1]
+        t = work[2]
+        for c in range(C):
+            s[c] = 0.0
+            s2[c] = 0.0
+        if n <= 0:
+            for c in range(C):
+                mean_out[c] = 0.0
+                m2_out[c] = 0.0
+            return
+        if algo == TWO_PASS:
+            for r in range(r0, r1):
+                for c in range(C):
+                    s[c] += acc(x[r, c])
+            for c in range(C):
+                t[c] = s[c] / acc(n)
+            for r in range(r0, r1):
+                for c in range(C):
+                    d = acc(x[r, c]) - t[c]
+                    s2[c] += d * d
+            for c in range(C):
+                mean_out[c] = t[c]
+                m2_out[c] = s2[c]
+            return
+        if algo == WELFORD:
+            count = 0
+            for c in range(C):
+                mean_out[c] = 0.0
+                m2_out[c] = 0.0
+            for b in range(r0, r1, BLOCK):
+                e = min(b + BLOCK, r1)
+                k = e - b
+                for c in range(C):
+                    s[c] = 0.0
+                    s2[c] = 0.0
+                for r in range(b, e):
+                    for c in range(C):
+                        s[c] += acc(x[r, c])
+                for c in range(C):
+                    t[c] = s[c] / acc(k)
+                for r in range(b, e):
+                    for c in range(C):
+                        d = acc(x[r, c]) - t[c]
+                        s2[c] += d * d
+                tot = count + k
+                fa = np.float64(count) / tot
+                fb = np.float64(k) / tot
+                for c in range(C):
+                    delta = np.float64(t[c]) - mean_out[c]
+                    mean_out[c] += delta * fb
+                    m2_out[c] += np.float64(s2[c]) + delta * delta * (fa * k)
+                count = tot
+            return
+        if algo == NAIVE:
+            for r in range(r0, r1):
+                for c in range(C):
+                    v = acc(x[r, c])
+                    s[c] += v
+                    s2[c] += v * v
+            for c in range(C):
+                m = s[c] / acc(n)
+                q = s2[c] - s[c] * m
+                if q < 0:
+                    q = 0
+                mean_out[c] = m
+                m2_out[c] = q
+            return
+        # SHIFTED around the first row
+        for c in range(C):
+            t[c] = acc(x[r0, c])
+        for r in range(r0, r1):
+            for c in range(C):
+                d = acc(x[r, c]) - t[c]
+                s[c] += d
+                s2[c] += d * d
+        for c in range(C):
+            q = s2[c] - s[c] * (s[c] / acc(n))
+            if q < 0:
+                q = 0
+            mean_out[c] = t[c] + s[c] / acc(n)
+            m2_out[c] = q
+
+    return column_moments
+
+
+column_moments_acc32 = _make_column_moments(np.float32)
+column_moments_acc64 = _make_column_moments(np.float64)
+
+
+@njit(cache=True)
+def rstd_from_m2(m2, n, correction, eps, eps_code):
+    """1/sqrt(var + eps) (eps_code 0) or 1/(sqrt(var) + eps) (1), var = m2/(n - correction), in float64."""
+    var = m2 / np.float64(n - correction)
+    if eps_code == 0:
+        return 1.0 / np.sqrt(var + eps)
+    return 1.0 / (np.sqrt(var) + eps)
