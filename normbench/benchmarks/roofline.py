@@ -1,0 +1,63 @@
+"""``normbench bandwidth``: the copy baseline at several working-set sizes and the limits that apply.
+
+The copy is the faster of ``np.copyto`` (single-threaded) and a ``prange`` copy on all Numba threads
+(:mod:`normbench.bandwidth`).  A kernel's limit is the copy's bandwidth on its working set, or 2/3 (forward) and
+3/5 (backward) of it where x must be read twice (a reduction slab that cannot stay in cache).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from normbench import bandwidth
+
+DEFAULT_MIB = (1, 4, 16, 32, 64, 128, 256, 512)
+
+
+def measure(sizes_mib, repeats: int = 7) -> list[dict]:
+    rows = []
+    for mib in sizes_mib:
+        nbytes = int(mib * 2**20)
+        n = max(1, nbytes // 2 // 4)
+        src = np.ones(n, np.float32)
+        dst = np.zeros_like(src)
+        moved = 2 * n * 4
+        t_np = bandwidth.median_seconds(lambda: np.copyto(dst, src), repeats)
+        t_par = bandwidth.median_seconds(lambda: bandwidth._parallel_copy(dst, src), repeats)
+        best = moved / min(t_np, t_par) / 1e9
+        rows.append({"working_set_mib": mib, "copyto_gbps": moved / t_np / 1e9, "prange_gbps": moved / t_par / 1e9,
+                     "copy_gbps": best, "limit_fwd_two_read_gbps": best * bandwidth.TWO_READ_FORWARD,
+                     "limit_bwd_two_read_gbps": best * bandwidth.TWO_READ_BACKWARD})
+        del src, dst
+    return rows
+
+
+def main(argv=None) -> int:
+    import numba
+    import pandas as pd
+
+    ap = argparse.ArgumentParser(prog="normbench bandwidth", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--mib", type=float, action="append", help="working-set size in MiB (repeatable)")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--json", action="store_true", help="print JSON records instead of a table")
+    args = ap.parse_args(argv)
+    sizes = args.mib or DEFAULT_MIB
+    if min(sizes) <= 0 or args.repeats < 1:
+        print("normbench bandwidth: --mib must be > 0 and --repeats >= 1", file=sys.stderr)
+        return 2
+    df = pd.DataFrame(measure(sizes, args.repeats))
+    if args.json:
+        print(df.to_json(orient="records", indent=1))
+        return 0
+    print(f"copy baseline ({numba.get_num_threads()} Numba threads; GB/s counts bytes read + written)\n")
+    print(df.to_markdown(index=False, floatfmt=".1f"))
+    print("\nlimits: a kernel whose reduction slab stays in cache is judged against the copy; where x must be read "
+          f"twice the limit is {bandwidth.TWO_READ_FORWARD:.3g} x copy forward and "
+          f"{bandwidth.TWO_READ_BACKWARD:.3g} x copy backward. Headline figures use working sets >= 128 MiB.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,307 @@
+"""``normbench run`` (what ``make bench`` runs): every case of the matrix against the copy limit and the peers.
+
+For each case of :mod:`normbench.benchmarks.cases` and each selected backend: build the inputs, compile in a
+warm-up call, time forward and backward (median over repeats) writing into preallocated ``out=``/``dx_out=``,
+time a copy of the same working set (:func:`normbench.bandwidth.copy_seconds`), and report effective GB/s, the
+fraction of copy bandwidth and of the limit that applies (the copy, or 2/3 / 3/5 of it where the reduction slab
+cannot stay in cache), the speed-up over each installed peer timed on the same inputs, and the error of every
+implementation against the float64 reference on those inputs (in units of the dtype's epsilon, see
+:func:`error_eps`).  Results go to ``results/runs/<machine>-<UTC timestamp>.json`` and ``.csv`` (never
+overwriting), a summary table per variant and pass to stdout, and a one-line verdict on the slowest case.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from normbench import bandwidth, registry
+from normbench.benchmarks import cases as _cases
+
+SCHEMA = "normbench.run/1"
+#: time spent per peer measurement at most (peers can be 100x slower than the kernels): repeats shrink to fit
+PEER_BUDGET_S = 2.0
+
+
+# ============================================================================================ accuracy
+def error_eps(y, ref, dtype) -> float:
+    """max over rows of ``max|y - ref| / (eps(dtype) * max|ref|)`` within the row (design.md's unit); rows are
+    the leading axis.  Falls back to the accuracy harness's metric when it is installed."""
+    try:
+        from normbench.accuracy.metrics import error_eps as harness
+    except ImportError:
+        harness = None
+    if harness is not None:
+        return float(harness(y, ref, dtype))
+    y = np.asarray(y, np.float64).reshape(len(y), -1) if np.ndim(y) > 1 else np.asarray(y, np.float64)[None]
+    ref = np.asarray(ref, np.float64).reshape(y.shape)
+    scale = np.abs(ref).max(axis=1)
+    err = np.abs(y - ref).max(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_row = np.where(scale > 0, err / scale, err) / np.finfo(dtype).eps
+    return float(np.nanmax(per_row)) if per_row.size else 0.0
+
+
+# ============================================================================================ timing
+def _buffers(case: _cases.Case, backend: str, inputs: dict) -> dict:
+    """Preallocated, touched outputs (a fresh output costs page faults: design.md's pitfalls)."""
+    dt = registry.output_dtype(backend, inputs["x"])
+    kw = {"out": np.zeros(inputs["x"].shape, dt)}
+    if case.variant == "fused_add_norm":
+        kw["h_out"] = np.zeros(inputs["x"].shape, dt)
+    return kw
+
+
+def _repeats_for(seconds: float, repeats: int, budget: float) -> int:
+    return max(3, min(repeats, int(budget / max(seconds, 1e-9))))
+
+
+def _time(fn, repeats: int, budget: float | None = None):
+    """(median seconds, result of the warm-up call).  The warm-up call compiles; it is never timed.  With a
+    ``budget`` the repeats shrink so that slow implementations (peers, the reference) finish in time."""
+    t0 = time.perf_counter()
+    result = fn()
+    first = time.perf_counter() - t0
+    if budget is not None:
+        repeats = _repeats_for(first, repeats, budget)
+    return bandwidth.median_seconds(fn, repeats=repeats, warmup=0), result
+
+
+class _CopyCache(dict):
+    def seconds(self, nbytes: int, repeats: int) -> float:
+        key = int(nbytes)
+        if key not in self:
+            self[key] = bandwidth.copy_seconds(key, repeats=max(3, repeats))
+        return self[key]
+
+
+def run_case(case: _cases.Case, backends, peers, repeats: int, copies: _CopyCache, accuracy: bool = True):
+    """Rows (dicts) for one case: one per backend and pass."""
+    from normbench import peers as _peers
+
+    spec = case.spec
+    dtype = np.dtype(case.dtype)
+    inputs = case.make_inputs(seed=0)
+    dy = np.random.default_rng(1).standard_normal(inputs["x"].shape).astype(dtype)
+    ref_y = ref_dx = None
+    if accuracy:  # the oracle on (a copy of) the same inputs: its running-statistics update must not leak
+        ref_in = case.make_inputs(seed=0)
+        ref_out = spec.run_forward(ref_in, backend="reference")
+        ref_y, ref_dx = ref_out[0], spec.run_backward(ref_in, ref_out, dy, backend="reference")[0]
+
+    peer_res = {}
+    for p in peers:
+        try:
+            fwd, bwd = _peers.prepare(p, case.variant, case.make_inputs(seed=0), dy)
+        except NotImplementedError:
+            continue
+        tf, yf = _time(fwd, repeats, PEER_BUDGET_S)
+        tb, dxf = _time(bwd, repeats, PEER_BUDGET_S)
+        peer_res[p] = {"forward": (tf, yf), "backward": (tb, dxf)}
+
+    rows = []
+    for backend in backends:
+        buf = _buffers(case, backend, inputs)
+        dx_out = np.zeros(inputs["x"].shape, buf["out"].dtype)
+        t_f, fwd_out = _time(lambda: spec.run_forward(inputs, backend=backend, **buf), repeats,
+                             PEER_BUDGET_S if backend == "reference" else None)
+        t_b, bwd_out = _time(lambda: spec.run_backward(inputs, fwd_out, dy, backend=backend, dx_out=dx_out),
+                             repeats, PEER_BUDGET_S if backend == "reference" else None)
+        for pass_, t, main, ref in (("forward", t_f, fwd_out[0], ref_y), ("backward", t_b, bwd_out[0], ref_dx)):
+            nbytes = case.nbytes(pass_, inputs)
+            t_copy = copies.seconds(nbytes, repeats)
+            copy_gbps = 2 * (max(1, nbytes // 8) * 4) / t_copy / 1e9
+            gbps = nbytes / t / 1e9
+            factor = case.limit_factor(pass_)
+            row = {
+                "case": case.name, "variant": case.variant, "shape": case.shape_str, "dtype": case.dtype,
+                "params": case.params_str, "pass": pass_, "backend": backend, "bytes": nbytes,
+                "time_s": t, "gbps": gbps, "copy_gbps": copy_gbps, "frac_copy": gbps / copy_gbps,
+                "limit": case.limit_name(pass_), "limit_factor": factor, "frac_limit": gbps / copy_gbps / factor,
+                "err_eps": error_eps(main, ref, dtype) if ref is not None else math.nan,
+            }
+            for p, res in peer_res.items():
+                tp, yp = res[pass_]
+                row[f"time_{p}"] = tp
+                row[f"speedup_{p}"] = tp / t
+                row[f"err_{p}"] = error_eps(yp, ref, dtype) if ref is not None else math.nan
+            rows.append(row)
+    return rows
+
+
+# ============================================================================================ output
+def machine_info() -> dict:
+    import numba
+
+    info = {
+        "machine": os.environ.get("NORMBENCH_MACHINE") or platform.node() or "unknown",
+        "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+        "numba_threads": numba.get_num_threads(), "numba": numba.__version__, "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+    try:
+        import llvmlite
+
+        info["llvmlite"] = llvmlite.__version__
+    except ImportError:
+        pass
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def result_paths(out_dir: Path, machine: str, now: _dt.datetime) -> tuple[Path, Path]:
+    """``<machine>-<UTC timestamp>.json/.csv`` that do not exist yet (a suffix is added rather than overwrite)."""
+    stem = f"{machine}-{now.strftime('%Y%m%dT%H%M%SZ')}"
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in stem)
+    for k in range(1000):
+        base = out_dir / (safe if k == 0 else f"{safe}-{k}")
+        if not base.with_suffix(".json").exists() and not base.with_suffix(".csv").exists():
+            return base.with_suffix(".json"), base.with_suffix(".csv")
+    raise RuntimeError(f"could not find a free result name under {out_dir}")
+
+
+def summary_tables(df) -> str:
+    """Markdown tables, one per variant and pass."""
+    peer_cols = [c for c in df.columns if c.startswith("speedup_")]
+    err_cols = [c for c in df.columns if c.startswith("err_") and c != "err_eps"]
+    parts = []
+    for (variant, pass_), g in df.groupby(["variant", "pass"], sort=False):
+        t = g[["shape", "dtype", "params", "backend"]].copy()
+        t["time"] = [_fmt_time(s) for s in g["time_s"]]
+        t["GB/s"] = g["gbps"].map(lambda v: f"{v:.1f}")
+        t["% copy"] = (100 * g["frac_copy"]).map(lambda v: f"{v:.0f}")
+        t["% limit"] = [f"{100 * f:.0f} ({lim})" for f, lim in zip(g["frac_limit"], g["limit"])]
+        for c in peer_cols:
+            t["vs " + c[len("speedup_"):]] = g[c].map(lambda v: "" if v != v else f"{v:.2f}x")
+        t["err (eps)"] = g["err_eps"].map(_fmt_err)
+        for c in err_cols:
+            t["err " + c[len("err_"):]] = g[c].map(_fmt_err)
+        parts.append(f"### {variant} {pass_}\n\n" + t.to_markdown(index=False))
+    return "\n\n".join(parts)
+
+
+def _fmt_time(s: float) -> str:
+    return f"{s * 1e6:.0f} us" if s < 1e-3 else f"{s * 1e3:.2f} ms"
+
+
+def _fmt_err(v) -> str:
+    return "" if v != v else f"{v:.2g}"
+
+
+def verdict(df) -> str:
+    """One line: the case furthest from its limit (among working sets that are bandwidth-bound when any)."""
+    big = df[df["bytes"] >= _cases.BIG_BYTES]
+    pool = big if len(big) else df
+    r = pool.loc[pool["frac_limit"].idxmin()]
+    where = "bandwidth-bound" if len(big) else "all cases small (latency-bound)"
+    what = " ".join(str(v) for v in (r["variant"], r["pass"], r["shape"], r["dtype"], r["params"]) if v)
+    return (f"slowest ({where}): {what} [{r['backend']}]: {r['gbps']:.1f} GB/s = {100 * r['frac_limit']:.0f}% "
+            f"of its limit ({r['limit']}; copy {r['copy_gbps']:.1f} GB/s on a {r['bytes'] / 2**20:.3g} MiB "
+            f"working set)")
+
+
+# ============================================================================================ CLI
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="normbench run", description=__doc__.split("\n\n")[0])
+    size = ap.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="the quick matrix (default)")
+    size.add_argument("--full", action="store_true", help="the full matrix: all shapes, float32 and float64")
+    ap.add_argument("--variant", action="append", help="variant name (repeatable); default all")
+    ap.add_argument("--backend", action="append",
+                    help="backend (repeatable); default every installed kernel backend (cpu, cuda), or the "
+                         "reference when no kernel exists for a variant")
+    ap.add_argument("--shape", action="append", help="logical shape such as 8192x4096 (repeatable)")
+    ap.add_argument("--dtype", action="append", choices=_cases.DTYPES_FULL, help="dtype (repeatable)")
+    ap.add_argument("--axis", type=int, choices=(1, -1), help="only this layout (channel variants)")
+    ap.add_argument("--peer", action="append", help="peers to time (repeatable); default every installed one")
+    ap.add_argument("--no-peers", action="store_true", help="time no peers")
+    ap.add_argument("--no-accuracy", action="store_true", help="skip the error column (no reference run)")
+    ap.add_argument("--repeats", type=int, default=7, help="timed calls per measurement (median)")
+    ap.add_argument("--out-dir", default="results/runs", help="where the .json/.csv go (default results/runs)")
+    ap.add_argument("--json", action="store_true", help="print the result document as JSON on stdout")
+    return ap
+
+
+def _backends_for(variant: str, wanted) -> list[str]:
+    have = registry.available_backends(variant)
+    if wanted:
+        return [b for b in wanted if b in have]
+    kernels = [b for b in have if b != "reference"]
+    return kernels or ["reference"]
+
+
+def main(argv=None) -> int:
+    import pandas as pd
+    from tqdm import tqdm
+
+    from normbench import peers as _peers
+
+    args = build_parser().parse_args(argv)
+    if args.repeats < 1:
+        print("normbench run: --repeats must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        shapes = [_cases.parse_shape(s) for s in args.shape] if args.shape else None
+        matrix = _cases.cases(full=args.full, variants=args.variant, dtypes=args.dtype, shapes=shapes,
+                              params={"axis": args.axis} if args.axis else None)
+    except ValueError as err:
+        print(f"normbench run: {err}", file=sys.stderr)
+        return 2
+    if args.backend:
+        bad = [b for b in args.backend if b not in registry.BACKENDS]
+        if bad:
+            print(f"normbench run: backend={bad}; expected some of {list(registry.BACKENDS)}", file=sys.stderr)
+            return 2
+    installed = _peers.available()
+    peers = [] if args.no_peers else [p for p in (args.peer or installed) if p in installed]
+    copies = _CopyCache()
+    rows, skipped = [], []
+    with tqdm(matrix, desc="normbench run", unit="case", file=sys.stderr, disable=args.json and not sys.stderr.isatty()) as bar:
+        for case in bar:
+            bar.set_postfix_str(case.name, refresh=False)
+            backends = _backends_for(case.variant, args.backend)
+            if not backends:
+                skipped.append(case.name)
+                continue
+            try:
+                rows += run_case(case, backends, peers, args.repeats, copies, accuracy=not args.no_accuracy)
+            except MemoryError:
+                skipped.append(case.name + " (out of memory)")
+    if not rows:
+        print("normbench run: no case ran (no backend implements the selection)", file=sys.stderr)
+        return 1
+    df = pd.DataFrame(rows)
+    info = machine_info()
+    now = _dt.datetime.now(_dt.timezone.utc)
+    doc = {"schema": SCHEMA, "created": now.isoformat(timespec="seconds"), "machine": info,
+           "argv": list(argv) if argv is not None else sys.argv[1:], "peers": peers,
+           "skipped": skipped, "verdict": verdict(df), "rows": json.loads(df.to_json(orient="records"))}
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jpath, cpath = result_paths(out_dir, f"{info['machine']}-{info['numba_threads']}t", now)
+    jpath.write_text(json.dumps(doc, indent=1))
+    df.to_csv(cpath, index=False)
+    if args.json:
+        print(json.dumps(doc, indent=1))
+        return 0
+    print(summary_tables(df))
+    print(f"\n{doc['verdict']}")
+    print(f"results: {jpath} and {cpath.name}" + (f"; skipped {len(skipped)} case(s) with no backend" if skipped else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
