@@ -16,7 +16,7 @@ def wide(a):
     if a is None:
         return None
     a = np.asarray(a)
-    return a.astype(np.longdouble if a.dtype == np.float64 else np.float64)
+    return a.astype(np.longdouble if a.dtype in (np.float64, np.longdouble) else np.float64)  # never narrows
 
 
 def moments(x, axes, correction):
