@@ -1,0 +1,196 @@
+"""Block-level reductions shared by every CUDA kernel, and the variance algorithms as device functions.
+
+A block is seen as ``groups`` of ``lanes``: lane ``l`` of group ``g`` uses shared slot ``g * lanes + l``.
+Row kernels use one group (lanes = every thread); channels-last kernels put channels along x (groups) and
+the values of one channel along y (lanes).  Reductions are trees over shared memory in a fixed order, so
+results are deterministic (no float atomics).  Every thread of the block must call them (they synchronise).
+
+The simulator has no warp shuffles: :func:`row_sum2` (the row kernels' hot reduction) has a warp-shuffle
+version chosen at import on real hardware and the shared-memory tree as its simulator twin; both share the
+tree code.  Everything is float64 once per-thread partials are formed.
+"""
+from __future__ import annotations
+
+import math
+
+from numba import cuda, float32, float64
+
+from . import simulator
+from .config import MAX_THREADS
+
+TWO_PASS, WELFORD, NAIVE, SHIFTED = 0, 1, 2, 3  # numerics.VARIANCE_CODE
+
+
+@cuda.jit(device=True, inline=True)
+def pos(j, base, inner, outer):
+    """Position in the flat array of value ``j`` of a segment: runs of ``inner`` contiguous values, ``outer``
+    apart (outer == 0: one contiguous run)."""
+    if outer == 0:
+        return base + j
+    return base + (j // inner) * outer + j % inner
+
+
+@cuda.jit(device=True, inline=True)
+def chan(na, ma, qa, nb, mb, qb):
+    """Chan et al.'s merge of two (count, mean, M2) summaries (float64)."""
+    if nb == 0.0:
+        return na, ma, qa
+    if na == 0.0:
+        return nb, mb, qb
+    n = na + nb
+    d = mb - ma
+    return n, ma + d * (nb / n), qa + qb + d * d * (na * nb / n)
+
+
+@cuda.jit(device=True)
+def group_moments(sn, sm, sq, g, lanes, l, n, m, q):
+    """Merge per-thread (n, mean, M2) over the lanes of group g; every thread gets the group's total."""
+    i = g * lanes + l
+    sn[i] = n
+    sm[i] = m
+    sq[i] = q
+    cuda.syncthreads()
+    s = 1
+    while s < lanes:
+        if l % (2 * s) == 0 and l + s < lanes:
+            a, b, c = chan(sn[i], sm[i], sq[i], sn[i + s], sm[i + s], sq[i + s])
+            sn[i] = a
+            sm[i] = b
+            sq[i] = c
+        cuda.syncthreads()
+        s *= 2
+    i0 = g * lanes
+    n, m, q = sn[i0], sm[i0], sq[i0]
+    cuda.syncthreads()  # the buffers may be reused right after
+    return n, m, q
+
+
+@cuda.jit(device=True)
+def group_sum2(sa, sb, g, lanes, l, a, b):
+    """Sums of two float64 values over the lanes of group g (tree over shared memory)."""
+    i = g * lanes + l
+    sa[i] = a
+    sb[i] = b
+    cuda.syncthreads()
+    s = 1
+    while s < lanes:
+        if l % (2 * s) == 0 and l + s < lanes:
+            sa[i] += sa[i + s]
+            sb[i] += sb[i + s]
+        cuda.syncthreads()
+        s *= 2
+    i0 = g * lanes
+    a, b = sa[i0], sb[i0]
+    cuda.syncthreads()
+    return a, b
+
+
+@cuda.jit(device=True)
+def _row_sum2_shfl(sa, sb, a, b):
+    """Warp shuffles within each warp, then the shared tree over the warps' partials (blockDim.x % 32 == 0)."""
+    off = 16
+    while off > 0:
+        a += cuda.shfl_down_sync(0xFFFFFFFF, a, off)
+        b += cuda.shfl_down_sync(0xFFFFFFFF, b, off)
+        off //= 2
+    t = cuda.threadIdx.x
+    warps = cuda.blockDim.x // 32
+    if t % 32 == 0:  # lane 0 of each warp holds its warp's sum: compact them to slots 0..warps-1
+        sa[t // 32] = a
+        sb[t // 32] = b
+    cuda.syncthreads()
+    a = float64(0.0)
+    b = float64(0.0)
+    if t < warps:
+        a = sa[t]
+        b = sb[t]
+    cuda.syncthreads()
+    return group_sum2(sa, sb, 0, warps, t, a, b)  # lanes >= warps take part in the barriers only
+
+
+@cuda.jit(device=True)
+def _row_sum2_tree(sa, sb, a, b):
+    return group_sum2(sa, sb, 0, cuda.blockDim.x, cuda.threadIdx.x, a, b)
+
+
+#: sums of two float64 values over a 1-D block; the shuffle path on hardware, the tree in the simulator
+row_sum2 = _row_sum2_tree if simulator() else _row_sum2_shfl
+
+
+def make_thread_moments(acc):
+    """Per-thread (n, mean, M2) of the values ``j = j0, j0+step, ... < j1`` of a segment with algorithm ``algo``,
+    accumulated in ``acc`` (float32 or float64) and returned in float64.  ``shift`` is the segment's shift for
+    the shifted algorithm (the same for every thread and block of a segment)."""
+
+    @cuda.jit(device=True)
+    def thread_moments(x, base, inner, outer, j0, j1, step, algo, shift):
+        zero = acc(0.0)
+        if j0 >= j1:
+            return float64(0.0), float64(0.0), float64(0.0)
+        cnt = acc((j1 - j0 + step - 1) // step)
+        if algo == TWO_PASS:
+            s = zero
+            for j in range(j0, j1, step):
+                s += acc(x[pos(j, base, inner, outer)])
+            mean = s / cnt
+            q = zero
+            for j in range(j0, j1, step):
+                d = acc(x[pos(j, base, inner, outer)]) - mean
+                q += d * d
+            return float64(cnt), float64(mean), float64(q)
+        if algo == WELFORD:
+            k = zero
+            mean = zero
+            q = zero
+            for j in range(j0, j1, step):
+                v = acc(x[pos(j, base, inner, outer)])
+                k += acc(1.0)
+                d = v - mean
+                mean += d / k
+                q += d * (v - mean)
+            return float64(cnt), float64(mean), float64(q)
+        k0 = zero if algo == NAIVE else acc(shift)
+        s = zero
+        s2 = zero
+        for j in range(j0, j1, step):
+            d = acc(x[pos(j, base, inner, outer)]) - k0
+            s += d
+            s2 += d * d
+        q = s2 - s * (s / cnt)
+        if q < zero:  # cancellation; NaN stays NaN
+            q = zero
+        return float64(cnt), float64(k0 + s / cnt), float64(q)
+
+    return thread_moments
+
+
+thread_moments32 = make_thread_moments(float32)
+thread_moments64 = make_thread_moments(float64)
+
+
+@cuda.jit(device=True, inline=True)
+def thread_moments(x, base, inner, outer, j0, j1, step, algo, shift, acc64):
+    if acc64:
+        return thread_moments64(x, base, inner, outer, j0, j1, step, algo, shift)
+    return thread_moments32(x, base, inner, outer, j0, j1, step, algo, shift)
+
+
+@cuda.jit(device=True, inline=True)
+def rstd_from_m2(m2, n, correction, eps, eps_code):
+    """1/sqrt(var + eps) (eps_code 0) or 1/(sqrt(var) + eps) (1), var = m2/(n - correction), float64."""
+    var = m2 / float64(n - correction)
+    if eps_code == 0:
+        return 1.0 / math.sqrt(var + eps)
+    return 1.0 / (math.sqrt(var) + eps)
+
+
+@cuda.jit(device=True, inline=True)
+def drstd_factor(r, s, n, correction, eps, eps_code):
+    """The coefficient k of xc in dx = r*(g - mean g) + k*xc, from r and s = sum(g*xc) (see reference/_stats.py):
+    k = r'(var) * 2/(n-c) * s with r' = -r^3/2 (eps inside) or -r^2/(2 sqrt var) (outside; 0 where var = 0)."""
+    if eps_code == 0:
+        return -(r * r * r) * s / float64(n - correction)
+    sd = 1.0 / r - eps
+    if sd > 0.0:
+        return -(r * r) * s / (sd * float64(n - correction))
+    return float64(0.0)

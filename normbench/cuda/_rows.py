@@ -1,0 +1,203 @@
+"""The row-wise engine shared by layer.py, rms.py and fused.py (the CUDA twins of cpu/layer.py, cpu/rms.py,
+cpu/fused.py): one block per row (grid-stride over rows), threads stride over the row's columns.
+
+Forward: optional fused residual add (``h = x + alpha * residual``, written once), per-thread moments with the
+chosen variance algorithm merged over the block with Chan's formula (layer norm) or a block sum of squares
+(RMS norm), then one multiply-add per element.  Backward: the two row sums (sum g, sum g*xc) by block
+reduction, dx in a second sweep of the row, and per-block dweight/dbias partial rows (each column owned by one
+thread, so no atomics) that a second kernel sums in a fixed order: deterministic.
+"""
+from __future__ import annotations
+
+import functools
+from types import SimpleNamespace
+
+import numpy as np
+from numba import cuda, float32, float64
+
+from . import config
+from ._arrays import dummy, empty, flat, launch, on_host, output, result, to_device, zeros
+from ._reduce import (drstd_factor, group_moments, make_thread_moments, row_sum2, rstd_from_m2)
+from .config import MAX_THREADS
+
+
+@functools.cache
+def kernels(acc_name: str):
+    acc = float32 if acc_name == "float32" else float64
+    moments = make_thread_moments(acc)
+
+    @cuda.jit(cache=True)
+    def forward(x, res, h, alpha, has_res, w, has_w, b, has_b, D, center, algo, corr, eps, eps_code, y, mean_out,
+                rstd_out):
+        sn = cuda.shared.array(MAX_THREADS, float64)
+        sm = cuda.shared.array(MAX_THREADS, float64)
+        sq = cuda.shared.array(MAX_THREADS, float64)
+        t = cuda.threadIdx.x
+        L = cuda.blockDim.x
+        for row in range(cuda.blockIdx.x, rstd_out.size, cuda.gridDim.x):
+            base = row * D
+            if has_res:
+                for j in range(t, D, L):
+                    h[base + j] = acc(x[base + j]) + acc(alpha) * acc(res[base + j])
+                cuda.syncthreads()  # the shift below reads a value another thread wrote
+            src = h if has_res else x
+            if center:
+                n, m, q = moments(src, base, D, 0, t, D, L, algo, src[base])
+                n, mean, q = group_moments(sn, sm, sq, 0, L, t, n, m, q)
+            else:
+                s = acc(0.0)
+                for j in range(t, D, L):
+                    v = acc(src[base + j])
+                    s += v * v
+                q, _ = row_sum2(sn, sm, float64(s), float64(0.0))
+                mean = float64(0.0)
+            r = rstd_from_m2(q, D, corr, eps, eps_code)
+            if t == 0:
+                mean_out[row] = mean
+                rstd_out[row] = r
+            ma = acc(mean)
+            ra = acc(r)
+            for j in range(t, D, L):
+                v = (acc(src[base + j]) - ma) * ra
+                if has_w:
+                    v *= acc(w[j])
+                if has_b:
+                    v += acc(b[j])
+                y[base + j] = v
+
+    @cuda.jit(cache=True)
+    def backward(dy, x, D, mean, rstd, w, has_w, center, corr, eps, eps_code, dh, has_dh, alpha, has_res, dx,
+                 dres, pw, want_w, pb, want_b):
+        sa = cuda.shared.array(MAX_THREADS, float64)
+        sb = cuda.shared.array(MAX_THREADS, float64)
+        t = cuda.threadIdx.x
+        L = cuda.blockDim.x
+        blk = cuda.blockIdx.x
+        for row in range(blk, rstd.size, cuda.gridDim.x):
+            base = row * D
+            m = acc(mean[row]) if center else acc(0.0)
+            r = rstd[row]
+            ra = acc(r)
+            a = acc(0.0)
+            c = acc(0.0)
+            for j in range(t, D, L):
+                xc = acc(x[base + j]) - m
+                g = acc(dy[base + j])
+                if want_w:  # this block's partial row: only this thread touches column j
+                    pw[blk * D + j] += float64(g * xc * ra)
+                if want_b:
+                    pb[blk * D + j] += float64(g)
+                if has_w:
+                    g *= acc(w[j])
+                a += g
+                c += g * xc
+            A, S = row_sum2(sa, sb, float64(a), float64(c))
+            k = acc(drstd_factor(r, S, D, corr, eps, eps_code))
+            mg = acc(A / D) if center else acc(0.0)
+            for j in range(t, D, L):
+                g = acc(dy[base + j])
+                if has_w:
+                    g *= acc(w[j])
+                v = ra * (g - mg) + k * (acc(x[base + j]) - m)
+                if has_dh:
+                    v += acc(dh[base + j])
+                dx[base + j] = v
+                if has_res:
+                    dres[base + j] = acc(alpha) * v
+
+    @cuda.jit(cache=True)
+    def colsum(p, nblocks, D, out):
+        """out[j] = sum over blocks of p[k, j], in block order (deterministic)."""
+        for j in range(cuda.grid(1), D, cuda.gridsize(1)):
+            s = float64(0.0)
+            for k in range(nblocks):
+                s += p[k * D + j]
+            out[j] = s
+
+    return SimpleNamespace(module=__name__, acc=acc_name, forward=forward, backward=backward, colsum=colsum)
+
+
+def _block():
+    tpb = config.THREADS_PER_BLOCK
+    if not tpb <= config.MAX_THREADS:
+        raise ValueError(f"config.THREADS_PER_BLOCK={tpb} exceeds config.MAX_THREADS={config.MAX_THREADS}")
+    from . import simulator
+
+    if not simulator() and tpb % 32:
+        raise ValueError(f"config.THREADS_PER_BLOCK={tpb}: must be a multiple of 32 on a GPU (warp shuffles)")
+    return tpb
+
+
+def rows_forward(x, D, weight, bias, *, eps, opts, center, out=None, residual=None, alpha=1.0, h_out=None):
+    """(y, h|None, mean (R,), rstd (R,)) for x viewed as rows of D values; device arrays in, device arrays out."""
+    host = on_host(x)
+    xd = to_device(x, "x")
+    R = x.size // D
+    ks = kernels(opts.accumulator(x.dtype).name)
+    y = output(out, x.shape, x.dtype, host)
+    fused = residual is not None
+    h = output(h_out, x.shape, x.dtype, host) if fused else None
+    mean, rstd = empty(R, np.float64), empty(R, np.float64)
+    wd, bd = to_device(weight, "weight"), to_device(bias, "bias")
+    none = dummy(x.dtype)
+    if R:
+        launch(ks, "forward", min(R, config.MAX_GRID), _block(), flat(xd),
+               flat(to_device(residual, "residual")) if fused else none, flat(h) if fused else flat(xd),
+               float(alpha), fused, flat(wd) if wd is not None else none, wd is not None,
+               flat(bd) if bd is not None else none, bd is not None, D, center, opts.variance_code,
+               opts.correction, float(eps), opts.eps_code, flat(y), mean, rstd)
+    return y, h, mean, rstd
+
+
+def rows_backward(dy, x, D, mean, rstd, weight, want_bias, *, eps, opts, center, dx_out=None, dh=None,
+                  alpha=None):
+    """(dx, dresidual|None, dweight|None (device float64 -> x dtype), dbias|None) on the device."""
+    host = on_host(dy)
+    dyd, xd = to_device(dy, "dy"), to_device(x, "x", dtype=dy.dtype)
+    R = dy.size // D
+    ks = kernels(opts.accumulator(dy.dtype).name)
+    dx = output(dx_out, dy.shape, dy.dtype, host)
+    fused = alpha is not None
+    dres = empty(dy.shape, dy.dtype) if fused else None
+    none = dummy(dy.dtype)
+    wd = to_device(weight, "weight")
+    rd = to_device(rstd, "rstd", dtype=np.float64)
+    md = to_device(mean, "mean", dtype=np.float64) if center else rd
+    nblk = max(1, min(R, config.BACKWARD_ROW_BLOCKS))
+    want_w = weight is not None
+    pw = zeros(nblk * D) if want_w else dummy(np.float64)
+    pb = zeros(nblk * D) if want_bias else dummy(np.float64)
+    if R:
+        launch(ks, "backward", nblk, _block(), flat(dyd), flat(xd), D, flat(md), flat(rd),
+               flat(wd) if want_w else none, want_w, center, opts.correction, float(eps), opts.eps_code,
+               flat(to_device(dh, "dh")) if dh is not None else none, dh is not None,
+               float(alpha if fused else 0.0), fused, flat(dx), flat(dres) if fused else none,
+               pw, want_w, pb, want_bias)
+    grads = []
+    for want, p in ((want_w, pw), (want_bias, pb)):
+        if not want:
+            grads.append(None)
+            continue
+        g = empty(D, np.float64)
+        launch(ks, "colsum", *_grid(D), p, nblk if R else 0, D, g)
+        grads.append(g)
+    return dx, dres, grads[0], grads[1]
+
+
+def _grid(n):
+    tpb = _block()
+    return max(1, min(config.MAX_GRID, (n + tpb - 1) // tpb)), tpb
+
+
+def host_or_device(dev, host, shape, dtype=None, out=None):
+    """Reshape a device result and bring it home when the caller passed NumPy arrays (casting param grads)."""
+    if dev is None:
+        return None
+    if out is not None:
+        return result(dev, host, out)
+    if host:
+        a = dev.copy_to_host().reshape(shape)
+        return a.astype(dtype) if dtype is not None else a
+    if dtype is not None and np.dtype(dev.dtype) != np.dtype(dtype):
+        dev = to_device(dev.copy_to_host().astype(dtype))
+    return dev.reshape(shape) if tuple(dev.shape) != tuple(shape) else dev
