@@ -239,6 +239,9 @@ def group_norm_forward(x, num_groups, weight=None, bias=None, *, eps=1e-5, axis=
     check_correction(opts, n, "group")
     backend = registry.pick_backend(x, backend, "group_norm")
     out = _checks.output("out", out, x.shape, registry.output_dtype(backend, x), _inputs(x=x, weight=weight, bias=bias))
+    if x.size == 0:  # empty batch (N = 0): empty output, as PyTorch
+        y = out if out is not None else np.empty(x.shape, registry.output_dtype(backend, x))
+        return y, np.full((x.shape[0], G), np.nan), np.full((x.shape[0], G), np.nan)
     impl = registry.implementation("group_norm", backend, "forward")
     return impl(x, G, weight, bias, eps=eps, axis=kaxis, opts=opts, out=out)
 
@@ -259,6 +262,8 @@ def group_norm_backward(dy, x, num_groups, mean, rstd, weight=None, bias=None, *
     backend = registry.pick_backend(x, backend, "group_norm")
     dx_out = _checks.output("dx_out", dx_out, x.shape, registry.output_dtype(backend, x),
                             _inputs(dy=dy, x=x, weight=weight, bias=bias))
+    if x.size == 0:
+        return _empty_backward(x, C, weight, bias, backend, dx_out)
     impl = registry.implementation("group_norm", backend, "backward")
     return impl(dy, x, G, mean, rstd, weight, bias, eps=eps, axis=kaxis, opts=opts, dx_out=dx_out)
 
