@@ -25,23 +25,31 @@ TWO_PASS, WELFORD, NAIVE, SHIFTED = 0, 1, 2, 3
 BLOCK = 64  # values per Welford block
 
 
-def _make_range_moments(acc):
-    """Compile the four algorithms for accumulator type ``acc`` (np.float32 or np.float64)."""
+def _make_range_moments(acc, fused):
+    """Compile the algorithms for accumulator type ``acc`` (np.float32 or np.float64).
+
+    ``fused`` (a compile-time constant) makes every value ``x[i] + alpha * r[i]`` computed in ``acc``: the
+    statistics of fused add + norm's ``h`` before it is rounded to the storage dtype.  Otherwise ``r`` and
+    ``alpha`` are ignored (pass x and 0.0).
+    """
 
     @njit(fastmath=FASTMATH, cache=True)
-    def range_moments(x, lo, hi, algo):
+    def range_moments(x, r, alpha, lo, hi, algo):
         n = hi - lo
         zero = acc(0.0)
+        a = acc(alpha)
         if n <= 0:
             return zero, zero
         if algo == TWO_PASS:
             s = zero
             for i in range(lo, hi):
-                s += acc(x[i])
+                v = acc(x[i]) + a * acc(r[i]) if fused else acc(x[i])
+                s += v
             mean = s / acc(n)
             q = zero
             for i in range(lo, hi):
-                d = acc(x[i]) - mean
+                v = acc(x[i]) + a * acc(r[i]) if fused else acc(x[i])
+                d = v - mean
                 q += d * d
             return mean, q
         if algo == WELFORD:
@@ -53,11 +61,13 @@ def _make_range_moments(acc):
                 k = acc(e - b)
                 s = zero
                 for i in range(b, e):
-                    s += acc(x[i])
+                    v = acc(x[i]) + a * acc(r[i]) if fused else acc(x[i])
+                    s += v
                 bm = s / k
                 bq = zero
                 for i in range(b, e):
-                    d = acc(x[i]) - bm
+                    v = acc(x[i]) + a * acc(r[i]) if fused else acc(x[i])
+                    d = v - bm
                     bq += d * d
                 tot = count + k
                 delta = bm - mean
@@ -69,7 +79,7 @@ def _make_range_moments(acc):
             s = zero
             s2 = zero
             for i in range(lo, hi):
-                v = acc(x[i])
+                v = acc(x[i]) + a * acc(r[i]) if fused else acc(x[i])
                 s += v
                 s2 += v * v
             mean = s / acc(n)
@@ -77,12 +87,13 @@ def _make_range_moments(acc):
             if q < zero:  # cancellation can make it negative; NaN stays NaN
                 q = zero
             return mean, q
-        # SHIFTED
-        shift = acc(x[lo])
+        # SHIFTED around the range's first value
+        shift = acc(x[lo]) + a * acc(r[lo]) if fused else acc(x[lo])
         s = zero
         s2 = zero
         for i in range(lo, hi):
-            d = acc(x[i]) - shift
+            v = acc(x[i]) + a * acc(r[i]) if fused else acc(x[i])
+            d = v - shift
             s += d
             s2 += d * d
         q = s2 - s * (s / acc(n))
@@ -90,21 +101,51 @@ def _make_range_moments(acc):
             q = zero
         return shift + s / acc(n), q
 
-    return range_moments
+    @njit(fastmath=FASTMATH, cache=True)
+    def range_sumsq(x, r, alpha, lo, hi):
+        a = acc(alpha)
+        s2 = acc(0.0)
+        for i in range(lo, hi):
+            v = acc(x[i]) + a * acc(r[i]) if fused else acc(x[i])
+            s2 += v * v
+        return s2
+
+    return range_moments, range_sumsq
 
 
-range_moments_acc32 = _make_range_moments(np.float32)
-range_moments_acc64 = _make_range_moments(np.float64)
+range_moments_acc32, range_sumsq_acc32 = _make_range_moments(np.float32, False)
+range_moments_acc64, range_sumsq_acc64 = _make_range_moments(np.float64, False)
+_fused_moments_acc32, _fused_sumsq_acc32 = _make_range_moments(np.float32, True)
+_fused_moments_acc64, _fused_sumsq_acc64 = _make_range_moments(np.float64, True)
 
 
 @njit(fastmath=FASTMATH, cache=True)
 def range_moments(x, lo, hi, algo, acc64):
     """(mean, m2) in float64 of the contiguous 1-D range ``x[lo:hi]`` with algorithm ``algo``."""
     if acc64:
-        m, q = range_moments_acc64(x, lo, hi, algo)
+        m, q = range_moments_acc64(x, x, 0.0, lo, hi, algo)
         return np.float64(m), np.float64(q)
-    m, q = range_moments_acc32(x, lo, hi, algo)
+    m, q = range_moments_acc32(x, x, 0.0, lo, hi, algo)
     return np.float64(m), np.float64(q)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def row_stats(x, r, alpha, lo, hi, rms, algo, acc64, fused):
+    """Statistics of the range ``lo:hi`` of ``x`` (of ``x + alpha * r`` when ``fused``), in float64:
+    ``(mean, m2)`` for layer norm, ``(0, sum of squares)`` for RMS norm (``rms``; ``algo`` unused)."""
+    if rms:
+        if fused:
+            q = _fused_sumsq_acc64(x, r, alpha, lo, hi) if acc64 else _fused_sumsq_acc32(x, r, alpha, lo, hi)
+        else:
+            q = range_sumsq_acc64(x, x, 0.0, lo, hi) if acc64 else range_sumsq_acc32(x, x, 0.0, lo, hi)
+        return 0.0, np.float64(q)
+    if fused:
+        if acc64:
+            m, q = _fused_moments_acc64(x, r, alpha, lo, hi, algo)
+        else:
+            m, q = _fused_moments_acc32(x, r, alpha, lo, hi, algo)
+        return np.float64(m), np.float64(q)
+    return range_moments(x, lo, hi, algo, acc64)
 
 
 @njit(cache=True)
@@ -218,6 +259,16 @@ def _make_column_moments(acc):
 
 column_moments_acc32 = _make_column_moments(np.float32)
 column_moments_acc64 = _make_column_moments(np.float64)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def column_moments(x, r0, r1, algo, acc64, mean_out, m2_out, work32, work64):
+    """Per-column (mean, m2) of rows ``r0:r1`` of ``x`` with the accumulator chosen at run time: ``work32`` and
+    ``work64`` are (3, C) float32 / float64 scratch arrays (only the chosen one is touched)."""
+    if acc64:
+        column_moments_acc64(x, r0, r1, algo, mean_out, m2_out, work64)
+    else:
+        column_moments_acc32(x, r0, r1, algo, mean_out, m2_out, work32)
 
 
 @njit(cache=True)

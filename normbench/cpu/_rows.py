@@ -1,0 +1,305 @@
+"""The row-wise engine shared by layer norm, RMS norm and fused add + norm (cpu/layer.py, rms.py, fused.py).
+
+Inputs are viewed as ``R`` rows of ``D`` contiguous values (flat 1-D arrays, so one compiled signature per
+dtype serves every rank).  Options arrive as runtime integer codes.  Three schedules, chosen in Python:
+
+* serial (``R * D < PARALLEL_MIN``): a parallel launch would cost more than the work;
+* rows: ``prange`` over one contiguous chunk of rows per thread.  Each row is read once from memory for its
+  statistics and once more from cache to write ``y`` (normalisation and affine folded into one multiply-add);
+  the backward fills per-chunk dweight/dbias partial buffers in its dx loop, then reduces them;
+* split (fewer rows than threads and ``D >= SPLIT_MIN``): every row is cut into one piece per thread; piece
+  statistics are merged with Chan's formula (or summed), then the pieces are written in parallel.  Each piece
+  owns its columns, so the parameter gradients need no partial buffers.  x is read twice from memory here.
+
+Elementwise work is done in float64 (``x - mean`` with a float64 mean must not round: that is what keeps
+offset rows accurate); ``accumulate`` selects the precision of the reductions.
+"""
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from ._moments import FASTMATH, chan_merge, row_stats, rstd_from_m2
+
+#: rows x D below this many values run serially
+PARALLEL_MIN = 1 << 15
+#: rows at least this long are split across threads when there are fewer rows than threads
+SPLIT_MIN = 1 << 16
+
+MODE_PLAIN, MODE_FUSED, MODE_FUSED_DH = 0, 1, 2
+
+
+# ----------------------------------------------------------------------------------------------- forward
+@njit(fastmath=FASTMATH, cache=True)
+def _write_y(x, r, alpha, fused, y, h, lo, hi, j0, mean, rstd, w, b):
+    """y = (v - mean) * rstd * w + b on x[lo:hi] (parameters from w[j0]); v = x, or x + alpha * r
+    (then also stored to h), computed in float64."""
+    if fused:
+        for j in range(hi - lo):
+            v = np.float64(x[lo + j]) + alpha * np.float64(r[lo + j])
+            h[lo + j] = v
+            y[lo + j] = (v - mean) * rstd * w[j0 + j] + b[j0 + j]
+    else:
+        for j in range(hi - lo):
+            y[lo + j] = (np.float64(x[lo + j]) - mean) * rstd * w[j0 + j] + b[j0 + j]
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _forward_rows(x, r, alpha, fused, y, h, w, b, mean, rstd, D, r0, r1, rms, algo, acc64, corr, eps, eps_code):
+    for row in range(r0, r1):
+        lo = row * D
+        m, q = row_stats(x, r, alpha, lo, lo + D, rms, algo, acc64, fused)
+        rs = rstd_from_m2(q, D, corr, eps, eps_code)
+        mean[row] = m
+        rstd[row] = rs
+        _write_y(x, r, alpha, fused, y, h, lo, lo + D, 0, m, rs, w, b)
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _forward_par(x, r, alpha, fused, y, h, w, b, mean, rstd, D, T, rms, algo, acc64, corr, eps, eps_code):
+    R = mean.size
+    nch = min(R, T)  # one contiguous chunk of rows per thread
+    for c in prange(nch):
+        _forward_rows(x, r, alpha, fused, y, h, w, b, mean, rstd, D, c * R // nch, (c + 1) * R // nch,
+                      rms, algo, acc64, corr, eps, eps_code)
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _forward_split(x, r, alpha, fused, y, h, w, b, mean, rstd, D, S, rms, algo, acc64, corr, eps, eps_code):
+    R = mean.size
+    pm = np.empty((R, S))
+    pq = np.empty((R, S))
+    for s in prange(S):
+        j0 = s * D // S
+        j1 = (s + 1) * D // S
+        for row in range(R):
+            m, q = row_stats(x, r, alpha, row * D + j0, row * D + j1, rms, algo, acc64, fused)
+            pm[row, s] = m
+            pq[row, s] = q
+    for row in range(R):
+        n = 0
+        m = 0.0
+        q = 0.0
+        for s in range(S):
+            if rms:
+                q += pq[row, s]
+            else:
+                n, m, q = chan_merge(n, m, q, (s + 1) * D // S - s * D // S, pm[row, s], pq[row, s])
+        mean[row] = m
+        rstd[row] = rstd_from_m2(q, D, corr, eps, eps_code)
+    for s in prange(S):
+        j0 = s * D // S
+        j1 = (s + 1) * D // S
+        for row in range(R):
+            _write_y(x, r, alpha, fused, y, h, row * D + j0, row * D + j1, j0, mean[row], rstd[row], w, b)
+
+
+# ---------------------------------------------------------------------------------------------- backward
+@njit(fastmath=FASTMATH, cache=True)
+def _grad_sums(dy, x, w, lo, hi, j0, mean, acc64):
+    """(sum(g), sum(g * (x - mean))) with g = dy * w over the range, in the accumulator, returned as float64."""
+    if acc64:
+        sa = 0.0
+        sb = 0.0
+        for j in range(hi - lo):
+            g = np.float64(dy[lo + j]) * np.float64(w[j0 + j])
+            sa += g
+            sb += g * (np.float64(x[lo + j]) - mean)
+        return sa, sb
+    m32 = np.float32(mean)
+    fa = np.float32(0.0)
+    fb = np.float32(0.0)
+    for j in range(hi - lo):
+        g = np.float32(dy[lo + j]) * np.float32(w[j0 + j])
+        fa += g
+        fb += g * (np.float32(x[lo + j]) - m32)
+    return np.float64(fa), np.float64(fb)
+
+
+@njit(cache=True)
+def _dx_coefficients(sa, sb, rs, D, corr, eps, eps_code, rms):
+    """dx = rs * g + k * (x - mean) + c0: k from d rstd / d var (0 where it does not exist), c0 the mean term."""
+    nc = np.float64(D - corr)
+    if eps_code == 0:
+        k = -rs * rs * rs * sb / nc
+    else:
+        sd = 1.0 / rs - eps  # sqrt(var)
+        k = -rs * rs * sb / (sd * nc) if sd > 0 else 0.0
+    c0 = 0.0 if rms else -rs * sa / np.float64(D)
+    return k, c0
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _write_dx(dy, x, w, dx, dres, dh, mode, alpha, lo, hi, j0, mean, rs, k, c0, dwp, dbp):
+    """dx on the range (+ dh, and dresidual = alpha * dx for fused add + norm); accumulates the dweight and
+    dbias contributions into dwp/dbp (float64, indexed from j0) in the same pass."""
+    if mode == MODE_PLAIN:
+        for j in range(hi - lo):
+            g = np.float64(dy[lo + j])
+            xc = np.float64(x[lo + j]) - mean
+            dx[lo + j] = rs * w[j0 + j] * g + k * xc + c0
+            dwp[j0 + j] += g * xc * rs
+            dbp[j0 + j] += g
+    elif mode == MODE_FUSED:
+        for j in range(hi - lo):
+            g = np.float64(dy[lo + j])
+            xc = np.float64(x[lo + j]) - mean
+            v = rs * w[j0 + j] * g + k * xc + c0
+            dx[lo + j] = v
+            dres[lo + j] = alpha * v
+            dwp[j0 + j] += g * xc * rs
+            dbp[j0 + j] += g
+    else:
+        for j in range(hi - lo):
+            g = np.float64(dy[lo + j])
+            xc = np.float64(x[lo + j]) - mean
+            v = rs * w[j0 + j] * g + k * xc + c0 + dh[lo + j]
+            dx[lo + j] = v
+            dres[lo + j] = alpha * v
+            dwp[j0 + j] += g * xc * rs
+            dbp[j0 + j] += g
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _backward_rows(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, r0, r1, rms, acc64, corr, eps, eps_code,
+                   dwp, dbp):
+    for row in range(r0, r1):
+        lo = row * D
+        m = mean[row]
+        rs = rstd[row]
+        sa, sb = _grad_sums(dy, x, w, lo, lo + D, 0, m, acc64)
+        k, c0 = _dx_coefficients(sa, sb, rs, D, corr, eps, eps_code, rms)
+        _write_dx(dy, x, w, dx, dres, dh, mode, alpha, lo, lo + D, 0, m, rs, k, c0, dwp, dbp)
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _backward_par(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, T, rms, acc64, corr, eps, eps_code, dw, db):
+    R = mean.size
+    nch = min(R, T)  # one contiguous chunk of rows, and one partial buffer, per thread
+    dwp = np.zeros((nch, D))
+    dbp = np.zeros((nch, D))
+    for c in prange(nch):
+        _backward_rows(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, c * R // nch, (c + 1) * R // nch,
+                       rms, acc64, corr, eps, eps_code, dwp[c], dbp[c])
+    for j in range(D):
+        dw[j] = 0.0
+        db[j] = 0.0
+    for c in range(nch):
+        for j in range(D):
+            dw[j] += dwp[c, j]
+            db[j] += dbp[c, j]
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _backward_split(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, S, rms, acc64, corr, eps, eps_code,
+                    dw, db):
+    R = mean.size
+    pa = np.empty((R, S))
+    pb = np.empty((R, S))
+    for s in prange(S):
+        j0 = s * D // S
+        j1 = (s + 1) * D // S
+        for row in range(R):
+            pa[row, s], pb[row, s] = _grad_sums(dy, x, w, row * D + j0, row * D + j1, j0, mean[row], acc64)
+    ks = np.empty(R)
+    cs = np.empty(R)
+    for row in range(R):
+        ks[row], cs[row] = _dx_coefficients(pa[row].sum(), pb[row].sum(), rstd[row], D, corr, eps, eps_code, rms)
+    for j in range(D):
+        dw[j] = 0.0
+        db[j] = 0.0
+    for s in prange(S):
+        j0 = s * D // S
+        j1 = (s + 1) * D // S
+        for row in range(R):
+            _write_dx(dy, x, w, dx, dres, dh, mode, alpha, row * D + j0, row * D + j1, j0, mean[row], rstd[row],
+                      ks[row], cs[row], dw, db)
+
+
+# ------------------------------------------------------------------------------------------ Python side
+def _schedule(R, D):
+    """"serial", "rows" or ("split", pieces)."""
+    T = numba.get_num_threads()
+    if D >= SPLIT_MIN and R < max(T, 2):
+        return "split", max(T, 2)
+    if R * D < PARALLEL_MIN or R == 1:
+        return "serial", 1
+    return "rows", T
+
+
+def _flat_param(p, D, dtype, fill):
+    if p is None:
+        return np.full(D, fill, dtype)
+    return p.reshape(-1)
+
+
+def _empty0(dtype):
+    return np.empty(0, dtype)
+
+
+def forward(x, normalized_shape, weight, bias, *, rms, eps, opts, out=None, residual=None, alpha=0.0,
+            h_out=None):
+    """Layer norm (``rms=False``) or RMS norm over the trailing ``normalized_shape``; with ``residual`` the
+    input is ``h = x + alpha * residual`` (written to ``h``). Returns ``(y, h, mean, rstd)``, stats float64."""
+    D = math.prod(normalized_shape)
+    lead = x.shape[: x.ndim - len(normalized_shape)]
+    R = x.size // D
+    dtype = x.dtype
+    fused = residual is not None
+    y = out if out is not None else np.empty(x.shape, dtype)
+    h = (h_out if h_out is not None else np.empty(x.shape, dtype)) if fused else None
+    mean = np.empty(R)
+    rstd = np.empty(R)
+    if R:
+        xf = x.reshape(-1)
+        rf = residual.reshape(-1) if fused else xf
+        hf = h.reshape(-1) if fused else _empty0(dtype)
+        w = _flat_param(weight, D, dtype, 1.0)
+        b = _flat_param(bias, D, dtype, 0.0)
+        acc64 = opts.accumulator(dtype) == np.float64
+        args = (rms, opts.variance_code, acc64, opts.correction, float(eps), opts.eps_code)
+        kind, S = _schedule(R, D)
+        common = (xf, rf, float(alpha), fused, y.reshape(-1), hf, w, b, mean, rstd, D)
+        if kind == "split":
+            _forward_split(*common, S, *args)
+        elif kind == "serial":
+            _forward_rows(*common, 0, R, *args)
+        else:
+            _forward_par(*common, S, *args)
+    return y, h, mean.reshape(lead), rstd.reshape(lead)
+
+
+def backward(dy, x, normalized_shape, mean, rstd, weight, *, rms, eps, opts, dx_out=None, fused=False,
+             alpha=0.0, dh=None):
+    """Gradients of :func:`forward` w.r.t. its normalised input (x, or h when ``fused``): returns
+    ``(dx, dresidual|None, dweight, dbias)``; dweight/dbias are always computed, in x's dtype."""
+    D = math.prod(normalized_shape)
+    R = x.size // D
+    dtype = dy.dtype
+    x = np.ascontiguousarray(x, dtype)  # h may arrive float64 from the reference backend
+    dx = dx_out if dx_out is not None else np.empty(x.shape, dtype)
+    dres = np.empty(x.shape, dtype) if fused else None
+    dw = np.zeros(D)
+    db = np.zeros(D)
+    if R:
+        mode = MODE_PLAIN if not fused else (MODE_FUSED if dh is None else MODE_FUSED_DH)
+        dresf = dres.reshape(-1) if fused else _empty0(dtype)
+        dhf = dh.reshape(-1) if dh is not None else _empty0(dtype)
+        w = _flat_param(weight, D, dtype, 1.0)
+        acc64 = opts.accumulator(dtype) == np.float64
+        meanf = np.zeros(R) if mean is None else np.ascontiguousarray(mean, np.float64).reshape(-1)
+        rstdf = np.ascontiguousarray(rstd, np.float64).reshape(-1)
+        common = (dy.reshape(-1), x.reshape(-1), w, dx.reshape(-1), dresf, dhf, mode, float(alpha), meanf, rstdf, D)
+        args = (rms, acc64, opts.correction, float(eps), opts.eps_code)
+        kind, S = _schedule(R, D)
+        if kind == "split":
+            _backward_split(*common, S, *args, dw, db)
+        elif kind == "serial":
+            _backward_rows(*common, 0, R, *args, dw, db)
+        else:
+            _backward_par(*common, S, *args, dw, db)
+    shape = tuple(normalized_shape)
+    return dx, dres, dw.astype(dtype).reshape(shape), db.astype(dtype).reshape(shape)
