@@ -23,7 +23,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from normbench import registry
-from normbench.bandwidth import TWO_READ_BACKWARD, TWO_READ_FORWARD
+
+try:
+    from normbench.bandwidth import TWO_READ_BACKWARD, TWO_READ_FORWARD
+except ImportError:  # asv pairs today's benchmarks with older installs of the project
+    TWO_READ_FORWARD, TWO_READ_BACKWARD = 2 / 3, 3 / 5
 
 #: design.md: headline targets are judged on working sets of at least 128 MiB (4x the L3 measured here)
 BIG_BYTES = 128 * 2**20
