@@ -1,0 +1,310 @@
+"""The channel engine shared by batch.py and group.py (batch, frozen, group and instance norm), both layouts.
+
+A *segment* is the set of values one statistic covers: a channel (batch norm), a (sample, group) (group
+norm), a (sample, channel) (instance norm).  Segment ``q`` starts at ``(q // qin) * qout + (q % qin) * qst``
+and its value ``j`` lies at ``base + (j // inner) * outer + j % inner`` (see _reduce.pos), which covers
+channels-first (N, C, S) and channels-last (N, S, C) without copies.
+
+Statistics are a two-stage reduction: blocks of (BX segments x BY lanes) reduce a chunk of SPLIT_ELEMENTS
+values of each segment to (count, mean, M2) partials; a second kernel merges a segment's partials in order
+with Chan's formula (deterministic), derives rstd and updates running statistics on the device; an
+elementwise kernel normalises.  Channels-last segments whose values are C apart put consecutive segments along
+x (coalesced), the others spread one segment over the whole block.  The backward reduces (sum dy,
+sum dy*(x - mean)) per channel (batch) or per (sample, channel) (group, instance) the same way, combines them
+into per-segment coefficients and per-channel dweight/dbias, then an elementwise kernel writes dx.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from types import SimpleNamespace
+
+import numpy as np
+from numba import cuda, float32, float64
+
+from . import config
+from ._arrays import dummy, empty, flat, launch, output, to_device
+from ._reduce import chan, drstd_factor, group_moments, group_sum2, make_thread_moments, pos, rstd_from_m2
+from .config import MAX_THREADS
+
+
+@functools.cache
+def kernels(acc_name: str):
+    acc = float32 if acc_name == "float32" else float64
+    moments = make_thread_moments(acc)
+
+    @cuda.jit(cache=True)
+    def seg_moments(x, Q, qin, qout, qst, cnt, inner, outer, chunk, algo, part):
+        sn = cuda.shared.array(MAX_THREADS, float64)
+        sm = cuda.shared.array(MAX_THREADS, float64)
+        sq = cuda.shared.array(MAX_THREADS, float64)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        q = cuda.blockIdx.x * cuda.blockDim.x + tx
+        k = cuda.blockIdx.y
+        lo = k * chunk
+        hi = min(lo + chunk, cnt)
+        n = float64(0.0)
+        m = float64(0.0)
+        m2 = float64(0.0)
+        if q < Q:
+            base = (q // qin) * qout + (q % qin) * qst
+            n, m, m2 = moments(x, base, inner, outer, lo + ty, hi, cuda.blockDim.y, algo, x[base])
+        n, m, m2 = group_moments(sn, sm, sq, tx, cuda.blockDim.y, ty, n, m, m2)
+        if ty == 0 and q < Q:
+            o = (k * Q + q) * 3
+            part[o] = n
+            part[o + 1] = m
+            part[o + 2] = m2
+
+    @cuda.jit(cache=True)
+    def seg_finish(part, nsplit, Q, cnt, corr, eps, eps_code, mean, rstd, m2_out, rm, rv, has_running, momentum):
+        """Merge a segment's partials in split order; rstd; the running-statistics update (batch norm)."""
+        for q in range(cuda.grid(1), Q, cuda.gridsize(1)):
+            n = float64(0.0)
+            m = float64(0.0)
+            m2 = float64(0.0)
+            for k in range(nsplit):
+                o = (k * Q + q) * 3
+                n, m, m2 = chan(n, m, m2, part[o], part[o + 1], part[o + 2])
+            mean[q] = m
+            m2_out[q] = m2
+            rstd[q] = rstd_from_m2(m2, cnt, corr, eps, eps_code)
+            if has_running:
+                rm[q] = (1.0 - momentum) * float64(rm[q]) + momentum * m
+                rv[q] = (1.0 - momentum) * float64(rv[q]) + momentum * (m2 / float64(cnt - 1))
+
+    @cuda.jit(cache=True)
+    def instance_running(mean, m2, N, C, S, rm, rv, momentum):
+        """PyTorch's instance-norm running update: batch averages of the per-instance mean and unbiased var."""
+        for c in range(cuda.grid(1), C, cuda.gridsize(1)):
+            sm = float64(0.0)
+            sv = float64(0.0)
+            for n in range(N):
+                sm += mean[n * C + c]
+                sv += m2[n * C + c] / float64(S - 1)
+            rm[c] = (1.0 - momentum) * float64(rm[c]) + momentum * (sm / N)
+            rv[c] = (1.0 - momentum) * float64(rv[c]) + momentum * (sv / N)
+
+    @cuda.jit(cache=True)
+    def eval_stats(rm, rv, eps, eps_code, total, mean, rstd):
+        """Running statistics as constants: mean/rstd per channel, repeated over samples (``total`` = N*C)."""
+        C = rm.size
+        for i in range(cuda.grid(1), total, cuda.gridsize(1)):
+            c = i % C
+            mean[i] = float64(rm[c])
+            rstd[i] = rstd_from_m2(float64(rv[c]), 1, 0, eps, eps_code)
+
+    @cuda.jit(cache=True)
+    def normalize(x, y, mean, rstd, w, has_w, b, has_b, C, cdiv, CS, qn, Cg):
+        for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+            c = (i // cdiv) % C
+            q = (i // CS) * qn + c // Cg
+            v = (acc(x[i]) - acc(mean[q])) * acc(rstd[q])
+            if has_w:
+                v *= acc(w[c])
+            if has_b:
+                v += acc(b[c])
+            y[i] = v
+
+    @cuda.jit(cache=True)
+    def seg_sums(dy, x, mean, P, qin, qout, qst, cnt, inner, outer, chunk, C, qn, Cg, part):
+        """Per sum-segment p (a channel, or a (sample, channel)): partial sum dy and sum dy*(x - mean)."""
+        sa = cuda.shared.array(MAX_THREADS, float64)
+        sb = cuda.shared.array(MAX_THREADS, float64)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        p = cuda.blockIdx.x * cuda.blockDim.x + tx
+        k = cuda.blockIdx.y
+        lo = k * chunk
+        hi = min(lo + chunk, cnt)
+        a = acc(0.0)
+        s = acc(0.0)
+        if p < P:
+            base = (p // qin) * qout + (p % qin) * qst
+            m = acc(mean[(p // C) * qn + (p % C) // Cg])
+            for j in range(lo + ty, hi, cuda.blockDim.y):
+                i = pos(j, base, inner, outer)
+                g = acc(dy[i])
+                a += g
+                s += g * (acc(x[i]) - m)
+        A, S = group_sum2(sa, sb, tx, cuda.blockDim.y, ty, float64(a), float64(s))
+        if ty == 0 and p < P:
+            o = (k * P + p) * 2
+            part[o] = A
+            part[o + 1] = S
+
+    @cuda.jit(cache=True)
+    def sums_finish(part, nsplit, P, db, ds):
+        for p in range(cuda.grid(1), P, cuda.gridsize(1)):
+            a = float64(0.0)
+            s = float64(0.0)
+            for k in range(nsplit):
+                a += part[(k * P + p) * 2]
+                s += part[(k * P + p) * 2 + 1]
+            db[p] = a
+            ds[p] = s
+
+    @cuda.jit(cache=True)
+    def seg_coef(db, ds, w, has_w, rstd, Q, C, G, Cg, nseg, training, corr, eps, eps_code, mg, kq):
+        """Per statistics segment q = n*G + g: mean of g = dy*w and the coefficient of xc in dx."""
+        for q in range(cuda.grid(1), Q, cuda.gridsize(1)):
+            A = float64(0.0)
+            B = float64(0.0)
+            p0 = (q // G) * C + (q % G) * Cg
+            for i in range(Cg):
+                wc = float64(w[(q % G) * Cg + i]) if has_w else float64(1.0)
+                A += wc * db[p0 + i]
+                B += wc * ds[p0 + i]
+            if training:
+                mg[q] = A / float64(nseg)
+                kq[q] = drstd_factor(rstd[q], B, nseg, corr, eps, eps_code)
+            else:
+                mg[q] = 0.0
+                kq[q] = 0.0
+
+    @cuda.jit(cache=True)
+    def chan_grads(db, ds, rstd, N, C, qn, Cg, dw, want_w, dbias, want_b):
+        for c in range(cuda.grid(1), C, cuda.gridsize(1)):
+            a = float64(0.0)
+            s = float64(0.0)
+            for n in range(N):
+                a += db[n * C + c]
+                s += ds[n * C + c] * rstd[n * qn + c // Cg]
+            if want_w:
+                dw[c] = s
+            if want_b:
+                dbias[c] = a
+
+    @cuda.jit(cache=True)
+    def dx_kernel(dy, x, mean, rstd, mg, kq, w, has_w, C, cdiv, CS, qn, Cg, dx):
+        for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+            c = (i // cdiv) % C
+            q = (i // CS) * qn + c // Cg
+            g = acc(dy[i])
+            if has_w:
+                g *= acc(w[c])
+            dx[i] = acc(rstd[q]) * (g - acc(mg[q])) + acc(kq[q]) * (acc(x[i]) - acc(mean[q]))
+
+    @cuda.jit(cache=True)
+    def frozen_forward(x, w, b, rm, rv, eps, C, cdiv, y):
+        for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+            c = (i // cdiv) % C
+            scale = float64(w[c]) / math.sqrt(float64(rv[c]) + eps)
+            y[i] = float64(x[i]) * scale + (float64(b[c]) - float64(rm[c]) * scale)
+
+    @cuda.jit(cache=True)
+    def frozen_backward(dy, w, rv, eps, C, cdiv, dx):
+        for i in range(cuda.grid(1), dy.size, cuda.gridsize(1)):
+            c = (i // cdiv) % C
+            dx[i] = float64(dy[i]) * (float64(w[c]) / math.sqrt(float64(rv[c]) + eps))
+
+    return SimpleNamespace(module=__name__, acc=acc_name, **{k: v for k, v in locals().items()
+                                                             if hasattr(v, "py_func")})
+
+
+# ------------------------------------------------------------------------------------------- geometry
+class Geometry(SimpleNamespace):
+    """x as (N, C, S) (axis=1) or (N, S, C) (axis=-1), and G statistic groups of Cg channels per sample
+    (batch norm: one segment per channel across the batch)."""
+
+
+def geometry(shape, axis, G=None):
+    N = shape[0]
+    C = shape[1] if axis == 1 else shape[-1]
+    S = math.prod(shape) // (N * C) if N * C else 0
+    g = Geometry(N=N, C=C, S=S, cdiv=S if axis == 1 else 1, CS=C * S, axis=axis)
+    if G is None:  # batch norm: segment c over (n, s)
+        g.G, g.Cg, g.qn, g.Q = C, 1, 0, C
+        if axis == 1:
+            g.seg = (C, 0, S, N * S, S, C * S)
+        else:
+            g.seg = (C, 0, 1, N * S, 1, C)
+        g.sums, g.P, g.Nsum = g.seg, C, 1
+    else:
+        Cg = C // G
+        g.G, g.Cg, g.qn, g.Q = G, Cg, G, N * G
+        if axis == 1:
+            g.seg = (g.Q, 0, Cg * S, Cg * S, Cg * S, 0)
+            g.sums = (N * C, 0, S, S, S, 0)
+        else:
+            g.seg = (G, S * C, Cg, S * Cg, Cg, C)
+            g.sums = (C, S * C, 1, S, 1, C)
+        g.P, g.Nsum = N * C, N
+    return g
+
+
+def _launch_shape(Q, seg):
+    """(grid, block, nsplit, chunk) of a two-stage reduction over Q segments of ``seg``'s count."""
+    qin, qout, qst, cnt, inner, outer = seg
+    tpb = config.THREADS_PER_BLOCK
+    if tpb > config.MAX_THREADS:
+        raise ValueError(f"config.THREADS_PER_BLOCK={tpb} exceeds config.MAX_THREADS={config.MAX_THREADS}")
+    bx = max(1, min(config.CHANNEL_TILE, Q, tpb)) if inner == 1 and outer > 1 else 1
+    by = max(1, tpb // bx)
+    nsplit = max(1, min(65535, -(-cnt // config.SPLIT_ELEMENTS)))
+    chunk = -(-cnt // nsplit)
+    return (-(-Q // bx), nsplit), (bx, by), nsplit, chunk
+
+
+def _grid(n):
+    tpb = config.THREADS_PER_BLOCK
+    return max(1, min(config.MAX_GRID, -(-n // tpb))), tpb
+
+
+def _opt(a, dtype):
+    return (flat(a), True) if a is not None else (dummy(dtype), False)
+
+
+def moments(ks, xd, g, opts, eps, rm=None, rv=None, momentum=0.0):
+    """(mean, rstd, m2) float64 device arrays of the Q segments; running statistics updated when given."""
+    grid, block, nsplit, chunk = _launch_shape(g.Q, g.seg)
+    part = empty(nsplit * g.Q * 3, np.float64)
+    qin, qout, qst, cnt, inner, outer = g.seg
+    launch(ks, "seg_moments", grid, block, xd, g.Q, qin, qout, qst, cnt, inner, outer, chunk, opts.variance_code,
+           part)
+    mean, rstd, m2 = empty(g.Q, np.float64), empty(g.Q, np.float64), empty(g.Q, np.float64)
+    has_running = rm is not None and g.qn == 0
+    launch(ks, "seg_finish", *_grid(g.Q), part, nsplit, g.Q, cnt, opts.correction, float(eps), opts.eps_code, mean,
+           rstd, m2, rm if has_running else dummy(np.float64), rv if has_running else dummy(np.float64),
+           has_running, float(momentum))
+    return mean, rstd, m2
+
+
+def normalize(ks, xd, y, g, mean, rstd, weight, bias):
+    w, has_w = _opt(weight, xd.dtype)
+    b, has_b = _opt(bias, xd.dtype)
+    launch(ks, "normalize", *_grid(xd.size), xd, y, mean, rstd, w, has_w, b, has_b, g.C, g.cdiv, g.CS, g.qn, g.Cg)
+
+
+def backward(ks, dyd, xd, g, mean, rstd, weight, want_w, want_b, training, opts, eps, dx):
+    """dx written into ``dx``; returns (dweight, dbias) float64 device arrays (or None)."""
+    grid, block, nsplit, chunk = _launch_shape(g.P, g.sums)
+    part = empty(nsplit * g.P * 2, np.float64)
+    qin, qout, qst, cnt, inner, outer = g.sums
+    launch(ks, "seg_sums", grid, block, dyd, xd, mean, g.P, qin, qout, qst, cnt, inner, outer, chunk, g.C, g.qn,
+           g.Cg, part)
+    db, ds = empty(g.P, np.float64), empty(g.P, np.float64)
+    launch(ks, "sums_finish", *_grid(g.P), part, nsplit, g.P, db, ds)
+    w, has_w = _opt(weight, dyd.dtype)
+    mg, kq = empty(g.Q, np.float64), empty(g.Q, np.float64)
+    nseg = g.seg[3]
+    launch(ks, "seg_coef", *_grid(g.Q), db, ds, w, has_w, rstd, g.Q, g.C, g.G, g.Cg, nseg, bool(training),
+           opts.correction, float(eps), opts.eps_code, mg, kq)
+    dw = empty(g.C, np.float64) if want_w else None
+    dbias = empty(g.C, np.float64) if want_b else None
+    none = dummy(np.float64)
+    launch(ks, "chan_grads", *_grid(g.C), db, ds, rstd, g.Nsum, g.C, g.qn, g.Cg, dw if want_w else none, want_w,
+           dbias if want_b else none, want_b)
+    launch(ks, "dx_kernel", *_grid(xd.size), dyd, xd, mean, rstd, mg, kq, w, has_w, g.C, g.cdiv, g.CS, g.qn, g.Cg,
+           dx)
+    return dw, dbias
+
+
+def device_inputs(x, dtype=None, **named):
+    """Flat device arrays for x and the named optional arrays (None stays None)."""
+    return [flat(to_device(a, k, dtype)) if a is not None else None for k, a in named.items()]
+
+
+def out_array(out, x, host):
+    return output(out, x.shape, x.dtype, host)
