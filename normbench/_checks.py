@@ -109,7 +109,7 @@ def normalized_shape(value, x) -> tuple:
     shape = (value,) if isinstance(value, (int, np.integer)) else value
     try:
         shape = tuple(int(d) for d in shape)
-    except TypeError:
+    except (TypeError, ValueError):
         raise TypeError(f"normalized_shape={value!r}; expected an int or a tuple of ints") from None
     k = len(shape)
     if k == 0 or k > x.ndim or tuple(x.shape[x.ndim - k:]) != shape:

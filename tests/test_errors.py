@@ -1,0 +1,380 @@
+"""Bad input: every class in the design's list raises a clear ValueError/TypeError naming the argument, before
+any write (running statistics untouched).  Also: non-contiguous inputs work, NaN stays in its row/channel."""
+import os
+
+import numpy as np
+import pytest
+
+import normbench as nb
+from normbench import registry
+
+
+def backends(variant):
+    return [b for b in registry.available_backends(variant) if b != "cuda"]
+
+
+@pytest.fixture
+def x4(rng):
+    return rng.standard_normal((2, 4, 3))
+
+
+def running(C=4):
+    return np.zeros(C), np.ones(C)
+
+
+# ---------------------------------------------------------------------------------------------- shapes, dtypes, rank
+def test_shape_mismatch_names_the_argument(x4):
+    rm, rv = running()
+    with pytest.raises(ValueError, match="weight"):
+        nb.batch_norm_forward(x4, np.ones(3), None, rm, rv)
+    with pytest.raises(ValueError, match="running_var"):
+        nb.batch_norm_forward(x4, None, None, rm, np.ones(5))
+    with pytest.raises(ValueError, match="dy"):
+        nb.layer_norm_backward(x4[:1], x4, 3, np.zeros((2, 4)), np.ones((2, 4)))
+    with pytest.raises(ValueError, match="rstd"):
+        nb.layer_norm_backward(x4, x4, 3, np.zeros((2, 4)), np.ones((2, 3)))
+    with pytest.raises(ValueError, match="normalized_shape"):
+        nb.layer_norm_forward(x4, (4,))
+    with pytest.raises(ValueError, match="normalized_shape"):
+        nb.rms_norm_forward(x4, (2, 3))
+    with pytest.raises(ValueError, match="bias"):
+        nb.group_norm_forward(x4, 2, np.ones(4), np.ones(2))
+    with pytest.raises(ValueError, match="residual"):
+        nb.fused_add_norm_forward(x4, x4[:, :2], 3)
+    with pytest.raises(ValueError, match="scale"):
+        nb.local_response_norm_backward(x4, x4, x4, x4[:1], 3)
+    with pytest.raises(ValueError, match="save_mean"):
+        nb.batch_norm_backward(x4, x4, None, None, np.zeros(3), np.ones(4))
+    with pytest.raises(ValueError, match="mean"):
+        nb.group_norm_backward(x4, x4, 2, np.zeros((2, 4)), np.ones((2, 2)))
+
+
+def test_dtypes(x4):
+    xi = np.ones((2, 4, 3), dtype=np.int64)
+    with pytest.raises(TypeError, match="x has dtype int64"):
+        nb.layer_norm_forward(xi, 3)
+    with pytest.raises(TypeError, match="x has dtype float16"):
+        nb.batch_norm_forward(x4.astype(np.float16), None, None, None, None)
+    with pytest.raises(TypeError, match="weight"):  # mixed dtypes
+        nb.layer_norm_forward(x4.astype(np.float32), 3, np.ones(3))
+    with pytest.raises(TypeError, match="running_mean"):
+        nb.batch_norm_forward(x4, None, None, np.zeros(4, np.float32), np.ones(4, np.float32))
+    with pytest.raises(TypeError, match="dy"):
+        nb.rms_norm_backward(x4.astype(np.float32), x4, 3, np.ones((2, 4)))
+    with pytest.raises(TypeError, match="x has type list"):
+        nb.rms_norm_forward([[1.0, 2.0]], 2)
+    with pytest.raises(TypeError, match="x is None"):
+        nb.group_norm_forward(None, 1)
+    with pytest.raises(TypeError, match="normalized_shape"):
+        nb.layer_norm_forward(x4, "abc")
+
+
+def test_rank_too_low(rng):
+    x1 = rng.standard_normal(5)
+    one = np.ones(5)
+    for call in (lambda: nb.batch_norm_forward(x1, None, None, None, None),
+                 lambda: nb.batch_norm_backward(x1, x1, None, None, one, one),
+                 lambda: nb.group_norm_forward(x1, 1),
+                 lambda: nb.instance_norm_forward(x1),
+                 lambda: nb.frozen_batch_norm_forward(x1, one, one, one, one),
+                 lambda: nb.local_response_norm_forward(rng.standard_normal((2, 5)), 3),
+                 lambda: nb.fused_add_norm_forward(np.ones(()), np.ones(()), ()),
+                 lambda: nb.PopulationStats(5).update(x1)):
+        with pytest.raises(ValueError, match="rank"):
+            call()
+
+
+# ---------------------------------------------------------------------------------------------- counts
+def test_batch_norm_one_value_per_channel(rng):
+    for shape in ((1, 3), (1, 3, 1), (1, 3, 1, 1)):
+        rm, rv = running(3)
+        with pytest.raises(ValueError, match="more than 1 value per channel"):
+            nb.batch_norm_forward(rng.standard_normal(shape), None, None, rm, rv, training=True)
+        np.testing.assert_array_equal(rm, 0)
+        # evaluation uses running statistics: one value is fine
+        nb.batch_norm_forward(rng.standard_normal(shape), None, None, rm, rv, training=False)
+
+
+def test_instance_norm_one_value_per_instance_channel(rng):
+    for shape in ((4, 3), (4, 3, 1), (2, 3, 1, 1)):
+        with pytest.raises(ValueError, match="more than 1 spatial element"):
+            nb.instance_norm_forward(rng.standard_normal(shape))
+        rm, rv = running(3)
+        nb.instance_norm_forward(rng.standard_normal(shape), running_mean=rm, running_var=rv, use_input_stats=False)
+
+
+def test_num_groups(x4):
+    with pytest.raises(ValueError, match="num_groups=3 does not divide .* C=4"):
+        nb.group_norm_forward(x4, 3)
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="num_groups"):
+            nb.group_norm_forward(x4, bad)
+
+
+@pytest.mark.parametrize("eps", [-1e-5, float("nan"), "abc"])
+def test_eps(eps, x4):
+    rm, rv = running()
+    one = np.ones(4)
+    calls = [lambda: nb.batch_norm_forward(x4, None, None, rm, rv, eps=eps),
+             lambda: nb.batch_norm_backward(x4, x4, None, None, one, one, eps=eps),
+             lambda: nb.layer_norm_forward(x4, 3, eps=eps),
+             lambda: nb.rms_norm_forward(x4, 3, eps=eps),
+             lambda: nb.group_norm_forward(x4, 2, eps=eps),
+             lambda: nb.instance_norm_forward(x4, eps=eps),
+             lambda: nb.frozen_batch_norm_forward(x4, one, one, one, one, eps=eps),
+             lambda: nb.frozen_batch_norm_backward(x4, one, one, eps=eps),
+             lambda: nb.fused_add_norm_forward(x4, x4, 3, eps=eps),
+             lambda: nb.fused_add_norm_forward(x4, x4, 3, norm="rms", eps=eps)]
+    for call in calls:
+        with pytest.raises((ValueError, TypeError), match="eps"):
+            call()
+    np.testing.assert_array_equal(rm, 0)
+    np.testing.assert_array_equal(rv, 1)
+
+
+@pytest.mark.parametrize("momentum", [-0.1, 1.5, float("nan"), "fast"])
+def test_momentum(momentum, x4):
+    rm, rv = running()
+    with pytest.raises((ValueError, TypeError), match="momentum"):
+        nb.batch_norm_forward(x4, None, None, rm, rv, momentum=momentum)
+    with pytest.raises((ValueError, TypeError), match="momentum"):
+        nb.instance_norm_forward(x4, None, None, rm, rv, momentum=momentum)
+    np.testing.assert_array_equal(rm, 0)
+    np.testing.assert_array_equal(rv, 1)
+    # momentum is not used (no running statistics, or evaluation): not checked, as PyTorch
+    nb.batch_norm_forward(x4, None, None, None, None, momentum=momentum)
+    nb.batch_norm_forward(x4, None, None, rm, rv, training=False, momentum=momentum)
+
+
+def test_momentum_bounds_are_inclusive(x4):
+    for m, want in ((0.0, 0.0), (1.0, None)):
+        rm, rv = running()
+        _, mean, _ = nb.batch_norm_forward(x4, None, None, rm, rv, momentum=m, backend="reference")
+        np.testing.assert_allclose(rm, 0.0 if want == 0.0 else mean, atol=1e-15)
+
+
+def test_correction_must_be_below_n(x4):
+    with pytest.raises(ValueError, match=r"correction=3 must be smaller .*\(n=3\)"):
+        nb.layer_norm_forward(x4, 3, correction=3)
+    with pytest.raises(ValueError, match="correction"):
+        nb.rms_norm_forward(x4, 3, correction=5)
+    with pytest.raises(ValueError, match="correction"):
+        nb.group_norm_forward(x4, 4, correction=3)
+    with pytest.raises(ValueError, match="correction"):
+        nb.instance_norm_forward(x4, correction=3)
+    rm, rv = running()
+    with pytest.raises(ValueError, match="correction"):
+        nb.batch_norm_forward(x4, None, None, rm, rv, correction=6)
+    np.testing.assert_array_equal(rm, 0)
+    for bad in (-1, 0.5, True, "1"):
+        with pytest.raises(ValueError, match="correction"):
+            nb.layer_norm_forward(x4, 3, correction=bad)
+    nb.layer_norm_forward(x4, 3, correction=2)  # n - correction = 1 is allowed
+
+
+def test_lrn_size(x4):
+    for bad in (0, -1, 2.0, None):
+        with pytest.raises(ValueError, match="size"):
+            nb.local_response_norm_forward(x4, bad)
+    with pytest.raises(TypeError, match="alpha"):
+        nb.local_response_norm_forward(x4, 3, alpha="x")
+
+
+def test_unknown_backend_and_options(x4):
+    with pytest.raises(ValueError, match="backend='gpu'"):
+        nb.layer_norm_forward(x4, 3, backend="gpu")
+    with pytest.raises(TypeError, match="variance_algo"):
+        nb.layer_norm_forward(x4, 3, variance_algo="welford")
+    with pytest.raises(TypeError, match="correction"):  # FrozenBN computes no statistics: no numerics options
+        nb.frozen_batch_norm_forward(x4, np.ones(4), np.ones(4), np.ones(4), np.ones(4), correction=1)
+    with pytest.raises(ValueError, match="eps_placement='middle'"):
+        nb.layer_norm_forward(x4, 3, eps_placement="middle")
+    with pytest.raises(ValueError, match="variance='kahan'"):
+        nb.layer_norm_forward(x4, 3, variance="kahan")
+    with pytest.raises(ValueError, match="accumulate"):
+        nb.layer_norm_forward(x4, 3, accumulate="float16")
+    with pytest.raises(ValueError, match="axis=2"):
+        nb.batch_norm_forward(x4, None, None, None, None, axis=2)
+    with pytest.raises(ValueError, match="axis=0"):
+        nb.group_norm_forward(x4, 2, axis=0)
+    with pytest.raises(ValueError, match="norm='group'"):
+        nb.fused_add_norm_forward(x4, x4, 3, norm="group")
+    with pytest.raises(ValueError, match="bias must be None"):
+        nb.fused_add_norm_forward(x4, x4, 3, None, np.ones(3), norm="rms")
+    with pytest.raises(ValueError, match="running_mean and running_var"):
+        nb.batch_norm_forward(x4, None, None, np.zeros(4), None)
+    with pytest.raises(ValueError, match="training=False"):
+        nb.batch_norm_forward(x4, None, None, None, None, training=False)
+    with pytest.raises(ValueError, match="use_input_stats=False"):
+        nb.instance_norm_forward(x4, use_input_stats=False)
+    with pytest.raises(ValueError, match="weighting"):
+        nb.PopulationStats(4, weighting="equal")
+
+
+@pytest.mark.skipif(os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"),
+                    reason="the CUDA simulator is enabled: backend='cuda' is available")
+def test_cuda_without_gpu(x4):
+    from numba import cuda
+
+    if cuda.is_available():
+        pytest.skip("a CUDA GPU is present")
+    with pytest.raises((RuntimeError, ValueError), match="cuda"):
+        nb.layer_norm_forward(x4, 3, backend="cuda")
+
+
+# ---------------------------------------------------------------------------------------------- out=
+@pytest.mark.parametrize("backend", backends("layer_norm"))
+def test_out_rules(backend, x4):
+    dtype = registry.output_dtype(backend, x4.astype(np.float32))
+    x = x4.astype(np.float32)
+    wrong = np.float32 if dtype == np.float64 else np.float64
+    with pytest.raises(ValueError, match="out has shape"):
+        nb.layer_norm_forward(x, 3, out=np.empty((2, 4), dtype), backend=backend)
+    with pytest.raises(ValueError, match="out has shape .* dtype"):
+        nb.layer_norm_forward(x, 3, out=np.empty(x.shape, wrong), backend=backend)
+    if dtype == x.dtype:
+        with pytest.raises(ValueError, match="out shares memory with x"):
+            nb.layer_norm_forward(x, 3, out=x, backend=backend)
+    with pytest.raises(ValueError, match="writable"):
+        ro = np.empty(x.shape, dtype)
+        ro.flags.writeable = False
+        nb.layer_norm_forward(x, 3, out=ro, backend=backend)
+    with pytest.raises(TypeError, match="out has type list"):
+        nb.layer_norm_forward(x, 3, out=[], backend=backend)
+    out = np.empty(x.shape, dtype)
+    y = nb.layer_norm_forward(x, 3, out=out, backend=backend)[0]
+    assert y is out
+    np.testing.assert_allclose(out, nb.layer_norm_forward(x, 3, backend=backend)[0], rtol=0, atol=0)
+
+
+def test_out_overlap(x4):
+    rm, rv = running()
+    w = np.ones(4)
+    big = np.empty(x4.size * 2)
+    with pytest.raises(ValueError, match="out shares memory with x"):
+        xv = big[: x4.size].reshape(x4.shape)
+        xv[...] = x4
+        nb.batch_norm_forward(xv, None, None, rm, rv, out=big[x4.size // 2: x4.size // 2 + x4.size].reshape(x4.shape),
+                              backend="reference")
+    with pytest.raises(ValueError, match="dx_out shares memory with dy"):
+        dy = x4.copy()
+        nb.batch_norm_backward(dy, x4, w, None, np.zeros(4), np.ones(4), dx_out=dy, backend="reference")
+    with pytest.raises(ValueError, match="out and h_out share memory"):
+        o = np.empty(x4.shape)
+        nb.fused_add_norm_forward(x4, x4.copy(), 3, out=o, h_out=o, backend="reference")
+    with pytest.raises(ValueError, match="h_out shares memory with residual"):
+        r = x4.copy()
+        nb.fused_add_norm_forward(x4, r, 3, h_out=r, backend="reference")
+    with pytest.raises(ValueError, match="dx_out"):
+        nb.local_response_norm_backward(x4, x4, x4, x4, 3, dx_out=np.empty((1,)), backend="reference")
+    np.testing.assert_array_equal(rm, 0)
+    np.testing.assert_array_equal(rv, 1)
+
+
+# ---------------------------------------------------------------------------------------------- no half-updated state
+@pytest.mark.parametrize("variant", ["batch", "instance"])
+def test_running_stats_untouched_after_any_error(variant, x4):
+    """Every late check (output, backend, option, correction) fires before the running statistics are written."""
+    fwd = nb.batch_norm_forward if variant == "batch" else nb.instance_norm_forward
+    bad_calls = [dict(out=np.empty((1, 1))), dict(out=x4), dict(backend="tpu"), dict(variance="exact"),
+                 dict(correction=99), dict(eps=-1.0), dict(momentum=2.0), dict(weight=np.ones(3)),
+                 dict(bias=np.ones(4, np.float32)), dict(axis=3), dict(unknown=1)]
+    for kw in bad_calls:
+        rm, rv = np.full(4, 0.5), np.full(4, 2.0)
+        w = kw.pop("weight", None)
+        b = kw.pop("bias", None)
+        with pytest.raises((ValueError, TypeError)):
+            fwd(x4, w, b, rm, rv, **kw)
+        np.testing.assert_array_equal(rm, 0.5, err_msg=str(kw))
+        np.testing.assert_array_equal(rv, 2.0, err_msg=str(kw))
+
+
+def test_running_stats_must_be_writable(x4):
+    rm, rv = running()
+    rm.flags.writeable = False
+    with pytest.raises(ValueError, match="running_mean is read-only"):
+        nb.batch_norm_forward(x4, None, None, rm, rv)
+    np.testing.assert_array_equal(rv, 1)
+
+
+def test_empty_batch_leaves_running_stats(rng):
+    for fwd in (nb.batch_norm_forward, nb.instance_norm_forward):
+        rm, rv = np.full(3, 0.5), np.full(3, 2.0)
+        y = fwd(np.empty((0, 3, 4)), None, None, rm, rv)[0]
+        assert y.shape == (0, 3, 4)
+        np.testing.assert_array_equal(rm, 0.5)
+        np.testing.assert_array_equal(rv, 2.0)
+
+
+# ---------------------------------------------------------------------------------------------- non-contiguous
+def _noncontig(a):
+    """The same values in a non-C-contiguous array (a strided view of a larger buffer)."""
+    if not isinstance(a, np.ndarray) or a.ndim == 0:
+        return a
+    big = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
+    view = big[..., ::2]
+    view[...] = a
+    assert not view.flags.c_contiguous or a.shape[-1] <= 1
+    return view
+
+
+CONTIG_CASES = [("batch_norm", (3, 4, 5), {"axis": 1}), ("batch_norm", (3, 4, 5), {"axis": -1}),
+                ("layer_norm", (3, 4, 5), {"normalized_ndim": 2}), ("rms_norm", (6, 5), {}),
+                ("group_norm", (2, 4, 5), {"num_groups": 2, "axis": -1}), ("instance_norm", (2, 4, 5), {}),
+                ("frozen_batch_norm", (2, 4, 5), {}), ("local_response_norm", (2, 6, 3), {"size": 3}),
+                ("fused_add_norm", (4, 6), {"norm": "layer"}), ("fused_add_norm", (4, 6), {"norm": "rms"})]
+
+
+@pytest.mark.parametrize("variant,shape,params", CONTIG_CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CONTIG_CASES)])
+def test_noncontiguous_inputs(variant, shape, params):
+    spec = registry.VARIANTS[variant]
+    for backend in backends(variant):
+        inputs = spec.make_inputs(shape, np.float64, np.random.default_rng(0), **params)
+        strided = {k: _noncontig(v) for k, v in inputs.items()}
+        a = spec.run_forward(dict(inputs, **{k: (v.copy() if isinstance(v, np.ndarray) else v)
+                                             for k, v in inputs.items()}), backend=backend)
+        b = spec.run_forward(strided, backend=backend)
+        dy = np.random.default_rng(1).standard_normal(a[0].shape)
+        ga = spec.run_backward(inputs, a, dy, backend=backend)
+        gb = spec.run_backward(strided, b, _noncontig(dy), backend=backend)
+        for u, v in zip(tuple(a) + tuple(ga), tuple(b) + tuple(gb)):
+            if isinstance(u, np.ndarray):
+                np.testing.assert_allclose(v, u, rtol=1e-14, atol=1e-14, err_msg=f"{variant} {backend}")
+
+
+# ---------------------------------------------------------------------------------------------- NaN isolation
+@pytest.mark.parametrize("backend", backends("layer_norm"))
+def test_nan_stays_in_its_row(backend, rng):
+    x = rng.standard_normal((4, 8))
+    x[1, 3] = np.nan
+    w, b = np.ones(8), np.zeros(8)
+    y, mean, rstd = nb.layer_norm_forward(x, 8, w, b, backend=backend)
+    assert np.isnan(y[1]).all() and np.isfinite(np.delete(y, 1, axis=0)).all()
+    dx, dw, db = nb.layer_norm_backward(np.ones_like(x), x, 8, mean, rstd, w, b, backend=backend)
+    assert np.isfinite(np.delete(dx, 1, axis=0)).all()
+    assert np.isnan(dw).any()  # a sum over rows carries it, as the math does
+    y, rstd = nb.rms_norm_forward(x, 8, backend=backend if backend in backends("rms_norm") else "reference")
+    assert np.isnan(y[1]).all() and np.isfinite(np.delete(y, 1, axis=0)).all()
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
+def test_nan_stays_in_its_channel_or_group(rng):
+    x = rng.standard_normal((3, 4, 5))
+    x[0, 2, 1] = np.inf
+    y = nb.batch_norm_forward(x, None, None, None, None, backend="reference")[0]
+    assert np.isnan(y[:, 2]).all() and np.isfinite(np.delete(y, 2, axis=1)).all()
+    dx = nb.batch_norm_backward(np.ones_like(x), x, None, None, *nb.batch_norm_forward(
+        x, None, None, None, None, backend="reference")[1:], backend="reference")[0]
+    assert np.isfinite(np.delete(dx, 2, axis=1)).all()
+    y = nb.group_norm_forward(x, 2, backend="reference")[0]
+    bad = np.zeros(y.shape, bool)
+    bad[0, 2:4] = True
+    assert np.isnan(y[bad]).all() and np.isfinite(y[~bad]).all()
+    y = nb.instance_norm_forward(x, backend="reference")[0]
+    assert np.isnan(y[0, 2]).all() and np.isfinite(np.delete(y.reshape(12, 5), 2, axis=0)).all()
+    # LRN: the NaN reaches exactly the channels whose window contains channel 2, at that position
+    x[0, 2, 1] = np.nan
+    y = nb.local_response_norm_forward(x, 2, alpha=1.0, backend="reference")[0]  # window [c-1, c]
+    bad = np.zeros(y.shape, bool)
+    bad[0, 2:4, 1] = True
+    assert np.isnan(y[bad]).all() and np.isfinite(y[~bad]).all()
