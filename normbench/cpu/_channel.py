@@ -1,0 +1,555 @@
+"""Numba kernels shared by the channel-statistics norms (batch, group, instance, frozen batch norm).
+
+Two memory layouts cover every case, so each pass is written once:
+
+* **Units of runs** (channels-first). Statistic unit ``u`` owns ``nr`` runs of ``L`` contiguous values, run ``k``
+  starting at ``u*L + k*run_stride``; a run is ``Cg`` sub-runs of ``S`` values of channel ``(u % G)*Cg + j``.
+  Batch norm ``(N, C, S)``: U=C, nr=N, L=S, run_stride=C*S, Cg=1, G=C.  Group norm ``(N, G, Cg, S)``: U=N*G,
+  nr=1, L=Cg*S.  Instance norm: group norm with G=C.
+  ``*_fused`` kernels run one unit per ``prange`` iteration: statistics, then the outputs while the unit's data
+  is cache-resident (x and dy read from memory once).  ``*_split`` kernels (fewer units than threads) spread
+  the sub-runs over the threads, merge the per-sub-run moments/sums, then write the outputs.
+* **Blocks of columns** (channels-last). ``x`` viewed as ``(B, R, C)``; statistics per (block, group of ``Cg``
+  adjacent columns); per-column affine vectors. Batch norm ``(N, *sp, C)``: B=1, R=N*S, Cg=1.  Group norm:
+  B=N, R=S, Cg=C/G.  Batch norm ``(N, C, S)`` with small S: B=1, R=N, C*S columns, Cg=S (slabs too short to
+  be worth a range reduction each).  Vectorised over the columns with per-task partial buffers merged with
+  Chan's formula; ``*_fused`` runs one block per iteration (B >= threads), ``*_split`` cuts the rows of each
+  block into ``P`` chunks (statistics, merge, then outputs: x is read twice, the 2/3 and 3/5 limits).
+
+Outputs are computed in float64 from float64 statistics ((x - mean) * scale + shift, never a folded
+x*scale + shift in the storage dtype on training paths, which loses the offset-data accuracy).  Backward
+reductions are float64 whatever ``accumulate`` says (``accumulate`` governs the statistics of the forward).
+Options arrive as runtime integer codes; kernels compile once per input dtype.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from ._moments import FASTMATH, chan_merge, column_moments, range_moments, rstd_from_m2
+
+_PAR = dict(parallel=True, fastmath=FASTMATH, cache=True)
+_SEQ = dict(fastmath=FASTMATH, cache=True)
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+@njit(**_SEQ)
+def _coeffs(tdy, tdyxc, r, n, correction, eps, eps_code):
+    """Training backward of one unit: ``(mean(dxhat), k)`` with ``dx = r*(dxhat - mean(dxhat)) + k*xc``,
+    given ``tdy = sum(dxhat)`` and ``tdyxc = sum(dxhat*xc)``; k = r'(var) * 2/(n - c) * sum(dxhat*xc)."""
+    mdx = tdy / n
+    if eps_code == 0:
+        k = -r * r * r * tdyxc / (n - correction)
+    else:
+        sd = 1.0 / r - eps  # sqrt(var); where var = 0 the derivative does not exist: the term is taken as 0
+        k = -r * r * tdyxc / (sd * (n - correction)) if sd > 0 else 0.0
+    return mdx, k
+
+
+@njit(**_SEQ)
+def _normalize_range(xf, yf, lo, hi, mean, scale, shift):
+    for i in range(lo, hi):
+        yf[i] = (xf[i] - mean) * scale + shift
+
+
+@njit(**_SEQ)
+def _sums_range(dyf, xf, lo, hi, mean):
+    """(sum(dy), sum(dy*(x - mean))) over ``lo:hi``, float64."""
+    a = 0.0
+    c = 0.0
+    for i in range(lo, hi):
+        g = np.float64(dyf[i])
+        a += g
+        c += g * (xf[i] - mean)
+    return a, c
+
+
+@njit(**_SEQ)
+def _dx_range(dyf, xf, dxf, lo, hi, a, b, k, mean, train):
+    """dx = a*dy - b + k*(x - mean) (training) or a*dy (running statistics are constants)."""
+    if train:
+        for i in range(lo, hi):
+            dxf[i] = a * dyf[i] - b + k * (xf[i] - mean)
+    else:
+        for i in range(lo, hi):
+            dxf[i] = a * dyf[i]
+
+
+@njit(**_SEQ)
+def _subrun(t, nr, L, run_stride, S, Cg):
+    """(unit, sub-channel j, start) of sub-run task ``t`` (tasks ordered unit, run, sub-channel)."""
+    per = nr * Cg
+    u = t // per
+    rem = t - u * per
+    k = rem // Cg
+    j = rem - k * Cg
+    return u, j, u * L + k * run_stride + j * S
+
+
+# ------------------------------------------------------------------------------- units of runs (channels-first)
+@njit(**_PAR)
+def cf_forward_fused(xf, yf, U, nr, L, run_stride, S, Cg, G, w, b, algo, acc64, correction, eps, eps_code,
+                     mean_out, m2_out, rstd_out, write_y):
+    n = nr * L
+    for u in prange(U):
+        cnt = 0
+        mean = 0.0
+        m2 = 0.0
+        for k in range(nr):
+            lo = u * L + k * run_stride
+            m, q = range_moments(xf, lo, lo + L, algo, acc64)
+            cnt, mean, m2 = chan_merge(cnt, mean, m2, L, m, q)
+        r = rstd_from_m2(m2, n, correction, eps, eps_code)
+        mean_out[u] = mean
+        m2_out[u] = m2
+        rstd_out[u] = r
+        if write_y:  # the unit's data is still in cache
+            ch0 = (u % G) * Cg
+            for k in range(nr):
+                for j in range(Cg):
+                    s0 = u * L + k * run_stride + j * S
+                    _normalize_range(xf, yf, s0, s0 + S, mean, r * w[ch0 + j], np.float64(b[ch0 + j]))
+
+
+@njit(**_PAR)
+def cf_forward_split(xf, yf, U, nr, L, run_stride, S, Cg, G, w, b, algo, acc64, correction, eps, eps_code,
+                     mean_out, m2_out, rstd_out, write_y):
+    n = nr * L
+    T = U * nr * Cg
+    tm = np.empty(T)
+    tq = np.empty(T)
+    for t in prange(T):
+        u, j, s0 = _subrun(t, nr, L, run_stride, S, Cg)
+        m, q = range_moments(xf, s0, s0 + S, algo, acc64)
+        tm[t] = m
+        tq[t] = q
+    for u in range(U):
+        cnt = 0
+        mean = 0.0
+        m2 = 0.0
+        for t in range(u * nr * Cg, (u + 1) * nr * Cg):
+            cnt, mean, m2 = chan_merge(cnt, mean, m2, S, tm[t], tq[t])
+        mean_out[u] = mean
+        m2_out[u] = m2
+        rstd_out[u] = rstd_from_m2(m2, n, correction, eps, eps_code)
+    if write_y:
+        for t in prange(T):
+            u, j, s0 = _subrun(t, nr, L, run_stride, S, Cg)
+            ch = (u % G) * Cg + j
+            _normalize_range(xf, yf, s0, s0 + S, mean_out[u], rstd_out[u] * w[ch], np.float64(b[ch]))
+
+
+@njit(**_PAR)
+def cf_backward_fused(dyf, xf, dxf, U, nr, L, run_stride, S, Cg, G, w, mean, rstd, train, correction, eps,
+                      eps_code, sdy, sdyxc):
+    """dx, and per (unit, sub-channel) sum(dy) and sum(dy*xc) into ``sdy``/``sdyxc`` (U, Cg) for dweight/dbias."""
+    n = nr * L
+    for u in prange(U):
+        m = mean[u]
+        r = rstd[u]
+        ch0 = (u % G) * Cg
+        tdy = 0.0
+        tdyxc = 0.0
+        for j in range(Cg):
+            a = 0.0
+            c = 0.0
+            for k in range(nr):
+                s0 = u * L + k * run_stride + j * S
+                a1, c1 = _sums_range(dyf, xf, s0, s0 + S, m)
+                a += a1
+                c += c1
+            sdy[u, j] = a
+            sdyxc[u, j] = c
+            tdy += w[ch0 + j] * a
+            tdyxc += w[ch0 + j] * c
+        mdx, kk = _coeffs(tdy, tdyxc, r, n, correction, eps, eps_code)
+        for k in range(nr):
+            for j in range(Cg):
+                s0 = u * L + k * run_stride + j * S
+                _dx_range(dyf, xf, dxf, s0, s0 + S, r * w[ch0 + j], r * mdx, kk, m, train)
+
+
+@njit(**_PAR)
+def cf_backward_split(dyf, xf, dxf, U, nr, L, run_stride, S, Cg, G, w, mean, rstd, train, correction, eps,
+                      eps_code, sdy, sdyxc):
+    n = nr * L
+    T = U * nr * Cg
+    ta = np.empty(T)
+    tc = np.empty(T)
+    for t in prange(T):
+        u, j, s0 = _subrun(t, nr, L, run_stride, S, Cg)
+        a1, c1 = _sums_range(dyf, xf, s0, s0 + S, mean[u])
+        ta[t] = a1
+        tc[t] = c1
+    mdx = np.empty(U)
+    kk = np.empty(U)
+    for u in range(U):
+        ch0 = (u % G) * Cg
+        for j in range(Cg):
+            sdy[u, j] = 0.0
+            sdyxc[u, j] = 0.0
+        for t in range(u * nr * Cg, (u + 1) * nr * Cg):
+            j = (t - u * nr * Cg) % Cg
+            sdy[u, j] += ta[t]
+            sdyxc[u, j] += tc[t]
+        tdy = 0.0
+        tdyxc = 0.0
+        for j in range(Cg):
+            tdy += w[ch0 + j] * sdy[u, j]
+            tdyxc += w[ch0 + j] * sdyxc[u, j]
+        m1, k1 = _coeffs(tdy, tdyxc, rstd[u], n, correction, eps, eps_code)
+        mdx[u] = m1
+        kk[u] = k1
+    for t in prange(T):
+        u, j, s0 = _subrun(t, nr, L, run_stride, S, Cg)
+        r = rstd[u]
+        _dx_range(dyf, xf, dxf, s0, s0 + S, r * w[(u % G) * Cg + j], r * mdx[u], kk[u], mean[u], train)
+
+
+# --------------------------------------------------------------------------- blocks of columns (channels-last)
+@njit(**_SEQ)
+def _group_stats(cm, cq, rows, Cg, correction, eps, eps_code, gmean, gm2, grstd):
+    """Merge per-column moments of ``rows`` rows into per-group moments (groups of Cg adjacent columns)."""
+    n = rows * Cg
+    for g in range(gmean.shape[0]):
+        cnt = 0
+        mean = 0.0
+        m2 = 0.0
+        for c in range(g * Cg, (g + 1) * Cg):
+            cnt, mean, m2 = chan_merge(cnt, mean, m2, rows, cm[c], cq[c])
+        gmean[g] = mean
+        gm2[g] = m2
+        grstd[g] = rstd_from_m2(m2, n, correction, eps, eps_code)
+
+
+@njit(**_SEQ)
+def _fold(gmean, grstd, Cg, w, b, mc, sc, sh):
+    """Per-column mean, scale and shift of ``y = (x - mean) * scale + shift``."""
+    for c in range(mc.shape[0]):
+        g = c // Cg
+        mc[c] = gmean[g]
+        sc[c] = grstd[g] * w[c]
+        sh[c] = b[c]
+
+
+@njit(**_SEQ)
+def _normalize_rows(x2, y2, r0, r1, mc, sc, sh):
+    C = x2.shape[1]
+    for r in range(r0, r1):
+        for c in range(C):
+            y2[r, c] = (x2[r, c] - mc[c]) * sc[c] + sh[c]
+
+
+@njit(**_PAR)
+def cl_forward_fused(x3, y3, Cg, w, b, algo, acc64, correction, eps, eps_code, gmean, gm2, grstd, write_y):
+    B, R, C = x3.shape
+    for bb in prange(B):
+        cm = np.empty(C)
+        cq = np.empty(C)
+        _column_stats(x3[bb], 0, R, algo, acc64, cm, cq)
+        _group_stats(cm, cq, R, Cg, correction, eps, eps_code, gmean[bb], gm2[bb], grstd[bb])
+        if write_y:
+            sc = np.empty(C)
+            sh = np.empty(C)
+            _fold(gmean[bb], grstd[bb], Cg, w, b, cm, sc, sh)
+            _normalize_rows(x3[bb], y3[bb], 0, R, cm, sc, sh)
+
+
+@njit(**_SEQ)
+def _column_stats(x2, r0, r1, algo, acc64, cm, cq):
+    C = x2.shape[1]
+    work32 = np.empty((3, C), np.float32)
+    work64 = np.empty((3, C), np.float64)
+    column_moments(x2, r0, r1, algo, acc64, cm, cq, work32, work64)
+
+
+@njit(**_PAR)
+def cl_forward_split(x3, y3, Cg, w, b, P, algo, acc64, correction, eps, eps_code, gmean, gm2, grstd, write_y):
+    B, R, C = x3.shape
+    pm = np.empty((B * P, C))
+    pq = np.empty((B * P, C))
+    for t in prange(B * P):
+        bb = t // P
+        p = t - bb * P
+        _column_stats(x3[bb], p * R // P, (p + 1) * R // P, algo, acc64, pm[t], pq[t])
+    cm = np.empty((B, C))
+    cq = np.empty((B, C))
+    for bb in range(B):
+        for c in range(C):
+            cnt = 0
+            mean = 0.0
+            m2 = 0.0
+            for p in range(P):
+                rows = (p + 1) * R // P - p * R // P
+                cnt, mean, m2 = chan_merge(cnt, mean, m2, rows, pm[bb * P + p, c], pq[bb * P + p, c])
+            cm[bb, c] = mean
+            cq[bb, c] = m2
+        _group_stats(cm[bb], cq[bb], R, Cg, correction, eps, eps_code, gmean[bb], gm2[bb], grstd[bb])
+    if write_y:
+        for t in prange(B * P):
+            bb = t // P
+            p = t - bb * P
+            mc = np.empty(C)
+            sc = np.empty(C)
+            sh = np.empty(C)
+            _fold(gmean[bb], grstd[bb], Cg, w, b, mc, sc, sh)
+            _normalize_rows(x3[bb], y3[bb], p * R // P, (p + 1) * R // P, mc, sc, sh)
+
+
+@njit(**_SEQ)
+def _column_sums(dy2, x2, r0, r1, mc, sdy, sdyxc):
+    """Per-column sum(dy) and sum(dy*(x - mc)) over rows r0:r1, float64, written to sdy/sdyxc."""
+    C = x2.shape[1]
+    for c in range(C):
+        sdy[c] = 0.0
+        sdyxc[c] = 0.0
+    for r in range(r0, r1):
+        for c in range(C):
+            g = np.float64(dy2[r, c])
+            sdy[c] += g
+            sdyxc[c] += g * (x2[r, c] - mc[c])
+
+
+@njit(**_SEQ)
+def _group_coeffs(sdy, sdyxc, gmean, grstd, Cg, w, rows, train, correction, eps, eps_code, mc, a, b, k):
+    """Per-column coefficients of ``dx = a*dy - b + k*(x - mc)`` for one block."""
+    n = rows * Cg
+    for g in range(gmean.shape[0]):
+        tdy = 0.0
+        tdyxc = 0.0
+        for c in range(g * Cg, (g + 1) * Cg):
+            tdy += w[c] * sdy[c]
+            tdyxc += w[c] * sdyxc[c]
+        r = grstd[g]
+        mdx, kk = _coeffs(tdy, tdyxc, r, n, correction, eps, eps_code)
+        for c in range(g * Cg, (g + 1) * Cg):
+            mc[c] = gmean[g]
+            a[c] = r * w[c]
+            b[c] = r * mdx
+            k[c] = kk
+
+
+@njit(**_SEQ)
+def _dx_rows(dy2, x2, dx2, r0, r1, mc, a, b, k, train):
+    C = x2.shape[1]
+    if train:
+        for r in range(r0, r1):
+            for c in range(C):
+                dx2[r, c] = a[c] * dy2[r, c] - b[c] + k[c] * (x2[r, c] - mc[c])
+    else:
+        for r in range(r0, r1):
+            for c in range(C):
+                dx2[r, c] = a[c] * dy2[r, c]
+
+
+@njit(**_SEQ)
+def _expand(gmean, Cg, mc):
+    for c in range(mc.shape[0]):
+        mc[c] = gmean[c // Cg]
+
+
+@njit(**_PAR)
+def cl_backward_fused(dy3, x3, dx3, Cg, w, gmean, grstd, train, correction, eps, eps_code, sdy, sdyxc):
+    B, R, C = x3.shape
+    for bb in prange(B):
+        mc = np.empty(C)
+        _expand(gmean[bb], Cg, mc)
+        _column_sums(dy3[bb], x3[bb], 0, R, mc, sdy[bb], sdyxc[bb])
+        a = np.empty(C)
+        b = np.empty(C)
+        k = np.empty(C)
+        _group_coeffs(sdy[bb], sdyxc[bb], gmean[bb], grstd[bb], Cg, w, R, train, correction, eps, eps_code,
+                      mc, a, b, k)
+        _dx_rows(dy3[bb], x3[bb], dx3[bb], 0, R, mc, a, b, k, train)
+
+
+@njit(**_PAR)
+def cl_backward_split(dy3, x3, dx3, Cg, w, gmean, grstd, P, train, correction, eps, eps_code, sdy, sdyxc):
+    B, R, C = x3.shape
+    pa = np.empty((B * P, C))
+    pc = np.empty((B * P, C))
+    for t in prange(B * P):
+        bb = t // P
+        p = t - bb * P
+        mc = np.empty(C)
+        _expand(gmean[bb], Cg, mc)
+        _column_sums(dy3[bb], x3[bb], p * R // P, (p + 1) * R // P, mc, pa[t], pc[t])
+    mc = np.empty((B, C))
+    a = np.empty((B, C))
+    b = np.empty((B, C))
+    k = np.empty((B, C))
+    for bb in range(B):
+        for c in range(C):
+            s1 = 0.0
+            s2 = 0.0
+            for p in range(P):
+                s1 += pa[bb * P + p, c]
+                s2 += pc[bb * P + p, c]
+            sdy[bb, c] = s1
+            sdyxc[bb, c] = s2
+        _group_coeffs(sdy[bb], sdyxc[bb], gmean[bb], grstd[bb], Cg, w, R, train, correction, eps, eps_code,
+                      mc[bb], a[bb], b[bb], k[bb])
+    for t in prange(B * P):
+        bb = t // P
+        p = t - bb * P
+        _dx_rows(dy3[bb], x3[bb], dx3[bb], p * R // P, (p + 1) * R // P, mc[bb], a[bb], b[bb], k[bb], train)
+
+
+# ------------------------------------------------------------------ per-channel constants (eval, frozen BN)
+@njit(**_PAR)
+def affine_cf(xf, yf, C, S, scale, shift):
+    """y = x*scale[c] + shift[c] on (N, C, S) flattened, one (n, c) slab per iteration."""
+    for t in prange(xf.shape[0] // S):
+        c = t % C
+        sc = scale[c]
+        sh = shift[c]
+        for i in range(t * S, (t + 1) * S):
+            yf[i] = xf[i] * sc + sh
+
+
+@njit(**_PAR)
+def affine_cl(x2, y2, scale, shift, P):
+    """y = x*scale[c] + shift[c] on (R, C), rows cut into P chunks."""
+    R, C = x2.shape
+    for p in prange(P):
+        for r in range(p * R // P, (p + 1) * R // P):
+            for c in range(C):
+                y2[r, c] = x2[r, c] * scale[c] + shift[c]
+
+
+# ------------------------------------------------------------------------------------- Python-side planning
+SMALL_S = 16  # channels-first batch norm with shorter slabs runs as columns (C*S of them, groups of S)
+
+
+class Layout(NamedTuple):
+    """How a family views x: "cf" (units of runs) or "cl" (blocks of columns); see the module docstring.
+    ``rep`` repeats each per-channel parameter over that many adjacent columns ("cl" only)."""
+
+    kind: str
+    U: int = 0
+    nr: int = 0
+    L: int = 0
+    run_stride: int = 0
+    S: int = 0
+    Cg: int = 1
+    G: int = 1
+    B: int = 0
+    R: int = 0
+    cols: int = 0
+    rep: int = 1
+
+
+def _nsc(x, axis):
+    N = x.shape[0]
+    C = x.shape[1] if axis == 1 else x.shape[-1]
+    return N, C, x.size // (N * C)
+
+
+def batch_layout(x, axis) -> Layout:
+    """Statistics per channel."""
+    N, C, S = _nsc(x, axis)
+    if axis == -1 or S == 1:
+        return Layout("cl", B=1, R=N * S, cols=C, Cg=1)
+    if S < SMALL_S:
+        return Layout("cl", B=1, R=N, cols=C * S, Cg=S, rep=S)
+    return Layout("cf", U=C, nr=N, L=S, run_stride=C * S, S=S, Cg=1, G=C)
+
+
+def group_layout(x, axis, G) -> Layout:
+    """Statistics per (sample, group of C/G channels)."""
+    N, C, S = _nsc(x, axis)
+    if axis == 1:
+        return Layout("cf", U=N * G, nr=1, L=(C // G) * S, run_stride=0, S=S, Cg=C // G, G=G)
+    return Layout("cl", B=N, R=S, cols=C, Cg=C // G)
+
+
+def _codes(opts, x):
+    acc64 = int(opts.accumulator(x.dtype) == np.dtype(np.float64))
+    return opts.variance_code, acc64, int(opts.correction), opts.eps_code
+
+
+def _chunks(lay, T):
+    """Row chunks per block for the split kernels: enough tasks for every thread."""
+    return max(1, min(lay.R, -(-T // lay.B)))
+
+
+def _param(p, C, dtype, fill):
+    return np.full(C, fill, dtype) if p is None else p
+
+
+def forward_stats(x, y, lay, weight, bias, opts, eps, write_y=True):
+    """Statistics (mean, m2, rstd), float64, one per unit ("cf": (U,)) or per (block, group) ("cl": (B, G));
+    with ``write_y`` also ``y = (x - mean) * rstd * weight + bias``."""
+    C = x.shape[1] if lay.kind == "cf" else lay.cols // lay.rep
+    w = _param(weight, C, x.dtype, 1.0)
+    b = _param(bias, C, x.dtype, 0.0)
+    algo, acc64, corr, ec = _codes(opts, x)
+    T = numba.get_num_threads()
+    if y is None:
+        y = x  # not written
+    if lay.kind == "cf":
+        mean, m2, rstd = np.empty(lay.U), np.empty(lay.U), np.empty(lay.U)
+        kernel = cf_forward_fused if lay.U >= T else cf_forward_split
+        kernel(x.reshape(-1), y.reshape(-1), lay.U, lay.nr, lay.L, lay.run_stride, lay.S, lay.Cg, lay.G, w, b,
+               algo, acc64, corr, float(eps), ec, mean, m2, rstd, int(write_y))
+        return mean, m2, rstd
+    if lay.rep > 1:
+        w, b = np.repeat(w, lay.rep), np.repeat(b, lay.rep)
+    x3, y3 = x.reshape(lay.B, lay.R, lay.cols), y.reshape(lay.B, lay.R, lay.cols)
+    G = lay.cols // lay.Cg
+    mean, m2, rstd = np.empty((lay.B, G)), np.empty((lay.B, G)), np.empty((lay.B, G))
+    if lay.B >= T:
+        cl_forward_fused(x3, y3, lay.Cg, w, b, algo, acc64, corr, float(eps), ec, mean, m2, rstd, int(write_y))
+    else:
+        cl_forward_split(x3, y3, lay.Cg, w, b, _chunks(lay, T), algo, acc64, corr, float(eps), ec, mean, m2, rstd,
+                         int(write_y))
+    return mean, m2, rstd
+
+
+def backward_sums(dy, x, dx, lay, weight, mean, rstd, train, opts, eps):
+    """dx (written to ``dx``) and the float64 sums (sum(dy), sum(dy*xc)): "cf" (U, Cg), "cl" (B, cols).
+    ``mean``/``rstd`` are float64, shaped like :func:`forward_stats` returns them."""
+    C = x.shape[1] if lay.kind == "cf" else lay.cols // lay.rep
+    w = _param(weight, C, x.dtype, 1.0)
+    _, _, corr, ec = _codes(opts, x)
+    T = numba.get_num_threads()
+    mean = np.ascontiguousarray(mean, np.float64)
+    rstd = np.ascontiguousarray(rstd, np.float64)
+    if lay.kind == "cf":
+        sdy, sdyxc = np.empty((lay.U, lay.Cg)), np.empty((lay.U, lay.Cg))
+        kernel = cf_backward_fused if lay.U >= T else cf_backward_split
+        kernel(dy.reshape(-1), x.reshape(-1), dx.reshape(-1), lay.U, lay.nr, lay.L, lay.run_stride, lay.S, lay.Cg,
+               lay.G, w, mean.reshape(-1), rstd.reshape(-1), int(train), corr, float(eps), ec, sdy, sdyxc)
+        return sdy, sdyxc
+    if lay.rep > 1:
+        w = np.repeat(w, lay.rep)
+    shape = (lay.B, lay.R, lay.cols)
+    G = lay.cols // lay.Cg
+    mean, rstd = mean.reshape(lay.B, G), rstd.reshape(lay.B, G)
+    sdy, sdyxc = np.empty((lay.B, lay.cols)), np.empty((lay.B, lay.cols))
+    args = (dy.reshape(shape), x.reshape(shape), dx.reshape(shape), lay.Cg, w, mean, rstd)
+    if lay.B >= T:
+        cl_backward_fused(*args, int(train), corr, float(eps), ec, sdy, sdyxc)
+    else:
+        cl_backward_split(*args, _chunks(lay, T), int(train), corr, float(eps), ec, sdy, sdyxc)
+    return sdy, sdyxc
+
+
+def apply_affine(x, y, axis, scale, shift):
+    """``y = x*scale[c] + shift[c]`` with per-channel float64 vectors (evaluation, frozen batch norm)."""
+    if x.size == 0:
+        return y
+    N, C, S = _nsc(x, axis)
+    scale = np.ascontiguousarray(scale, np.float64)
+    shift = np.ascontiguousarray(shift, np.float64)
+    T = numba.get_num_threads()
+    if axis == 1 and S >= SMALL_S:
+        affine_cf(x.reshape(-1), y.reshape(-1), C, S, scale, shift)
+    elif axis == 1:  # short slabs: rows of C*S columns
+        affine_cl(x.reshape(N, C * S), y.reshape(N, C * S), np.repeat(scale, S), np.repeat(shift, S), min(N, T))
+    else:
+        affine_cl(x.reshape(-1, C), y.reshape(-1, C), scale, shift, min(N * S, T))
+    return y
