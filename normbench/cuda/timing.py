@@ -1,0 +1,87 @@
+"""GPU timing helpers for the suites (asv, pytest-benchmark, ``normbench run``).
+
+Kernel launches are asynchronous: every timed region ends with ``cuda.synchronize()`` so that the time covers
+the work, not the launch.  Without a GPU (or under the simulator, whose timings mean nothing) the helpers say
+why through :func:`skip_reason`, which suites turn into a skip.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+from . import simulator
+
+
+def skip_reason() -> str | None:
+    """None when GPU timings are meaningful here, else the reason to skip them."""
+    if simulator():
+        return "CUDA simulator active (NUMBA_ENABLE_CUDASIM=1): GPU timings would be meaningless"
+    try:
+        from numba import cuda
+
+        if cuda.is_available():
+            return None
+    except Exception as err:  # a broken driver install counts as no GPU
+        return f"no usable CUDA GPU ({type(err).__name__}: {err})"
+    return "no CUDA GPU on this machine (numba.cuda.is_available() is False)"
+
+
+def available() -> bool:
+    return skip_reason() is None
+
+
+def gpu_name() -> str | None:
+    """The GPU's name and compute capability for machine info, e.g. "NVIDIA H100 80GB HBM3 (sm_90)"; None
+    without a GPU."""
+    if not available():
+        return None
+    from numba import cuda
+
+    dev = cuda.get_current_device()
+    name = dev.name.decode() if isinstance(dev.name, bytes) else str(dev.name)
+    major, minor = dev.compute_capability
+    return f"{name} (sm_{major}{minor})"
+
+
+def machine_info() -> dict:
+    """Entries to merge into a suite's machine info (pytest-benchmark ``machine_info``, asv params)."""
+    return {"gpu": gpu_name() or "none", "gpu_skip_reason": skip_reason() or ""}
+
+
+def synchronize() -> None:
+    from numba import cuda
+
+    cuda.synchronize()
+
+
+def timed(fn, *args, **kwargs):
+    """Run ``fn`` once and return (seconds, result), synchronising before the start and before the stop."""
+    synchronize()
+    t0 = time.perf_counter()
+    result = fn(*args, **kwargs)
+    synchronize()
+    return time.perf_counter() - t0, result
+
+
+def median_seconds(fn, repeats: int = 20, warmup: int = 2) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` synchronised calls, after ``warmup`` calls (which also
+    absorb JIT compilation).  Raises RuntimeError with :func:`skip_reason` when there is no GPU."""
+    reason = skip_reason()
+    if reason:
+        raise RuntimeError(reason)
+    for _ in range(warmup):
+        fn()
+    synchronize()
+    return statistics.median(timed(fn)[0] for _ in range(repeats))
+
+
+def device_copy_gbps(nbytes: int = 1 << 28, repeats: int = 10) -> float:
+    """Device-to-device copy bandwidth (read + write bytes / time) of an ``nbytes`` buffer: the roofline that
+    the CUDA kernels' effective bandwidth is judged against (H100 SXM HBM3: ~3.35 TB/s peak, ~3 TB/s copy)."""
+    import numpy as np
+    from numba import cuda
+
+    a = cuda.device_array(nbytes // 4, dtype=np.float32)
+    b = cuda.device_array_like(a)
+    secs = median_seconds(lambda: b.copy_to_device(a), repeats=repeats)
+    return 2 * a.nbytes / secs / 1e9
