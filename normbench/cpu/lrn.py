@@ -1,0 +1,186 @@
+"""Local response norm across channels, Numba CPU kernels (PyTorch semantics, see reference/lrn.py).
+
+The input is viewed as (N, C, S) with S the flattened spatial size.  Work units are (sample, block of
+``SBLOCK`` spatial positions), one contiguous range of units per thread.  Within a unit the channel window
+sum of squares is a sliding window over c, vectorised over the spatial block, in float64: one value enters
+and one leaves per channel instead of ``size`` values summed.  A sliding sum cannot drop a NaN or Inf once
+it entered (Inf - Inf), and rounding can leave a tiny negative remainder: a block whose sums went
+non-finite is recomputed with direct window sums (so a NaN reaches exactly the windows that contain it,
+as the math says), and remainders are clamped at 0.  ``accumulate`` does not apply: sums are float64.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from ._moments import FASTMATH
+
+SBLOCK = 256  # spatial positions per work unit (float64 scratch per thread: SBLOCK values)
+PARALLEL_MIN = 1 << 15
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _window(src, n, c, s0, m, lo, hi, C, S, ws, kind, aux1, aux2):
+    """ws[:m] = sum over channels lo..hi (clipped) of term(c') at spatial s0.. (direct, for non-finite blocks).
+    kind 0: x**2 (src = x); kind 1: dy * y / scale (src = dy, aux1 = y, aux2 = scale)."""
+    for s in range(m):
+        ws[s] = 0.0
+    for cc in range(max(lo, 0), min(hi, C - 1) + 1):
+        base = (n * C + cc) * S + s0
+        if kind == 0:
+            for s in range(m):
+                v = np.float64(src[base + s])
+                ws[s] += v * v
+        else:
+            for s in range(m):
+                ws[s] += np.float64(src[base + s]) * np.float64(aux1[base + s]) / np.float64(aux2[base + s])
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _forward_units(x, y, scale, N, C, S, size, alpha, beta, k, u0, u1, ws):
+    before = size // 2
+    after = (size - 1) // 2
+    coef = alpha / size
+    nb = (S + SBLOCK - 1) // SBLOCK
+    for u in range(u0, u1):
+        n = u // nb
+        s0 = (u % nb) * SBLOCK
+        m = min(SBLOCK, S - s0)
+        for s in range(m):
+            ws[s] = 0.0
+        for cc in range(0, min(after, C)):  # channels entering before c = 0: [0, after - 1]
+            base = (n * C + cc) * S + s0
+            for s in range(m):
+                v = np.float64(x[base + s])
+                ws[s] += v * v
+        bad = 0.0
+        for c in range(C):
+            base = (n * C + c) * S + s0
+            if c + after < C:
+                b_in = (n * C + c + after) * S + s0
+                for s in range(m):
+                    v = np.float64(x[b_in + s])
+                    ws[s] += v * v
+            if c - before - 1 >= 0:
+                b_out = (n * C + c - before - 1) * S + s0
+                for s in range(m):
+                    v = np.float64(x[b_out + s])
+                    ws[s] -= v * v
+            for s in range(m):
+                t = ws[s]
+                bad += t * 0.0  # NaN once any sum is non-finite
+                if t < 0.0:
+                    t = 0.0
+                sc = k + coef * t
+                scale[base + s] = sc
+                y[base + s] = np.float64(x[base + s]) * sc ** (-beta)
+        if bad != 0.0:  # NaN: redo the block with direct sums
+            for c in range(C):
+                base = (n * C + c) * S + s0
+                _window(x, n, c, s0, m, c - before, c + after, C, S, ws, 0, x, x)
+                for s in range(m):
+                    sc = k + coef * ws[s]
+                    scale[base + s] = sc
+                    y[base + s] = np.float64(x[base + s]) * sc ** (-beta)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _backward_units(dy, x, y, scale, dx, N, C, S, size, alpha, beta, u0, u1, ws):
+    # dx[c] = dy[c] * scale[c]**-beta - 2 alpha beta / size * x[c] * sum over the channels c' whose window
+    # holds c, [c - (size-1)//2, c + size//2], of dy[c'] * y[c'] / scale[c'] (= dy x scale**(-beta-1)).
+    before = (size - 1) // 2
+    after = size // 2
+    coef = 2.0 * alpha * beta / size
+    nb = (S + SBLOCK - 1) // SBLOCK
+    for u in range(u0, u1):
+        n = u // nb
+        s0 = (u % nb) * SBLOCK
+        m = min(SBLOCK, S - s0)
+        for s in range(m):
+            ws[s] = 0.0
+        for cc in range(0, min(after, C)):
+            base = (n * C + cc) * S + s0
+            for s in range(m):
+                ws[s] += np.float64(dy[base + s]) * np.float64(y[base + s]) / np.float64(scale[base + s])
+        bad = 0.0
+        for c in range(C):
+            base = (n * C + c) * S + s0
+            if c + after < C:
+                b_in = (n * C + c + after) * S + s0
+                for s in range(m):
+                    ws[s] += np.float64(dy[b_in + s]) * np.float64(y[b_in + s]) / np.float64(scale[b_in + s])
+            if c - before - 1 >= 0:
+                b_out = (n * C + c - before - 1) * S + s0
+                for s in range(m):
+                    ws[s] -= np.float64(dy[b_out + s]) * np.float64(y[b_out + s]) / np.float64(scale[b_out + s])
+            for s in range(m):
+                t = ws[s]
+                bad += t * 0.0
+                sc = np.float64(scale[base + s])
+                dx[base + s] = np.float64(dy[base + s]) * sc ** (-beta) - coef * np.float64(x[base + s]) * t
+        if bad != 0.0:
+            for c in range(C):
+                base = (n * C + c) * S + s0
+                _window(dy, n, c, s0, m, c - before, c + after, C, S, ws, 1, y, scale)
+                for s in range(m):
+                    sc = np.float64(scale[base + s])
+                    dx[base + s] = np.float64(dy[base + s]) * sc ** (-beta) - coef * np.float64(x[base + s]) * ws[s]
+
+
+@njit(parallel=True, cache=True)
+def _forward_par(x, y, scale, N, C, S, size, alpha, beta, k, T):
+    U = N * ((S + SBLOCK - 1) // SBLOCK)
+    nch = min(U, T)
+    for c in prange(nch):
+        ws = np.empty(SBLOCK)
+        _forward_units(x, y, scale, N, C, S, size, alpha, beta, k, c * U // nch, (c + 1) * U // nch, ws)
+
+
+@njit(parallel=True, cache=True)
+def _backward_par(dy, x, y, scale, dx, N, C, S, size, alpha, beta, T):
+    U = N * ((S + SBLOCK - 1) // SBLOCK)
+    nch = min(U, T)
+    for c in prange(nch):
+        ws = np.empty(SBLOCK)
+        _backward_units(dy, x, y, scale, dx, N, C, S, size, alpha, beta, c * U // nch, (c + 1) * U // nch, ws)
+
+
+def _dims(x):
+    N, C = x.shape[0], x.shape[1]
+    return N, C, (x.size // (N * C) if N * C else 0)
+
+
+def _threads(x):
+    return 1 if x.size < PARALLEL_MIN else numba.get_num_threads()
+
+
+def local_response_norm_forward(x, size, *, alpha, beta, k, opts=None, out=None):
+    y = out if out is not None else np.empty(x.shape, x.dtype)
+    scale = np.empty(x.shape, x.dtype)
+    N, C, S = _dims(x)
+    if x.size:
+        T = _threads(x)
+        args = (x.reshape(-1), y.reshape(-1), scale.reshape(-1), N, C, S, int(size), float(alpha), float(beta),
+                float(k))
+        if T == 1:
+            _forward_units(*args, 0, N * ((S + SBLOCK - 1) // SBLOCK), np.empty(SBLOCK))
+        else:
+            _forward_par(*args, T)
+    return y, scale
+
+
+def local_response_norm_backward(dy, x, y, scale, size, *, alpha, beta, k, opts=None, dx_out=None):
+    dx = dx_out if dx_out is not None else np.empty(x.shape, x.dtype)
+    N, C, S = _dims(x)
+    if x.size:
+        y = np.ascontiguousarray(y, x.dtype)  # may arrive float64 from the reference backend
+        scale = np.ascontiguousarray(scale, x.dtype)
+        T = _threads(x)
+        args = (dy.reshape(-1), x.reshape(-1), y.reshape(-1), scale.reshape(-1), dx.reshape(-1), N, C, S,
+                int(size), float(alpha), float(beta))
+        if T == 1:
+            _backward_units(*args, 0, N * ((S + SBLOCK - 1) // SBLOCK), np.empty(SBLOCK))
+        else:
+            _backward_par(*args, T)
+    return dx

@@ -1,0 +1,355 @@
+"""CPU row-wise kernels (layer norm, RMS norm, fused add + norm, LRN) against the float64 reference.
+
+The reference (normbench/reference) is the independent truth; PyTorch's own sample inputs run through
+backend "cpu" in tests/test_opdb.py and finite differences in tests/test_gradcheck.py.
+"""
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import normbench as nb
+from normbench.cpu import _rows
+from normbench.cpu import lrn as cpu_lrn
+
+OPTIONS = [dict(eps_placement=e, correction=c, variance=v, accumulate=a)
+           for e, c, v, a in itertools.product(("inside", "outside"), (0, 1), ("two_pass", "welford", "naive", "shifted"),
+                                               (None, "float32", "float64"))]
+FAMILIES = ("layer", "rms", "fused_layer", "fused_rms")
+F32_EPS = float(np.finfo(np.float32).eps)
+
+
+def rel(a, ref):
+    """max|a - ref| / max(max|ref|, 1): relative, absolute near 0 (dx of D = 1); NaN equals NaN."""
+    a = np.asarray(a, np.float64)
+    ref = np.asarray(ref, np.float64)
+    if ref.size == 0:
+        return 0.0
+    both_nan = np.isnan(a) & np.isnan(ref)
+    d = np.where(both_nan, 0.0, np.abs(a - ref))
+    return float(np.max(d) / max(np.nanmax(np.abs(ref)), 1.0))  # absolute near 0 (e.g. dx of D = 1)
+
+
+def tolerance(dtype, accumulate):
+    if np.dtype(dtype) == np.float64 and accumulate != "float32":
+        return 1e-12
+    return 2e-5
+
+
+def make(shape, dtype, rng, nd=1, offset=0.0):
+    x = (offset + rng.standard_normal(shape)).astype(dtype)
+    ns = tuple(shape[len(shape) - nd:])
+    w = (1 + 0.1 * rng.standard_normal(ns)).astype(dtype)
+    b = (0.1 * rng.standard_normal(ns)).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    res = rng.standard_normal(shape).astype(dtype)
+    dh = rng.standard_normal(shape).astype(dtype)
+    return x, ns, w, b, dy, res, dh
+
+
+def run(family, backend, x, ns, w, b, dy, res, dh, alpha=0.7, **numerics):
+    """Forward then backward for one family; the backward gets the backend's own saved statistics.
+    Returns the list of forward outputs followed by the gradients (None entries dropped)."""
+    kw = dict(backend=backend, **numerics)
+    if family == "layer":
+        y, m, r = nb.layer_norm_forward(x, ns, w, b, **kw)
+        grads = nb.layer_norm_backward(dy, x, ns, m, r, w, b, **kw)
+        outs = [y, m, r]
+    elif family == "rms":
+        y, r = nb.rms_norm_forward(x, ns, w, **kw)
+        grads = nb.rms_norm_backward(dy, x, ns, r, w, **kw)
+        outs = [y, r]
+    else:
+        norm = family.split("_")[1]
+        bb = b if norm == "layer" else None
+        y, h, m, r = nb.fused_add_norm_forward(x, res, ns, w, bb, alpha=alpha, norm=norm, **kw)
+        # both backwards see the same (float32-rounded) h, so only the kernel is compared
+        h_in = h.astype(x.dtype)
+        grads = nb.fused_add_norm_backward(dy, h_in, ns, m, r, w, bb, alpha=alpha, norm=norm, dh=dh, **kw)
+        outs = [y, h, m, r]
+    return [o for o in outs if o is not None], [g for g in grads if g is not None]
+
+
+def compare(family, args, tol, **numerics):
+    outs, grads = run(family, "cpu", *args, **numerics)
+    routs, rgrads = run(family, "reference", *args, **numerics)
+    x = args[0]
+    for o in outs[:1] + grads:
+        assert o.dtype == x.dtype
+    assert outs[0].shape == x.shape and grads[0].shape == x.shape
+    for o in outs[-2:] if family in ("layer", "fused_layer") else outs[-1:]:
+        assert o.dtype == np.float64  # saved statistics are float64 whatever the input dtype
+    if family.startswith("fused"):
+        fused_backward_reference_check(args, outs, grads, tol, **numerics)
+        grads = grads[:0]
+        rgrads = rgrads[:0]
+    for i, (o, r) in enumerate(zip(outs + grads, routs + rgrads)):
+        assert rel(o, r) <= tol, (family, i, rel(o, r), numerics)
+
+
+def fused_backward_reference_check(args, outs, grads, tol, **numerics):
+    """The fused backward is judged on the reference backward of the same h and statistics."""
+    x, ns, w, b, dy, res, dh = args
+    family_norm = "layer" if len(outs) == 4 else "rms"
+    h = outs[1]
+    m = outs[2] if family_norm == "layer" else None
+    r = outs[-1]
+    bb = b if family_norm == "layer" else None
+    ref = nb.fused_add_norm_backward(dy, h, ns, m, r, w, bb, alpha=0.7, norm=family_norm, dh=dh,
+                                     backend="reference", **numerics)
+    ref = [g for g in ref if g is not None]
+    for i, (o, rr) in enumerate(zip(grads, ref)):
+        assert rel(o, rr) <= tol, ("fused backward", i, rel(o, rr), numerics)
+
+
+# ------------------------------------------------------------------------------------------ option product
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_option_combination(family, dtype, rng):
+    args = make((3, 2, 37), dtype, rng, offset=2.0)
+    for numerics in OPTIONS:
+        compare(family, args, tolerance(dtype, numerics["accumulate"]), **numerics)
+
+
+@pytest.mark.parametrize("D", [1, 3, 1023])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_odd_sizes_and_one_row(D, dtype, rng):
+    for R in (1, 5):
+        args = make((R, D), dtype, rng)
+        for family in FAMILIES:
+            compare(family, args, tolerance(dtype, None))
+            # D = 1 has var = 0, where eps outside has no derivative and rstd = 1/eps amplifies rounding
+            placement = "outside" if D > 1 else "inside"
+            compare(family, args, tolerance(dtype, None), eps_placement=placement, variance="welford")
+
+
+def test_one_value_per_row_with_correction_is_an_error(rng):
+    x, ns, w, b, dy, res, dh = make((4, 1), np.float32, rng)
+    with pytest.raises(ValueError, match="correction"):
+        nb.layer_norm_forward(x, ns, w, b, correction=1, backend="cpu")
+    with pytest.raises(ValueError, match="correction"):
+        nb.rms_norm_backward(dy, x, ns, np.ones(4), w, correction=1, backend="cpu")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_zero_rows(family, rng):
+    args = make((0, 7), np.float32, rng)
+    outs, grads = run(family, "cpu", *args)
+    assert outs[0].shape == (0, 7) and grads[0].shape == (0, 7)
+    for g in grads[1:]:
+        assert g.shape in ((0, 7), (7,))
+        if g.shape == (7,):
+            assert np.all(g == 0)
+
+
+def test_multi_dim_normalized_shape(rng):
+    args = make((2, 3, 4, 5), np.float32, rng, nd=2)
+    for family in FAMILIES:
+        compare(family, args, 2e-5)
+    outs, _ = run("layer", "cpu", *args)
+    assert outs[1].shape == (2, 3)
+
+
+# ------------------------------------------------------------------------------------------- schedules
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_split_path_for_a_long_row(dtype, rng, monkeypatch):
+    """A row longer than SPLIT_MIN with fewer rows than threads is split across threads and merged."""
+    monkeypatch.setattr(_rows, "SPLIT_MIN", 64)
+    assert _rows._schedule(1, 1001)[0] == "split"
+    args = make((1, 1001), dtype, rng, offset=10.0)
+    for family in FAMILIES:
+        for numerics in ({}, dict(variance="welford", correction=1), dict(variance="two_pass", accumulate="float32"),
+                         dict(variance="naive", eps_placement="outside")):
+            compare(family, args, tolerance(dtype, numerics.get("accumulate")), **numerics)
+
+
+def test_split_path_many_rows_uneven_pieces(rng, monkeypatch):
+    """Several rows cut into 3 pieces of unequal length (the piece loop runs over rows)."""
+    monkeypatch.setattr(_rows, "_schedule", lambda R, D: ("split", 3))
+    args = make((4, 101), np.float32, rng, offset=10.0)
+    for family in FAMILIES:
+        compare(family, args, 2e-5)
+        compare(family, args, 2e-5, variance="welford", correction=1, eps_placement="outside")
+
+
+def test_parallel_rows_path_on_small_inputs(rng, monkeypatch):
+    monkeypatch.setattr(_rows, "PARALLEL_MIN", 0)
+    assert _rows._schedule(7, 33)[0] == "rows"
+    args = make((7, 33), np.float32, rng)
+    for family in FAMILIES:
+        compare(family, args, 2e-5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(R=st.integers(0, 40), D=st.integers(1, 300), f64=st.booleans(), fam=st.sampled_from(FAMILIES),
+       seed=st.integers(0, 2**31 - 1))
+def test_hypothesis_shapes(R, D, f64, fam, seed):
+    dtype = np.float64 if f64 else np.float32
+    compare(fam, make((R, D), dtype, np.random.default_rng(seed), offset=1.0), tolerance(dtype, None))
+
+
+# --------------------------------------------------------------------------------------------- out= rules
+def test_out_arrays_are_written_and_returned(rng):
+    x, ns, w, b, dy, res, dh = make((6, 40), np.float32, rng)
+    out = np.empty_like(x)
+    h_out = np.empty_like(x)
+    dx_out = np.empty_like(x)
+    y, m, r = nb.layer_norm_forward(x, ns, w, b, out=out, backend="cpu")
+    assert y is out
+    assert nb.layer_norm_backward(dy, x, ns, m, r, w, b, dx_out=dx_out, backend="cpu")[0] is dx_out
+    y, r = nb.rms_norm_forward(x, ns, w, out=out, backend="cpu")
+    assert y is out
+    y, h, m, r = nb.fused_add_norm_forward(x, res, ns, w, b, out=out, h_out=h_out, backend="cpu")
+    assert y is out and h is h_out
+    np.testing.assert_allclose(h_out, x + res, rtol=1e-6)
+    assert nb.fused_add_norm_backward(dy, h, ns, m, r, w, b, dx_out=dx_out, backend="cpu")[0] is dx_out
+
+
+def test_out_rules_enforced(rng):
+    x, ns, w, b, dy, res, dh = make((6, 40), np.float32, rng)
+    with pytest.raises((TypeError, ValueError), match="out"):
+        nb.layer_norm_forward(x, ns, w, b, out=np.empty(x.shape, np.float64), backend="cpu")
+    with pytest.raises(ValueError, match="out"):
+        nb.layer_norm_forward(x, ns, w, b, out=np.empty((6, 41), np.float32), backend="cpu")
+    with pytest.raises(ValueError, match="out"):
+        nb.rms_norm_forward(x, ns, w, out=x, backend="cpu")
+    y, m, r = nb.layer_norm_forward(x, ns, w, b, backend="cpu")
+    with pytest.raises(ValueError, match="dx_out"):
+        nb.layer_norm_backward(dy, x, ns, m, r, w, b, dx_out=dy, backend="cpu")
+    with pytest.raises(ValueError, match="h_out"):
+        nb.fused_add_norm_forward(x, res, ns, w, b, h_out=res, backend="cpu")
+    before = x.copy()
+    with pytest.raises(ValueError):
+        nb.fused_add_norm_forward(x, res, ns, w, b, out=np.empty((5, 40), np.float32), backend="cpu")
+    np.testing.assert_array_equal(x, before)
+
+
+# ------------------------------------------------------------------------------------------ NaN isolation
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("schedule", ["serial", "rows"])
+def test_nan_row_does_not_contaminate_other_rows(family, schedule, rng, monkeypatch):
+    if schedule == "rows":
+        monkeypatch.setattr(_rows, "PARALLEL_MIN", 0)
+    x, ns, w, b, dy, res, dh = make((8, 50), np.float32, rng)
+    clean_outs, clean_grads = run(family, "cpu", x, ns, w, b, dy, res, dh)
+    xn = x.copy()
+    xn[3, 7] = np.nan
+    dyn = dy.copy()
+    dyn[5, 1] = np.inf
+    outs, grads = run(family, "cpu", xn, ns, w, b, dyn, res, dh)
+    other = [i for i in range(8) if i not in (3, 5)]
+    assert np.isnan(outs[0][3]).all()
+    np.testing.assert_array_equal(outs[0][other], clean_outs[0][other])
+    np.testing.assert_array_equal(grads[0][other], clean_grads[0][other])
+    assert not np.isfinite(grads[0][3]).any() and not np.isfinite(grads[0][5]).all()
+
+
+# ----------------------------------------------------------------------------------------------- accuracy
+def errors_in_units(a, ref):
+    """Worst row of max|a - ref| / (eps_f32 * max|ref|)."""
+    a = np.asarray(a, np.float64).reshape(ref.shape[0], -1)
+    ref = np.asarray(ref, np.float64).reshape(ref.shape[0], -1)
+    scale = np.maximum(np.abs(ref).max(axis=1), 1e-300)
+    return float((np.abs(a - ref).max(axis=1) / (F32_EPS * scale)).max())
+
+
+def stress(kind, rng, R=8, D=1024):
+    z = rng.standard_normal((R, D))
+    if kind == "normal":
+        return z.astype(np.float32)
+    if kind == "offset1e4":
+        return (1e4 + z).astype(np.float32)
+    if kind == "offset1e6":
+        return (1e6 + z).astype(np.float32)
+    if kind == "constant":
+        return np.repeat(rng.standard_normal((R, 1)) * 100, D, axis=1).astype(np.float32)
+    if kind == "tiny_var":  # variance ~1e-12, far below eps = 1e-5
+        return (1.0 + 1e-6 * z).astype(np.float32)
+    raise ValueError(kind)
+
+
+def check_units(family, x, rng, limit=4.0):
+    D = x.shape[-1]
+    ns = (D,)
+    w = (1 + 0.1 * rng.standard_normal(D)).astype(np.float32)
+    b = (0.1 * rng.standard_normal(D)).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    res = np.zeros_like(x)
+    args = (x, ns, w, b, dy, res, None)
+    outs, grads = run(family, "cpu", *args, alpha=1.0)
+    routs, rgrads = run(family, "reference", *args, alpha=1.0)
+    assert errors_in_units(outs[0], routs[0]) <= limit, ("y", errors_in_units(outs[0], routs[0]))
+    assert errors_in_units(grads[0], rgrads[0]) <= limit, ("dx", errors_in_units(grads[0], rgrads[0]))
+
+
+@pytest.mark.parametrize("kind", ["normal", "offset1e4", "offset1e6", "constant", "tiny_var"])
+@pytest.mark.parametrize("family", ["layer", "rms", "fused_layer"])
+def test_default_options_within_4_units_on_stress_inputs(family, kind, rng):
+    check_units(family, stress(kind, rng), rng)
+
+
+def test_long_row_within_4_units(rng):
+    """One row of 2**20 values (split across threads), offset by 1e4 times its spread."""
+    x = (1e4 + rng.standard_normal((1, 2**20))).astype(np.float32)
+    check_units("layer", x, rng)
+
+
+def test_naive_variance_clamps_instead_of_nan(rng):
+    """Catastrophic cancellation may make the naive variance negative: it is clamped at 0, never NaN."""
+    x = (1e6 + rng.standard_normal((16, 256))).astype(np.float32)
+    for acc in ("float32", "float64"):
+        y, m, r = nb.layer_norm_forward(x, 256, variance="naive", accumulate=acc, backend="cpu")
+        assert np.isfinite(y).all() and np.isfinite(r).all()
+
+
+# ------------------------------------------------------------------------------------------------------ LRN
+def lrn_both(x, dy, size, **kw):
+    y, s = nb.local_response_norm_forward(x, size, backend="cpu", **kw)
+    dx = nb.local_response_norm_backward(dy, x, y, s, size, backend="cpu", **kw)
+    yr, sr = nb.local_response_norm_forward(x, size, backend="reference", **kw)
+    dxr = nb.local_response_norm_backward(dy, x, yr, sr, size, backend="reference", **kw)
+    return (y, s, dx), (yr, sr, dxr)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,size", [((2, 7, 5), 3), ((2, 1, 4), 5), ((3, 16, 300), 5), ((2, 4, 3, 3), 1),
+                                        ((2, 6, 9, 7), 8), ((1, 5, 2, 2, 3), 12)])
+def test_lrn_matches_reference(shape, size, dtype, rng):
+    x = rng.standard_normal(shape).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    tol = 1e-6 if dtype == np.float32 else 1e-13
+    for kw in (dict(alpha=1e-4, beta=0.75, k=1.0), dict(alpha=0.5, beta=0.3, k=2.0)):
+        got, ref = lrn_both(x, dy, size, **kw)
+        for g, r in zip(got, ref):
+            assert g.dtype == dtype and g.shape == x.shape
+            assert rel(g, r) <= tol
+
+
+def test_lrn_spatial_blocks_and_parallel_path(rng, monkeypatch):
+    """More spatial positions than one block, and the threaded path, on a small input."""
+    monkeypatch.setattr(cpu_lrn, "PARALLEL_MIN", 0)
+    x = rng.standard_normal((3, 6, cpu_lrn.SBLOCK + 37)).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    got, ref = lrn_both(x, dy, 3, alpha=0.3, beta=0.75, k=1.0)
+    for g, r in zip(got, ref):
+        assert rel(g, r) <= 1e-6
+
+
+def test_lrn_nan_reaches_exactly_the_windows_that_hold_it(rng):
+    """A NaN at channel 3 enters the windows of channels 2..4 (size 3) and no other: the sliding sum must
+    not carry it further (the reference's cumulative sum does, so the truth here is the window itself)."""
+    x = rng.standard_normal((2, 10, 4)).astype(np.float32)
+    x[0, 3, 1] = np.nan
+    y, s = nb.local_response_norm_forward(x, 3, alpha=0.1, beta=0.75, k=1.0, backend="cpu")
+    expected = np.zeros(x.shape, bool)
+    expected[0, 2:5, 1] = True
+    np.testing.assert_array_equal(np.isnan(y), expected)
+    clean = x.copy()
+    clean[0, 3, 1] = 0.0
+    yc, _ = nb.local_response_norm_forward(clean, 3, alpha=0.1, beta=0.75, k=1.0, backend="cpu")
+    np.testing.assert_array_equal(y[~expected], yc[~expected])
+    dy = np.ones_like(x)
+    dx = nb.local_response_norm_backward(dy, x, y, s, 3, alpha=0.1, beta=0.75, k=1.0, backend="cpu")
+    assert np.isfinite(dx[1]).all() and np.isfinite(dx[0, 6:]).all()
