@@ -73,7 +73,7 @@ def test_case(benchmark, case, pass_, impl, copy_seconds_cache):
     benchmark.name = impl
     result = benchmark(run)
 
-    err = error_eps(result, _reference(case, pass_), np.dtype(case.dtype))
+    err = error_eps(case.variant, case.make_inputs(seed=0), result, _reference(case, pass_))
     info = {"bytes": nbytes, "error_eps": err, "limit_factor": case.limit_factor(pass_)}
     if benchmark.stats is not None and not benchmark.disabled:
         t = benchmark.stats.stats.median

@@ -1,0 +1,367 @@
+"""``normbench report``: every result file -> pandas DataFrames -> markdown tables and PNG plots.
+
+Sources (each optional; whatever is present is reported):
+
+* ``normbench run`` documents: ``results/runs/*.json`` (the latest per machine and thread count);
+* asv results: ``results/asv/<machine>/<commit>-<env>.json`` (history across commits and machines);
+* pytest-benchmark JSON: ``results/pytest/**/*.json`` (normbench vs the peers, per case);
+* the accuracy sweep: ``results/accuracy/*.csv``.
+
+Output: ``<out>/report.md`` and PNGs beside it (bandwidth fraction per variant and pass — the roofline bar
+chart —, speed-up over the peers, asv history of chosen benchmarks, accuracy vs mean offset).  ``--readme``
+rewrites the results table of README.md between ``<!-- results:start -->`` and ``<!-- results:end -->``: that
+table is generated, never typed.  A file that is truncated, not JSON/CSV, or from another schema is reported
+with a one-line message naming it and skipped: never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+RUN_SCHEMA = "normbench.run/1"
+README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+RUN_COLUMNS = ("case", "variant", "shape", "dtype", "params", "pass", "backend", "bytes", "time_s", "gbps",
+               "copy_gbps", "frac_copy", "limit", "frac_limit", "err_eps")
+ACCURACY_COLUMNS = ("variant", "family", "dtype", "impl", "pass", "output", "max_err")
+
+
+class ResultFileError(ValueError):
+    """A results file that cannot be read: the message names the file and what is wrong with it."""
+
+
+# ============================================================================================ loaders
+def _read_json(path: Path):
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise ResultFileError(f"{path}: cannot read ({err.strerror})") from None
+    if not text.strip():
+        raise ResultFileError(f"{path}: empty file")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        hint = "truncated (ends mid-document)" if err.pos >= len(text.rstrip()) - 1 else "not valid JSON"
+        raise ResultFileError(f"{path}: {hint} at line {err.lineno} column {err.colno}") from None
+
+
+def load_run(path) -> pd.DataFrame:
+    """One ``normbench run`` document -> rows, with its machine tag and creation time."""
+    doc = _read_json(path)
+    if not isinstance(doc, dict) or "schema" not in doc:
+        raise ResultFileError(f"{path}: not a normbench run document (no 'schema' field)")
+    if doc["schema"] != RUN_SCHEMA:
+        raise ResultFileError(f"{path}: schema {doc['schema']!r}; this version reads {RUN_SCHEMA!r}")
+    rows = doc.get("rows")
+    if not isinstance(rows, list) or not rows:
+        raise ResultFileError(f"{path}: no result rows")
+    df = pd.DataFrame(rows)
+    missing = [c for c in RUN_COLUMNS if c not in df.columns]
+    if missing:
+        raise ResultFileError(f"{path}: rows lack columns {missing} (older schema?)")
+    m = doc.get("machine", {})
+    df["machine"] = f"{m.get('machine', '?')}-{m.get('numba_threads', '?')}t"
+    df["created"] = doc.get("created", "")
+    df["file"] = Path(path).name
+    return df
+
+
+def load_asv(results_dir) -> pd.DataFrame:
+    """asv result files (format version 2) -> one row per machine, commit, benchmark and parameter set."""
+    root = Path(results_dir)
+    rows = []
+    for machine_dir in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        for f in sorted(machine_dir.glob("*.json")):
+            if f.name == "machine.json":
+                continue
+            doc = _read_json(f)
+            if not isinstance(doc, dict) or doc.get("version") != 2 or "result_columns" not in doc:
+                raise ResultFileError(f"{f}: not an asv results file of format version 2")
+            cols = doc["result_columns"]
+            for name, entry in doc.get("results", {}).items():
+                rec = dict(zip(cols, entry))
+                values, params = rec.get("result"), rec.get("params") or []
+                if values is None:
+                    continue
+                combos = list(_product(params)) if params else [()]
+                if not isinstance(values, list):
+                    values = [values]
+                for combo, value in zip(combos, values):
+                    rows.append({"machine": machine_dir.name, "commit": doc.get("commit_hash", "")[:8],
+                                 "date": pd.to_datetime(doc.get("date", 0), unit="ms"), "benchmark": name,
+                                 "params": ", ".join(combo), "value": np.nan if value is None else float(value),
+                                 "env": doc.get("env_name", "")})
+    return pd.DataFrame(rows, columns=["machine", "commit", "date", "benchmark", "params", "value", "env"])
+
+
+def _product(params):
+    import itertools
+
+    return itertools.product(*params)
+
+
+def load_pytest_benchmark(path) -> pd.DataFrame:
+    """One pytest-benchmark JSON -> a row per benchmark: group (case and pass), implementation, median, extra_info."""
+    doc = _read_json(path)
+    if not isinstance(doc, dict) or "benchmarks" not in doc:
+        raise ResultFileError(f"{path}: not a pytest-benchmark file (no 'benchmarks' list)")
+    rows = []
+    for b in doc["benchmarks"]:
+        try:
+            row = {"group": b["group"], "impl": b["name"], "median_s": b["stats"]["median"]}
+        except (KeyError, TypeError):
+            raise ResultFileError(f"{path}: a benchmark entry lacks group/name/stats.median") from None
+        row.update(b.get("extra_info", {}))
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    df["file"] = Path(path).name
+    df["datetime"] = doc.get("datetime", "")
+    return df
+
+
+def load_accuracy(path) -> pd.DataFrame:
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ResultFileError(f"{path}: not a readable CSV ({str(err).splitlines()[0]})") from None
+    missing = [c for c in ACCURACY_COLUMNS if c not in df.columns]
+    if missing:
+        raise ResultFileError(f"{path}: accuracy CSV lacks columns {missing} (older schema?)")
+    return df
+
+
+# ============================================================================================ tables
+def latest_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The newest run document per machine tag."""
+    newest = runs.groupby("machine")["created"].transform("max")
+    return runs[runs["created"] == newest]
+
+
+def results_table(runs: pd.DataFrame) -> str:
+    """The README table: the bandwidth-bound cases (the quick matrix's large shapes) of the latest run per
+    machine, with the fraction of the applicable limit, speed-ups over the peers and the error."""
+    df = latest_runs(runs)
+    big = df[df["bytes"] >= 128 * 2**20]
+    df = big if len(big) else df
+    t = pd.DataFrame({
+        "machine": df["machine"], "variant": df["variant"], "pass": df["pass"], "shape": df["shape"],
+        "dtype": df["dtype"], "params": df["params"].fillna(""), "backend": df["backend"],
+        "GB/s": df["gbps"].round(1), "% of limit": (100 * df["frac_limit"]).round(0).astype(int),
+        "limit": df["limit"],
+    })
+    for c in sorted(c for c in df.columns if c.startswith("speedup_")):
+        t["vs " + c[8:]] = df[c].map(lambda v: "" if pd.isna(v) else f"{v:.1f}x")
+    t["error (eps)"] = df["err_eps"].map(lambda v: "" if pd.isna(v) else f"{v:.2g}")
+    return t.to_markdown(index=False)
+
+
+def pytest_table(bench: pd.DataFrame) -> str:
+    """Median time per case (rows) and implementation (columns), plus the fraction of copy where recorded."""
+    t = bench.pivot_table(index="group", columns="impl", values="median_s", aggfunc="min") * 1e3
+    t = t.round(3).add_suffix(" (ms)")
+    if "fraction_of_copy" in bench.columns:
+        f = bench.pivot_table(index="group", columns="impl", values="fraction_of_copy", aggfunc="max").round(2)
+        t = t.join(f.add_suffix(" (x copy)"))
+    return t.to_markdown()
+
+
+def asv_table(asv: pd.DataFrame, pattern: str) -> str:
+    d = asv[asv["benchmark"].str.contains(pattern, regex=True)]
+    if d.empty:
+        return f"(no asv benchmark matches {pattern!r})"
+    t = d.pivot_table(index=["benchmark", "params"], columns=["machine", "commit"], values="value", aggfunc="first")
+    return t.to_markdown(floatfmt=".3g")
+
+
+def accuracy_table(acc: pd.DataFrame) -> str:
+    d = acc[acc["output"].isin(["y", "dx"])]
+    if "is_default" in d.columns:
+        d = d[d["is_default"].astype(str) == "True"]
+    t = d.pivot_table(index=["variant", "output"], columns="impl", values="max_err", aggfunc="max")
+    return t.to_markdown(floatfmt=".3g")
+
+
+# ============================================================================================ plots
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_roofline(runs: pd.DataFrame, path: Path) -> Path:
+    """Fraction of the applicable limit per variant and pass (one bar per case), the limit drawn at 1."""
+    plt = _plt()
+    df = latest_runs(runs).copy()
+    df["label"] = df["variant"] + " " + df["shape"] + " " + df["params"].fillna("")
+    fig, axes = plt.subplots(1, 2, figsize=(13, max(3, 0.28 * len(df) / 2 + 1.5)), sharey=True)
+    for ax, pass_ in zip(axes, ("forward", "backward")):
+        d = df[df["pass"] == pass_]
+        ax.barh(d["label"] + " [" + d["backend"] + "]", d["frac_limit"], color="tab:blue")
+        ax.axvline(1.0, color="k", lw=1)
+        ax.set_title(f"{pass_}: fraction of the limit")
+        ax.set_xlabel("achieved / limit (copy, or 2/3 - 3/5 of it)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_speedups(runs: pd.DataFrame, path: Path) -> Path | None:
+    df = latest_runs(runs)
+    cols = [c for c in df.columns if c.startswith("speedup_") and df[c].notna().any()]
+    if not cols:
+        return None
+    plt = _plt()
+    d = df.assign(label=df["variant"] + " " + df["pass"] + " " + df["shape"] + " " + df["params"].fillna(""))
+    d = d.set_index("label")[cols].rename(columns=lambda c: c[8:])
+    ax = d.plot.barh(figsize=(10, max(3, 0.22 * len(d) * len(cols) + 1)), logx=True)
+    ax.axvline(1.0, color="k", lw=1)
+    ax.set_xlabel("speed-up of normbench over the peer (log scale)")
+    ax.figure.tight_layout()
+    ax.figure.savefig(path, dpi=90)
+    plt.close(ax.figure)
+    return path
+
+
+def plot_history(asv: pd.DataFrame, pattern: str, path: Path) -> Path | None:
+    d = asv[asv["benchmark"].str.contains(pattern, regex=True)].dropna(subset=["value"])
+    if d.empty:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for (machine, bench, params), g in d.groupby(["machine", "benchmark", "params"]):
+        g = g.sort_values("date")
+        ax.plot(g["date"], g["value"], marker="o", label=f"{machine}: {bench.split('.')[-2]} {params}"[:90])
+    ax.set_ylabel(pattern)
+    ax.set_xlabel("commit date")
+    ax.legend(fontsize=6)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_accuracy_offset(acc: pd.DataFrame, path: Path) -> Path | None:
+    """Max error of y vs the mean offset (stress families standard, offset1e3/1e4/1e6), per implementation."""
+    fams = {"standard": 0.0, "offset1e3": 1e3, "offset1e4": 1e4, "offset1e6": 1e6}
+    d = acc[acc["family"].isin(fams) & (acc["output"] == "y") & (acc["dtype"] == "float32")]
+    if "is_default" in d.columns:
+        d = d[d["is_default"].astype(str) == "True"]
+    if d.empty:
+        return None
+    plt = _plt()
+    d = d.assign(offset=d["family"].map(fams).replace(0.0, 1.0))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for (variant, impl), g in d.groupby(["variant", "impl"]):
+        g = g.groupby("offset")["max_err"].max()
+        if len(g) > 1:
+            ax.loglog(g.index, g.clip(lower=1e-2).values, marker="o", label=f"{variant} {impl}")
+    ax.set_xlabel("mean offset / spread (1 = no offset)")
+    ax.set_ylabel("max error of y (units of eps, float32)")
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+# ============================================================================================ CLI
+def _gather(paths, loader, problems):
+    frames = []
+    for p in paths:
+        try:
+            frames.append(loader(p))
+        except ResultFileError as err:
+            problems.append(str(err))
+    return pd.concat(frames, ignore_index=True) if frames else None
+
+
+def write_readme(readme: Path, table: str) -> None:
+    text = readme.read_text() if readme.exists() else ""
+    block = f"{README_START}\n{table}\n{README_END}"
+    if README_START in text and README_END in text:
+        text = re.sub(re.escape(README_START) + ".*?" + re.escape(README_END), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip("\n") + "\n\n## Results\n\n" + block + "\n"
+    readme.write_text(text)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="normbench report", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", default="results/runs", help="normbench run JSON: a file or a folder")
+    ap.add_argument("--asv", default="results/asv", help="asv results folder")
+    ap.add_argument("--pytest", default="results/pytest", help="pytest-benchmark JSON: a file or a folder")
+    ap.add_argument("--accuracy", default="results/accuracy", help="accuracy CSV: a file or a folder")
+    ap.add_argument("--history", default=r"track_fraction_of_limit",
+                    help="regex of asv benchmarks to tabulate and plot across commits")
+    ap.add_argument("--out", default="results/report", help="folder for report.md and the PNGs")
+    ap.add_argument("--readme", nargs="?", const="README.md", default=None,
+                    help="rewrite the results table of README.md (or the given file) between the markers")
+    ap.add_argument("--no-plots", action="store_true")
+    args = ap.parse_args(argv)
+
+    def files(where, pattern):
+        p = Path(where)
+        return [p] if p.is_file() else sorted(p.rglob(pattern)) if p.is_dir() else []
+
+    problems: list[str] = []
+    runs = _gather(files(args.runs, "*.json"), load_run, problems)
+    bench = _gather(files(args.pytest, "*.json"), load_pytest_benchmark, problems)
+    acc = _gather(files(args.accuracy, "*.csv"), load_accuracy, problems)
+    try:
+        asv = load_asv(args.asv)
+    except ResultFileError as err:
+        problems.append(str(err))
+        asv = None
+    if asv is not None and asv.empty:
+        asv = None
+    for msg in problems:
+        print(f"normbench report: skipped {msg}", file=sys.stderr)
+    if runs is None and bench is None and acc is None and asv is None:
+        print("normbench report: no readable result files (run `normbench run`, `make compare`, "
+              "`normbench accuracy` or asv first)", file=sys.stderr)
+        return 1
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    parts, pngs = ["# normbench report\n"], []
+    if runs is not None:
+        parts.append("## normbench run: bandwidth-bound cases, latest run per machine\n\n" + results_table(runs))
+        if not args.no_plots:
+            pngs.append(plot_roofline(runs, out / "roofline.png"))
+            pngs.append(plot_speedups(runs, out / "speedup.png"))
+    if bench is not None:
+        parts.append("## pytest-benchmark: median per case and implementation\n\n" + pytest_table(bench))
+    if asv is not None:
+        parts.append(f"## asv history: `{args.history}` per machine and commit\n\n" + asv_table(asv, args.history))
+        if not args.no_plots:
+            pngs.append(plot_history(asv, args.history, out / "history.png"))
+    if acc is not None:
+        parts.append("## accuracy: max error (units of eps) of y and dx, default options\n\n" + accuracy_table(acc))
+        if not args.no_plots:
+            pngs.append(plot_accuracy_offset(acc, out / "accuracy_offset.png"))
+    pngs = [p for p in pngs if p is not None]
+    parts += [f"![{p.stem}]({p.name})" for p in pngs]
+    report = out / "report.md"
+    report.write_text("\n\n".join(parts) + "\n")
+    print(f"wrote {report}" + "".join(f", {p.name}" for p in pngs))
+    if args.readme:
+        if runs is None:
+            print("normbench report: --readme needs normbench run results", file=sys.stderr)
+            return 1
+        write_readme(Path(args.readme), results_table(runs))
+        print(f"updated the results table in {args.readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""The suite: the case matrix against the registry, `normbench run` and `normbench bandwidth` on a tiny
+matrix, and asv (`asv check`, a tiny `asv run --python=same`) on a temporary results folder."""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from normbench import registry
+from normbench.benchmarks import cases, roofline, runner
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------------------- case matrix
+def test_matrix_covers_the_registry():
+    quick, full = cases.cases(), cases.cases(full=True)
+    assert {c.variant for c in quick} == set(registry.VARIANTS) == {c.variant for c in full}
+    assert set(quick) <= set(full)
+    assert len({c.name for c in full}) == len(full), "case names must be unique"
+    for name, spec in registry.VARIANTS.items():
+        shapes = {c.shape for c in full if c.variant == name}
+        assert {tuple(s) for s in spec.shapes} <= shapes, name
+        for p, values in spec.params.items():
+            assert {dict(c.params)[p] for c in full if c.variant == name} == set(values), (name, p)
+    assert {c.dtype for c in full} == {"float32", "float64"} and {c.dtype for c in quick} == {"float32"}
+
+
+def test_quick_matrix_has_a_latency_and_a_bandwidth_bound_shape_per_variant():
+    for name in registry.VARIANTS:
+        sizes = sorted({c.x_bytes() for c in cases.cases(variants=[name])})
+        assert sizes[0] < 16 * 2**20, name
+        assert len(sizes) == 2 and sizes[-1] > sizes[0], name
+
+
+def test_full_matrix_has_real_model_shapes():
+    shapes = {c.shape for c in cases.cases(full=True, variants=["layer_norm"])}
+    assert {768, 4096, 8192} <= {s[-1] for s in shapes}  # transformer hidden sizes
+    assert (1, 2**24) in shapes  # a single long row
+    assert any(len(c.shape) == 5 for c in cases.cases(full=True, variants=["batch_norm"]))  # 3-d volumes
+    assert any(len(c.shape) == 2 for c in cases.cases(full=True, variants=["batch_norm"]))  # 1-d batch norm
+
+
+def test_two_read_limit_applies_where_the_slab_cannot_stay_in_cache():
+    C = cases.Case
+    last = C("batch_norm", (64, 128, 56, 56), "float32", (("axis", -1), ("training", True)))
+    assert last.limit_factor("forward") == pytest.approx(2 / 3) and last.limit_factor("backward") == pytest.approx(0.6)
+    assert C("batch_norm", (65536, 1024), "float32", (("axis", 1), ("training", True))).limit_factor("forward") < 1
+    assert C("batch_norm", (64, 128, 56, 56), "float32", (("axis", -1), ("training", False))).limit_factor("forward") == 1
+    assert C("batch_norm", (64, 128, 56, 56), "float32", (("axis", 1), ("training", True))).limit_factor("backward") == 1
+    assert C("layer_norm", (1, 2**24), "float32").limit_name("forward") == "2/3 copy"
+    assert C("layer_norm", (8192, 4096), "float32").limit_name("backward") == "copy"
+
+
+def test_bytes_moved_closed_form():
+    c = cases.Case("layer_norm", (4, 8), "float32")
+    # read x (128 B) + weight and bias (2 x 32 B), write y (128 B) + mean and rstd (2 x 4 x 8 B)
+    assert c.nbytes("forward") == 128 + 64 + 128 + 64
+    # read dy, x, weight, bias, mean, rstd; write dx, dweight, dbias
+    assert c.nbytes("backward") == 3 * 128 + 2 * 64 + 64
+
+
+def test_case_filters_and_errors():
+    sel = cases.cases(variants=["group_norm"], params={"axis": -1}, shapes=[(2, 8, 3, 3)], dtypes=["float64"])
+    assert [c.name for c in sel] == ["group_norm/2x8x3x3/float64/axis=-1"]
+    assert cases.by_name(sel[0].name.replace("2x8x3x3", "8x64x56x56")).shape == (8, 64, 56, 56)
+    assert cases.parse_shape("8192x4096") == (8192, 4096)
+    with pytest.raises(ValueError, match="shape"):
+        cases.parse_shape("8x-1")
+    with pytest.raises(ValueError, match="variant"):
+        cases.cases(variants=["batch_nrom"])
+
+
+# ------------------------------------------------------------------------------------------- normbench run
+def test_run_writes_results_that_agree_with_the_reference(tmp_path, capsys):
+    rc = runner.main(["--variant", "layer_norm", "--variant", "group_norm", "--shape", "4x8x3x3", "--axis", "1",
+                      "--repeats", "2", "--peer", "numpy", "--out-dir", str(tmp_path)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "### layer_norm forward" in text and "### group_norm backward" in text and "slowest" in text
+    (jpath,) = tmp_path.glob("*.json")
+    (cpath,) = tmp_path.glob("*.csv")
+    doc = json.loads(jpath.read_text())
+    assert doc["schema"] == runner.SCHEMA and doc["machine"]["numba_threads"] >= 1
+    rows = doc["rows"]
+    backends = {v: runner._backends_for(v, None) for v in ("layer_norm", "group_norm")}
+    assert len(rows) == 2 * sum(len(b) for b in backends.values())
+    for r in rows:
+        assert r["gbps"] * r["time_s"] == pytest.approx(r["bytes"] / 1e9)
+        assert r["frac_limit"] == pytest.approx(r["frac_copy"] / r["limit_factor"])
+        # the kernels against the float64 oracle, in units of float32 eps (the textbook peer can cancel badly
+        # on rows of 3 values: its error is only required to be measured)
+        assert 0 <= r["err_eps"] < 50 and np.isfinite(r["err_numpy"]), r
+        assert r["speedup_numpy"] > 0
+    assert len(cpath.read_text().splitlines()) == len(rows) + 1
+
+
+def test_run_never_overwrites(tmp_path):
+    import datetime as dt
+
+    now = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+    j1, c1 = runner.result_paths(tmp_path, "box-2t", now)
+    j1.write_text("{}")
+    j2, _ = runner.result_paths(tmp_path, "box-2t", now)
+    assert j1.name == "box-2t-20260102T030405Z.json" and j2 != j1 and not j2.exists()
+
+
+def test_run_json_and_bad_options(tmp_path, capsys):
+    assert runner.main(["--variant", "rms_norm", "--shape", "3x16", "--repeats", "1", "--no-peers",
+                        "--no-accuracy", "--json", "--out-dir", str(tmp_path)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert {r["pass"] for r in doc["rows"]} == {"forward", "backward"} and doc["rows"][0]["err_eps"] is None  # NaN -> null
+    assert runner.main(["--variant", "nope", "--out-dir", str(tmp_path)]) == 2
+    assert "variant" in capsys.readouterr().err
+    assert runner.main(["--shape", "0x3", "--out-dir", str(tmp_path)]) == 2
+
+
+def test_error_eps_measures_in_units_of_eps():
+    inputs = {"x": np.zeros((2, 4), np.float32), "normalized_shape": (4,)}
+    ref = np.array([[1.0, -2, 0.5, 0], [4, 0, 0, 0]])
+    out = ref.astype(np.float32).copy()
+    out[1, 2] += 8 * np.finfo(np.float32).eps  # 8 eps absolute in a row whose max |ref| is 4 -> 2 units
+    assert runner.error_eps("layer_norm", inputs, out, ref) == pytest.approx(2.0)
+
+
+def test_bandwidth_command(capsys):
+    assert roofline.main(["--mib", "1", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "copy_gbps" in out and "0.667" in out
+    rows = roofline.measure([0.5], repeats=1)
+    assert rows[0]["limit_bwd_two_read_gbps"] == pytest.approx(0.6 * rows[0]["copy_gbps"])
+
+
+# ------------------------------------------------------------------------------------------- asv
+def _asv_config(tmp_path):
+    text = re.sub(r"^\s*//.*$", "", (ROOT / "asv.conf.json").read_text(), flags=re.M)
+    conf = json.loads(text)
+    assert conf["repo"] == "." and conf["benchmark_dir"] == "normbench/benchmarks"
+    assert conf["results_dir"] == "results/asv" and conf["launch_method"] == "spawn"
+    assert "--no-deps" in conf["build_command"][0]
+    conf.update(repo=str(ROOT), benchmark_dir=str(ROOT / "normbench/benchmarks"),
+                results_dir=str(tmp_path / "results"), html_dir=str(tmp_path / "html"), env_dir=str(tmp_path / "env"))
+    path = tmp_path / "asv.conf.json"
+    path.write_text(json.dumps(conf))
+    return path
+
+
+def _asv(tmp_path, *args):
+    asv = Path(sys.executable).with_name("asv")
+    if not asv.exists():
+        pytest.skip("asv is not installed (pip install 'normbench[bench]')")
+    env = dict(os.environ, HOME=str(tmp_path))  # asv's machine file goes to a temporary home
+    return subprocess.run([str(asv), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_asv_check(tmp_path):
+    conf = _asv_config(tmp_path)
+    res = _asv(tmp_path, "check", "--python=same", "--config", str(conf))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "No problems found" in res.stdout
+
+
+def test_tiny_asv_run_has_no_failed_benchmark(tmp_path):
+    conf = _asv_config(tmp_path)
+    assert _asv(tmp_path, "machine", "--yes", "--machine", "pytest-box").returncode == 0
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    small = re.escape("'layer_norm/8x768/float32', 'cpu'")
+    res = _asv(tmp_path, "run", "--python=same", "--set-commit-hash", commit, "--config", str(conf),
+               "--machine", "pytest-box", "-b", "track_numba_threads", "-b", rf"Forward.time_pass\({small}\)",
+               "-b", rf"Backward.track_fraction_of_copy\({small}\)")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "failed" not in res.stdout.lower(), res.stdout
+    (result,) = (tmp_path / "results" / "pytest-box").glob(f"{commit[:8]}-*.json")
+    doc = json.loads(result.read_text())
+    got = {k: v[0] for k, v in doc["results"].items()}
+    assert got["bench_kernels.track_numba_threads"][0] >= 1
+    if registry.has_backend("layer_norm", "cpu"):
+        idx = doc["results"]["bench_kernels.Forward.time_pass"][1][0].index("'layer_norm/8x768/float32'")
+        assert 0 < got["bench_kernels.Forward.time_pass"][2 * idx] < 1  # (case, backend): cpu is first
+        assert 0 < got["bench_kernels.Backward.track_fraction_of_copy"][2 * idx] < 5
