@@ -21,10 +21,35 @@ bench: venv
 test: venv
 	$(PY) -m pytest -q tests
 
+# pytest-benchmark for real: normbench vs the peers per case; saves JSON under results/pytest/ and compares with
+# the previous saved run (a report: regressions are judged on the fraction of copy in extra_info, same run)
 compare: venv
-	$(PY) -m pytest tests/benchmarks --benchmark-enable --benchmark-only --benchmark-autosave \
-		--benchmark-storage=results/pytest --benchmark-compare || $(PY) -m pytest tests/benchmarks \
-		--benchmark-enable --benchmark-only --benchmark-autosave --benchmark-storage=results/pytest
+	$(PY) -m pytest tests/benchmarks -p no:cacheprovider --benchmark-enable --benchmark-only \
+		--benchmark-storage=results/pytest --benchmark-autosave --benchmark-columns=median,iqr,rounds \
+		--benchmark-group-by=group $$(ls results/pytest/*/*.json >/dev/null 2>&1 && echo --benchmark-compare)
+
+# asv history over a few of the project's commits, on two machine profiles of this box (all threads, and one
+# thread), then the HTML site. ASV_RANGE / ASV_BENCH / ASV_STEPS select what runs (see docs/benchmarking.md).
+ASV := $(VENV)/bin/asv
+ASV_MACHINE ?= xeon-2vcpu-24g-numba2t
+ASV_MACHINE_1T ?= xeon-2vcpu-24g-numba1t
+ASV_RANGE ?= 03cbe2b^..HEAD
+ASV_STEPS ?= 4
+ASV_BENCH ?= -b "track_numba_threads|track_copy_gbps" -b "\('layer_norm/16384x2048/float32', 'cpu'\)" \
+	-b "\('batch_norm/64x128x56x56/float32/axis=-1,training=True', 'cpu'\)"
+asv: venv
+	$(ASV) machine --yes --machine $(ASV_MACHINE) --num_cpu $$(nproc) >/dev/null
+	$(ASV) machine --yes --machine $(ASV_MACHINE_1T) --num_cpu $$(nproc) >/dev/null
+	$(ASV) run "$(ASV_RANGE)" --steps $(ASV_STEPS) --machine $(ASV_MACHINE) $(ASV_BENCH) --skip-existing-successful
+	NUMBA_NUM_THREADS=1 OMP_NUM_THREADS=1 $(ASV) run "$(ASV_RANGE)" --steps $(ASV_STEPS) \
+		--machine $(ASV_MACHINE_1T) $(ASV_BENCH) --skip-existing-successful
+	$(ASV) publish
+
+# outside `make test`: installs Debian's chromium, serves results/html and checks that the graphs render
+check-html: venv
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+	test -f results/html/index.html || $(ASV) publish
+	$(PY) -m normbench.benchmarks._check_html --html results/html --out results/asv-html.png
 
 clean:
 	rm -rf $(VENV) .pytest_cache results/html
