@@ -24,14 +24,15 @@ from numba import cuda, float32, float64
 
 from . import config
 from ._arrays import dummy, empty, flat, launch, output, to_device
-from ._reduce import chan, drstd_factor, group_moments, group_sum2, make_thread_moments, pos, rstd_from_m2
+from ._reduce import (chan, drstd_factor, group_moments, group_sum2, pos, rstd_from_m2, thread_moments32,
+                      thread_moments64)
 from .config import MAX_THREADS
 
 
 @functools.cache
 def kernels(acc_name: str):
     acc = float32 if acc_name == "float32" else float64
-    moments = make_thread_moments(acc)
+    acc64 = acc_name == "float64"  # a closure constant: picks the moments function at compile time
 
     @cuda.jit(cache=True)
     def seg_moments(x, Q, qin, qout, qst, cnt, inner, outer, chunk, algo, part):
@@ -49,7 +50,10 @@ def kernels(acc_name: str):
         m2 = float64(0.0)
         if q < Q:
             base = (q // qin) * qout + (q % qin) * qst
-            n, m, m2 = moments(x, base, inner, outer, lo + ty, hi, cuda.blockDim.y, algo, x[base])
+            if acc64:
+                n, m, m2 = thread_moments64(x, base, inner, outer, lo + ty, hi, cuda.blockDim.y, algo, x[base])
+            else:
+                n, m, m2 = thread_moments32(x, base, inner, outer, lo + ty, hi, cuda.blockDim.y, algo, x[base])
         n, m, m2 = group_moments(sn, sm, sq, tx, cuda.blockDim.y, ty, n, m, m2)
         if ty == 0 and q < Q:
             o = (k * Q + q) * 3
@@ -199,8 +203,8 @@ def kernels(acc_name: str):
             c = (i // cdiv) % C
             dx[i] = float64(dy[i]) * (float64(w[c]) / math.sqrt(float64(rv[c]) + eps))
 
-    return SimpleNamespace(module=__name__, acc=acc_name, **{k: v for k, v in locals().items()
-                                                             if hasattr(v, "py_func")})
+    launched = {k: v for k, v in locals().items() if hasattr(v, "py_func")}
+    return SimpleNamespace(module=__name__, acc=acc_name, **launched)
 
 
 # ------------------------------------------------------------------------------------------- geometry
@@ -258,6 +262,9 @@ def _opt(a, dtype):
 
 def moments(ks, xd, g, opts, eps, rm=None, rv=None, momentum=0.0):
     """(mean, rstd, m2) float64 device arrays of the Q segments; running statistics updated when given."""
+    if xd.size == 0:  # empty segments: NaN statistics (as the reference), nothing to launch
+        nan = np.full(g.Q, np.nan)
+        return to_device(nan), to_device(nan), to_device(nan)
     grid, block, nsplit, chunk = _launch_shape(g.Q, g.seg)
     part = empty(nsplit * g.Q * 3, np.float64)
     qin, qout, qst, cnt, inner, outer = g.seg
@@ -272,6 +279,8 @@ def moments(ks, xd, g, opts, eps, rm=None, rv=None, momentum=0.0):
 
 
 def normalize(ks, xd, y, g, mean, rstd, weight, bias):
+    if xd.size == 0:
+        return
     w, has_w = _opt(weight, xd.dtype)
     b, has_b = _opt(bias, xd.dtype)
     launch(ks, "normalize", *_grid(xd.size), xd, y, mean, rstd, w, has_w, b, has_b, g.C, g.cdiv, g.CS, g.qn, g.Cg)
@@ -279,6 +288,9 @@ def normalize(ks, xd, y, g, mean, rstd, weight, bias):
 
 def backward(ks, dyd, xd, g, mean, rstd, weight, want_w, want_b, training, opts, eps, dx):
     """dx written into ``dx``; returns (dweight, dbias) float64 device arrays (or None)."""
+    if xd.size == 0:
+        zero = np.zeros(g.C)
+        return (to_device(zero) if want_w else None), (to_device(zero) if want_b else None)
     grid, block, nsplit, chunk = _launch_shape(g.P, g.sums)
     part = empty(nsplit * g.P * 2, np.float64)
     qin, qout, qst, cnt, inner, outer = g.sums

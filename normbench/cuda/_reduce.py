@@ -164,15 +164,10 @@ def make_thread_moments(acc):
     return thread_moments
 
 
+# module-level so that kernels reach them as globals: a dispatcher captured in a closure would change the
+# on-disk cache key in every session (numba/numba#6264)
 thread_moments32 = make_thread_moments(float32)
 thread_moments64 = make_thread_moments(float64)
-
-
-@cuda.jit(device=True, inline=True)
-def thread_moments(x, base, inner, outer, j0, j1, step, algo, shift, acc64):
-    if acc64:
-        return thread_moments64(x, base, inner, outer, j0, j1, step, algo, shift)
-    return thread_moments32(x, base, inner, outer, j0, j1, step, algo, shift)
 
 
 @cuda.jit(device=True, inline=True)

@@ -17,14 +17,14 @@ from numba import cuda, float32, float64
 
 from . import config
 from ._arrays import dummy, empty, flat, launch, on_host, output, result, to_device, zeros
-from ._reduce import (drstd_factor, group_moments, make_thread_moments, row_sum2, rstd_from_m2)
+from ._reduce import drstd_factor, group_moments, row_sum2, rstd_from_m2, thread_moments32, thread_moments64
 from .config import MAX_THREADS
 
 
 @functools.cache
 def kernels(acc_name: str):
     acc = float32 if acc_name == "float32" else float64
-    moments = make_thread_moments(acc)
+    acc64 = acc_name == "float64"  # a closure constant: picks the moments function at compile time
 
     @cuda.jit(cache=True)
     def forward(x, res, h, alpha, has_res, w, has_w, b, has_b, D, center, algo, corr, eps, eps_code, y, mean_out,
@@ -42,7 +42,10 @@ def kernels(acc_name: str):
                 cuda.syncthreads()  # the shift below reads a value another thread wrote
             src = h if has_res else x
             if center:
-                n, m, q = moments(src, base, D, 0, t, D, L, algo, src[base])
+                if acc64:
+                    n, m, q = thread_moments64(src, base, D, 0, t, D, L, algo, src[base])
+                else:
+                    n, m, q = thread_moments32(src, base, D, 0, t, D, L, algo, src[base])
                 n, mean, q = group_moments(sn, sm, sq, 0, L, t, n, m, q)
             else:
                 s = acc(0.0)

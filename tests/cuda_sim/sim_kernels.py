@@ -256,3 +256,16 @@ def test_channel_moments_channels_last():
     assert n == 6
     close("mean", mean, x64.mean(axis=0), 1e-12)
     close("m2", m2, ((x64 - x64.mean(axis=0)) ** 2).sum(axis=0), 1e-12)
+
+
+@pytest.mark.parametrize("shape", [(0, 4, 3), (2, 4, 0)])
+def test_group_norm_zero_size(shape):
+    x = np.zeros(shape)
+    w = np.ones(4)
+    got = nb.group_norm_forward(x, 2, w, w, backend="cuda")
+    with np.errstate(all="ignore"):
+        want = nb.group_norm_forward(x, 2, w, w, backend="reference")
+    for g, r in zip(got, want):
+        assert g.shape == r.shape and np.array_equal(np.isnan(g), np.isnan(r))
+    dx, dw, db = nb.group_norm_backward(x, x, 2, got[1], got[2], w, w, backend="cuda")
+    assert dx.shape == shape and (dw == 0).all() and (db == 0).all()
