@@ -13,7 +13,6 @@ import pickle
 import numpy as np
 from numba import cuda
 
-from . import config
 
 
 def on_host(a) -> bool:
@@ -44,13 +43,22 @@ def empty(shape, dtype):
     return cuda.device_array(shape, dtype=np.dtype(dtype))
 
 
-def zeros(shape, dtype=np.float64):
-    return cuda.to_device(np.zeros(shape, dtype=dtype))
-
-
 def dummy(dtype):
-    """A stand-in for an absent optional array (kernels take a flag; one signature whether it is given or not)."""
-    return cuda.device_array(1, dtype=np.dtype(dtype))
+    """A stand-in for an absent optional array (kernels take a flag; one signature whether it is given or not).
+    Kept per dtype and context: never written, and allocating it on every call would cost a cudaMalloc."""
+    key = (np.dtype(dtype).str, id(cuda.current_context()) if not _simulator() else 0)
+    if key not in _DUMMIES:
+        _DUMMIES[key] = cuda.device_array(1, dtype=np.dtype(dtype))
+    return _DUMMIES[key]
+
+
+_DUMMIES: dict = {}
+
+
+def _simulator():
+    from . import simulator
+
+    return simulator()
 
 
 def output(out, shape, dtype, host):
@@ -74,11 +82,6 @@ def write_back(dev, target):
     """Running statistics updated on the device are copied back into the caller's NumPy buffers."""
     if dev is not None and on_host(target):
         dev.copy_to_host(target)
-
-
-def grid_for(n):
-    tpb = config.THREADS_PER_BLOCK
-    return max(1, min(config.MAX_GRID, (n + tpb - 1) // tpb)), tpb
 
 
 # ------------------------------------------------------------------------------------------- launching

@@ -16,7 +16,7 @@ import numpy as np
 from numba import cuda, float32, float64
 
 from . import config
-from ._arrays import dummy, empty, flat, launch, on_host, output, result, to_device, zeros
+from ._arrays import dummy, empty, flat, launch, on_host, output, result, to_device
 from ._reduce import drstd_factor, group_moments, row_sum2, rstd_from_m2, thread_moments32, thread_moments64
 from .config import MAX_THREADS
 
@@ -76,6 +76,11 @@ def kernels(acc_name: str):
         t = cuda.threadIdx.x
         L = cuda.blockDim.x
         blk = cuda.blockIdx.x
+        for j in range(t, D, L):  # this block's partial rows start at zero (no host-side fill)
+            if want_w:
+                pw[blk * D + j] = 0.0
+            if want_b:
+                pb[blk * D + j] = 0.0
         for row in range(blk, rstd.size, cuda.gridDim.x):
             base = row * D
             m = acc(mean[row]) if center else acc(0.0)
@@ -168,8 +173,8 @@ def rows_backward(dy, x, D, mean, rstd, weight, want_bias, *, eps, opts, center,
     md = to_device(mean, "mean", dtype=np.float64) if center else rd
     nblk = max(1, min(R, config.BACKWARD_ROW_BLOCKS))
     want_w = weight is not None
-    pw = zeros(nblk * D) if want_w else dummy(np.float64)
-    pb = zeros(nblk * D) if want_bias else dummy(np.float64)
+    pw = empty(nblk * D, np.float64) if want_w else dummy(np.float64)
+    pb = empty(nblk * D, np.float64) if want_bias else dummy(np.float64)
     if R:
         launch(ks, "backward", nblk, _block(), flat(dyd), flat(xd), D, flat(md), flat(rd),
                flat(wd) if want_w else none, want_w, center, opts.correction, float(eps), opts.eps_code,

@@ -2,7 +2,9 @@
 
 Run by tests/test_cuda_sim.py in a subprocess with NUMBA_ENABLE_CUDASIM=1 (the variable must be set before
 numba is first imported, and the main test process keeps the real numba.cuda for the PTX test).  By hand:
-``NUMBA_ENABLE_CUDASIM=1 .venv/bin/python -m pytest tests/cuda_sim/sim_kernels.py``.  The file name does not
+``NUMBA_ENABLE_CUDASIM=1 .venv/bin/python -m pytest tests/cuda_sim/sim_kernels.py``; on a GPU machine
+``NORMBENCH_CUDA_REAL=1 .venv/bin/python -m pytest tests/cuda_sim/sim_kernels.py`` runs the same checks on the
+hardware (warp-shuffle paths included).  The file name does not
 match ``test_*.py`` so that the main run never collects it.
 
 Launch parameters are shrunk (4 threads per block, 2 channels per tile, 5 values per split, grids of at most
@@ -14,9 +16,10 @@ import os
 import numpy as np
 import pytest
 
-if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") in ("", "0"):
-    pytest.skip("needs NUMBA_ENABLE_CUDASIM=1 before numba is imported (tests/test_cuda_sim.py runs this file)",
-                allow_module_level=True)
+SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+if not SIMULATOR and os.environ.get("NORMBENCH_CUDA_REAL", "0") in ("", "0"):
+    pytest.skip("needs NUMBA_ENABLE_CUDASIM=1 before numba is imported (tests/test_cuda_sim.py runs this file), "
+                "or NORMBENCH_CUDA_REAL=1 on a GPU machine", allow_module_level=True)
 
 from numba import cuda  # noqa: E402
 
@@ -30,7 +33,8 @@ F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
 
 @pytest.fixture(autouse=True)
 def tiny_launches(monkeypatch):
-    for name, value in dict(THREADS_PER_BLOCK=4, CHANNEL_TILE=2, SPLIT_ELEMENTS=5, MAX_GRID=3,
+    # a GPU needs whole warps (the row reductions shuffle): 32 threads there, 4 in the simulator
+    for name, value in dict(THREADS_PER_BLOCK=4 if SIMULATOR else 32, CHANNEL_TILE=2, SPLIT_ELEMENTS=5, MAX_GRID=3,
                             BACKWARD_ROW_BLOCKS=2).items():
         monkeypatch.setattr(config, name, value)
 
