@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .layout import group_ids
+from .layout import group_ids, group_rows
 
 X_SHAPED = ("y", "h", "scale", "dx", "dresidual")
 PARAMS = ("dweight", "dbias")
@@ -63,10 +63,8 @@ def error_stats(out, ref, scale, dtype) -> dict:
 def group_scale(ref, ids, G) -> np.ndarray:
     """Per element: max |ref| over its group (finite values only)."""
     a = np.abs(np.asarray(ref))
-    a = np.where(np.isfinite(a), a, 0).reshape(-1)
-    m = np.zeros(G, a.dtype)
-    np.maximum.at(m, ids.reshape(-1), a)
-    return m[ids]
+    a = np.where(np.isfinite(a), a, 0)
+    return group_rows(a, ids, G).max(axis=1)[ids]
 
 
 def output_scale(name, ref, oracle_fwd, ids=None, G=None):

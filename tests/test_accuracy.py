@@ -1,0 +1,199 @@
+"""The accuracy harness: metrics on constructed cases, the oracle against exact rational arithmetic, the stress
+families' claims, and the regression guard (default options within their documented bound on every family for
+every available non-reference backend)."""
+from decimal import Decimal, getcontext
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from normbench import registry
+from normbench.accuracy import families, layout, metrics, oracle, sweep
+
+F32 = np.dtype(np.float32)
+EPS32 = float(np.finfo(np.float32).eps)
+
+
+# ============================================================================================ metrics
+def test_metrics_known_perturbation_in_units_of_the_rows_magnitude():
+    ref = np.array([[1.0, -4.0, 0.5, 2.0], [1e-3, 2e-3, -4e-3, 1e-3]])
+    out = ref.astype(np.float32).copy()
+    out[0, 0] = np.nextafter(np.nextafter(np.float32(1.0), np.float32(2)), np.float32(2))  # 1 + 2 eps
+    out[1, 2] = np.float32(-4e-3) * np.float32(1 + 3 * EPS32)
+    ids = np.array([[0] * 4, [1] * 4])
+    scale = metrics.group_scale(ref, ids, 2)
+    m = metrics.error_stats(out, ref, scale, F32)
+    # row 0: 2 eps at 1.0 with row max 4 -> 0.5 units; row 1: the row max itself moved by ~3 eps -> ~3 units
+    exact_row1 = abs(float(out[1, 2]) - (-4e-3)) / (EPS32 * 4e-3)
+    assert m["max_err"] == pytest.approx(exact_row1, rel=1e-12)
+    assert 2.5 < exact_row1 < 3.5
+    assert m["max_ulp"] >= 2.0  # two ulps at 1.0
+    e0 = metrics.error_stats(out[:1], ref[:1], scale[:1], F32)
+    assert e0["max_err"] == pytest.approx(0.5) and e0["max_ulp"] == pytest.approx(2.0)
+    assert e0["median_err"] == 0.0 and m["n_fail"] == 0 and m["n"] == 8
+
+
+def test_metrics_exact_output_is_zero_and_ulp_is_measured_on_the_dtype():
+    ref = np.array([3.0, -1.5, 2.0 ** -100, 0.0])
+    m = metrics.error_stats(ref.astype(np.float32), ref, np.abs(ref).max(), F32)
+    assert m["max_err"] == 0 and m["max_ulp"] == 0
+    one_ulp = np.array([np.nextafter(np.float32(3.0), np.float32(4.0))], np.float32)
+    m = metrics.error_stats(one_ulp, np.array([3.0]), 3.0, F32)
+    assert m["max_ulp"] == pytest.approx(1.0) and m["max_err"] == pytest.approx(2 / 3)
+
+
+def test_metrics_nan_inf_where_oracle_finite_are_failures_not_errors():
+    ref = np.array([1.0, 2.0, np.inf, np.nan])
+    out = np.array([np.nan, np.inf, np.inf, np.nan], np.float32)
+    m = metrics.error_stats(out, ref, 2.0, F32)
+    assert m["n_fail"] == 2 and m["n_ref_nonfinite"] == 2 and m["max_err"] == 0.0
+
+
+def test_metrics_float64_outputs_are_compared_in_extended_precision():
+    ref = np.array([1.0], np.longdouble) + np.longdouble(2.0) ** -60  # below float64's resolution
+    m = metrics.error_stats(np.array([1.0]), ref, 1.0, np.float64)
+    assert m["max_err"] == pytest.approx(2.0 ** -60 / np.finfo(np.float64).eps, rel=1e-6)
+
+
+# ============================================================================================ the oracle
+getcontext().prec = 60
+
+
+def _sqrt(q: Fraction) -> Fraction:
+    return Fraction((Decimal(q.numerator) / Decimal(q.denominator)).sqrt())
+
+
+def _exact_layer_norm(x, w, b, dy, eps, placement, correction):
+    """Layer norm forward and backward over the last axis in exact rationals (60-digit square roots)."""
+    eps = Fraction(eps)
+    ys, dxs = [], []
+    for row, g in zip(x.tolist(), dy.tolist()):
+        row = [Fraction(v) for v in row]
+        n = len(row)
+        mean = sum(row) / n
+        xc = [v - mean for v in row]
+        var = sum(c * c for c in xc) / (n - correction)
+        sd = _sqrt(var)
+        r = 1 / _sqrt(var + eps) if placement == "inside" else 1 / (sd + eps)
+        ys.append([c * r * Fraction(wi) + Fraction(bi) for c, wi, bi in zip(xc, w.tolist(), b.tolist())])
+        dxhat = [Fraction(gi) * Fraction(wi) for gi, wi in zip(g, w.tolist())]
+        mg = sum(dxhat) / n
+        s = sum(d * c for d, c in zip(dxhat, xc))
+        k = -r ** 3 * s / (n - correction) if placement == "inside" else -r ** 2 * s / (sd * (n - correction))
+        dxs.append([r * (d - mg) + k * c for d, c in zip(dxhat, xc)])
+    return ys, dxs
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("placement,correction", [("inside", 0), ("outside", 1)])
+def test_oracle_matches_exact_rational_arithmetic(dtype, placement, correction):
+    rng = np.random.default_rng(3)
+    x = (1e3 + rng.standard_normal((3, 5))).astype(dtype)  # offset data: where a narrow oracle would fail
+    inputs = registry.VARIANTS["layer_norm"].make_inputs((3, 5), np.dtype(dtype), rng)
+    inputs["x"] = x
+    dy = rng.standard_normal((3, 5)).astype(dtype)
+    numerics = dict(eps_placement=placement, correction=correction)
+    f = oracle.forward("layer_norm", inputs, **numerics)
+    g = oracle.backward("layer_norm", inputs, f, dy, **numerics)
+    ys, dxs = _exact_layer_norm(x, inputs["weight"], inputs["bias"], dy, 1e-5, placement, correction)
+    # the oracle's own error, in units of the *judged* dtype's eps: far below what it judges
+    bound = 1e-6 if dtype == np.float32 else 0.1
+    eps = np.finfo(dtype).eps
+    for got, exact in ((f["y"], ys), (g["dx"], dxs)):
+        for got_row, ex_row in zip(got, exact):
+            scale = max(abs(v) for v in ex_row)
+            err = max(abs(Fraction(*gv.as_integer_ratio()) - ev) for gv, ev in zip(got_row, ex_row))
+            assert float(err / scale) / eps < bound
+
+
+def test_oracle_agrees_with_the_reference_backend_for_every_variant(rng):
+    for variant, spec in registry.VARIANTS.items():
+        inputs = families.make("standard", variant, np.float64, rng, quick=True)
+        f = oracle.forward(variant, inputs)
+        ref = spec.run_forward(oracle.fresh(inputs), backend="reference")
+        for name, r in zip(oracle.FORWARD_NAMES[variant], ref):
+            if r is not None:
+                np.testing.assert_allclose(f[name].astype(np.float64), r, rtol=1e-12, atol=1e-300, err_msg=variant)
+
+
+# ============================================================================================ families
+def _groups(variant, inputs, a=None):
+    ids, G = layout.group_ids(variant, inputs)
+    return layout.group_rows(inputs["x"] if a is None else a, ids, G).astype(np.float64)
+
+
+@pytest.mark.parametrize("variant", ["layer_norm", "batch_norm", "group_norm"])
+def test_families_produce_what_they_claim(variant, rng):
+    def make(name, **kw):
+        return families.make(name, variant, np.float32, rng, quick=True, **kw)
+
+    g = _groups(variant, make("standard"))
+    assert abs(g.mean()) < 0.2 and 0.8 < g.std() < 1.2
+    for name, c in (("offset1e3", 1e3), ("offset1e4", 1e4), ("offset1e6", 1e6)):
+        g = _groups(variant, make(name))
+        assert np.allclose(g.mean(axis=1), c, atol=1.0) and np.all((g.std(axis=1) > 0.5) & (g.std(axis=1) < 1.5))
+    for name, ratio in (("tiny_var", 1e-3), ("var_near_eps", 1.0)):
+        g = _groups(variant, make(name))
+        assert 0.5 * ratio < g.var() / 1e-5 < 2 * ratio
+    inputs = make("constant")
+    g = _groups(variant, inputs)
+    assert np.all(g.max(axis=1) == g.min(axis=1)) and np.unique(g[:, 0]).size > 1
+    assert (make("overflow32")["x"].astype(np.float64) ** 2).max() > np.finfo(np.float32).max
+    x = np.abs(make("cauchy")["x"])
+    assert x.max() > 100 * np.median(x)
+    inputs = make("mixed_scale")
+    chan = layout.channel_ids(variant, inputs)
+    stds = [inputs["x"][chan == c].std() for c in range(chan.max() + 1)]
+    assert max(stds) / min(stds) > 1e3
+
+
+def test_family_long_rows_and_batch_n2_shapes(rng):
+    for variant in registry.VARIANTS:
+        shape = families.LONG_SHAPES[variant]
+        fake = registry.VARIANTS[variant].make_inputs(shape, F32, rng, **families._params(variant, shape, {}))
+        ids, G = layout.group_ids(variant, fake)
+        per_group = ids.size // G
+        assert per_group == 2 ** 20 or variant == "local_response_norm", variant
+    i = families.make("batch_n2", "batch_norm", np.float32, rng)
+    assert i["x"].shape[0] == 2 and not families.applies("batch_n2", "layer_norm")
+    with pytest.raises(ValueError, match="batch_n2"):
+        families.make("batch_n2", "layer_norm", np.float32, rng)
+
+
+def test_fused_constant_family_makes_h_constant_per_row(rng):
+    i = families.make("constant", "fused_add_norm", np.float32, rng, quick=True)
+    h = i["x"].astype(np.float64) + i["residual"]
+    assert np.all(h.max(axis=1) == h.min(axis=1))
+
+
+# ============================================================================================ regression guard
+#: the documented bound (docs/numerics.md): 4 units of eps for the default options on every family in float32,
+#: whose accumulator is wider than the data.  Float64 data has no wider accumulator by default, so there the bound
+#: is 8 units on well-conditioned families (a folded ``y = x * a + c`` costs a few units when nothing is wider than
+#: the data) and scales with the conditioning elsewhere: the centring condition number |offset|/spread on offset
+#: data, the dynamic range of mixed-scale rows and Cauchy tails
+BOUND = 4.0
+FLOAT64_BOUND = {"offset1e3": 4e3, "offset1e4": 4e4, "offset1e6": 4e6, "mixed_scale": 32.0, "cauchy": 64.0}
+GUARD_BACKENDS = [(v, b) for v in registry.VARIANTS for b in registry.available_backends(v) if b != "reference"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("variant,backend", GUARD_BACKENDS)
+def test_default_options_stay_within_their_documented_bound(variant, backend, dtype):
+    bad = []
+    for k, fam in enumerate(families.FAMILIES):
+        if not families.applies(fam, variant) or (fam == "long_rows" and dtype == "float64"):
+            continue
+        rng = np.random.default_rng([7, k])
+        inputs = families.make(fam, variant, dtype, rng, quick=True, **(
+            {"shape": families.LONG_SHAPES[variant]} if fam == "long_rows" else {}))
+        dy = rng.standard_normal(inputs["x"].shape).astype(dtype)
+        f = oracle.forward(variant, inputs)
+        b = oracle.backward(variant, inputs, f, dy)
+        with np.errstate(all="ignore"):
+            rows = sweep.run_backend(variant, inputs, dy, backend, {}, f, b, {"against": "oracle"})
+        bound = BOUND if dtype == "float32" else FLOAT64_BOUND.get(fam, 2 * BOUND)
+        for r in rows:
+            if r.get("error") or r["n_fail"] or r["max_err"] > bound:
+                bad.append((fam, r.get("pass"), r.get("output"), r.get("error") or (r["max_err"], r["n_fail"])))
+    assert not bad, f"{variant} on {backend} ({dtype}) exceeds its documented bound: {bad}"
