@@ -1,0 +1,116 @@
+"""asv: accuracy as history — ``track_*`` benchmarks in units of eps (max error against the oracle, see
+normbench/accuracy/metrics.py) for the headline cells of the accuracy study:
+
+* each variant's default options on the standard and the offset-1e4 families (y and dx);
+* each variance algorithm and accumulator on offset-1e4 (layer norm, batch norm);
+* each eps placement on the var-close-to-eps family;
+* each correction on batch norm with N = 2.
+
+All on the cpu backend, float32, the sweep's default shapes.  A commit that lacks the accuracy harness, the
+variant, the cpu kernel or an option raises NotImplementedError (asv then records the cell as skipped).
+"""
+import numpy as np
+
+from normbench import registry
+
+VARIANTS = list(registry.VARIANTS)
+
+
+def _measure(variant, family, numerics, seed=0):
+    """{output: max error in units of eps} of the cpu backend on ``family``, float32."""
+    try:
+        from normbench.accuracy import families, oracle, sweep
+    except ImportError as err:
+        raise NotImplementedError(f"no accuracy harness in this commit ({err})") from None
+    if variant not in registry.VARIANTS or "cpu" not in registry.available_backends(variant):
+        raise NotImplementedError(f"{variant}: no cpu kernel in this commit")
+    if not families.applies(family, variant):
+        raise NotImplementedError(f"family {family} does not apply to {variant}")
+    rng = np.random.default_rng(seed)
+    inputs = families.make(family, variant, "float32", rng)
+    dy = rng.standard_normal(inputs["x"].shape).astype(np.float32)
+    f = oracle.forward(variant, inputs, **numerics)
+    g = oracle.backward(variant, inputs, f, dy, **numerics)
+    with np.errstate(all="ignore"):
+        rows = sweep.run_backend(variant, inputs, dy, "cpu", numerics, f, g, {"against": "oracle"})
+    errors = [r["error"] for r in rows if r.get("error")]
+    if errors:
+        raise NotImplementedError(errors[0])
+    # a NaN/Inf where the oracle is finite is the worst error there is
+    return {r["output"]: (np.inf if r["n_fail"] else r["max_err"]) for r in rows}
+
+
+class TrackDefaults:
+    """Each variant's default options on the standard and offset-1e4 families."""
+    params = (VARIANTS, ["standard", "offset1e4"])
+    param_names = ["variant", "family"]
+    unit = "eps"
+    timeout = 300
+
+    def setup(self, variant, family):
+        self.err = _measure(variant, family, {})
+
+    def track_y(self, variant, family):
+        return self.err["y"]
+
+    def track_dx(self, variant, family):
+        return self.err["dx"]
+
+    track_y.unit = track_dx.unit = "eps"
+
+
+class TrackVarianceAlgorithm:
+    """Each variance algorithm and accumulator on data offset by 1e4 times its spread."""
+    params = (["layer_norm", "batch_norm"], ["two_pass", "welford", "naive", "shifted"], ["float32", "float64"])
+    param_names = ["variant", "variance", "accumulate"]
+    unit = "eps"
+    timeout = 300
+
+    def setup(self, variant, variance, accumulate):
+        self.err = _measure(variant, "offset1e4", dict(variance=variance, accumulate=accumulate))
+
+    def track_y(self, variant, variance, accumulate):
+        return self.err["y"]
+
+    def track_dx(self, variant, variance, accumulate):
+        return self.err["dx"]
+
+    track_y.unit = track_dx.unit = "eps"
+
+
+class TrackEpsPlacement:
+    """Each eps placement where the variance is close to eps."""
+    params = (["layer_norm", "batch_norm", "group_norm"], ["inside", "outside"])
+    param_names = ["variant", "eps_placement"]
+    unit = "eps"
+    timeout = 300
+
+    def setup(self, variant, eps_placement):
+        self.err = _measure(variant, "var_near_eps", dict(eps_placement=eps_placement))
+
+    def track_y(self, variant, eps_placement):
+        return self.err["y"]
+
+    def track_dx(self, variant, eps_placement):
+        return self.err["dx"]
+
+    track_y.unit = track_dx.unit = "eps"
+
+
+class TrackCorrection:
+    """Each correction on batch norm with N = 2."""
+    params = ([0, 1],)
+    param_names = ["correction"]
+    unit = "eps"
+    timeout = 300
+
+    def setup(self, correction):
+        self.err = _measure("batch_norm", "batch_n2", dict(correction=correction))
+
+    def track_y(self, correction):
+        return self.err["y"]
+
+    def track_dx(self, correction):
+        return self.err["dx"]
+
+    track_y.unit = track_dx.unit = "eps"
