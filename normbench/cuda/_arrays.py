@@ -9,9 +9,13 @@ from __future__ import annotations
 import atexit
 import os
 import pickle
+import warnings
 
 import numpy as np
 from numba import cuda
+
+# the per-channel finishing kernels are tiny by design; numba's low-occupancy warning would fire on every call
+warnings.filterwarnings("ignore", message="Grid size .* will likely result in GPU under-utilization")
 
 
 

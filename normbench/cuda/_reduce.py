@@ -27,6 +27,8 @@ def pos(j, base, inner, outer):
     apart (outer == 0: one contiguous run)."""
     if outer == 0:
         return base + j
+    if inner == 1:  # channels-last: one value per run; spares a 64-bit divide per element
+        return base + j * outer
     return base + (j // inner) * outer + j % inner
 
 
