@@ -49,33 +49,42 @@ def _coeffs(tdy, tdyxc, r, n, correction, eps, eps_code):
     return mdx, k
 
 
+# Loops index views re-based at a literal 0: LLVM then proves indices non-negative and drops Numba's
+# negative-index wraparound, which otherwise blocks vectorisation (measured 5-7x slower).
 @njit(**_SEQ)
 def _normalize_range(xf, yf, lo, hi, mean, scale, shift):
-    for i in range(lo, hi):
-        yf[i] = (xf[i] - mean) * scale + shift
+    x = xf[lo:hi]
+    y = yf[lo:hi]
+    for i in range(0, hi - lo):
+        y[i] = (x[i] - mean) * scale + shift
 
 
 @njit(**_SEQ)
 def _sums_range(dyf, xf, lo, hi, mean):
     """(sum(dy), sum(dy*(x - mean))) over ``lo:hi``, float64."""
+    x = xf[lo:hi]
+    dy = dyf[lo:hi]
     a = 0.0
     c = 0.0
-    for i in range(lo, hi):
-        g = np.float64(dyf[i])
+    for i in range(0, hi - lo):
+        g = np.float64(dy[i])
         a += g
-        c += g * (xf[i] - mean)
+        c += g * (x[i] - mean)
     return a, c
 
 
 @njit(**_SEQ)
 def _dx_range(dyf, xf, dxf, lo, hi, a, b, k, mean, train):
     """dx = a*dy - b + k*(x - mean) (training) or a*dy (running statistics are constants)."""
+    x = xf[lo:hi]
+    dy = dyf[lo:hi]
+    dx = dxf[lo:hi]
     if train:
-        for i in range(lo, hi):
-            dxf[i] = a * dyf[i] - b + k * (xf[i] - mean)
+        for i in range(0, hi - lo):
+            dx[i] = a * dy[i] - b + k * (x[i] - mean)
     else:
-        for i in range(lo, hi):
-            dxf[i] = a * dyf[i]
+        for i in range(0, hi - lo):
+            dx[i] = a * dy[i]
 
 
 @njit(**_SEQ)
@@ -238,7 +247,9 @@ def _fold(gmean, grstd, Cg, w, b, mc, sc, sh):
 @njit(**_SEQ)
 def _normalize_rows(x2, y2, r0, r1, mc, sc, sh):
     C = x2.shape[1]
-    for r in range(r0, r1):
+    x2 = x2[r0:r1]
+    y2 = y2[r0:r1]
+    for r in range(0, r1 - r0):
         for c in range(C):
             y2[r, c] = (x2[r, c] - mc[c]) * sc[c] + sh[c]
 
@@ -306,7 +317,9 @@ def _column_sums(dy2, x2, r0, r1, mc, sdy, sdyxc):
     for c in range(C):
         sdy[c] = 0.0
         sdyxc[c] = 0.0
-    for r in range(r0, r1):
+    dy2 = dy2[r0:r1]
+    x2 = x2[r0:r1]
+    for r in range(0, r1 - r0):
         for c in range(C):
             g = np.float64(dy2[r, c])
             sdy[c] += g
@@ -335,12 +348,15 @@ def _group_coeffs(sdy, sdyxc, gmean, grstd, Cg, w, rows, train, correction, eps,
 @njit(**_SEQ)
 def _dx_rows(dy2, x2, dx2, r0, r1, mc, a, b, k, train):
     C = x2.shape[1]
+    dy2 = dy2[r0:r1]
+    x2 = x2[r0:r1]
+    dx2 = dx2[r0:r1]
     if train:
-        for r in range(r0, r1):
+        for r in range(0, r1 - r0):
             for c in range(C):
                 dx2[r, c] = a[c] * dy2[r, c] - b[c] + k[c] * (x2[r, c] - mc[c])
     else:
-        for r in range(r0, r1):
+        for r in range(0, r1 - r0):
             for c in range(C):
                 dx2[r, c] = a[c] * dy2[r, c]
 
@@ -406,8 +422,10 @@ def affine_cf(xf, yf, C, S, scale, shift):
         c = t % C
         sc = scale[c]
         sh = shift[c]
-        for i in range(t * S, (t + 1) * S):
-            yf[i] = xf[i] * sc + sh
+        x = xf[t * S:(t + 1) * S]
+        y = yf[t * S:(t + 1) * S]
+        for i in range(0, S):
+            y[i] = x[i] * sc + sh
 
 
 @njit(**_PAR)
@@ -415,9 +433,13 @@ def affine_cl(x2, y2, scale, shift, P):
     """y = x*scale[c] + shift[c] on (R, C), rows cut into P chunks."""
     R, C = x2.shape
     for p in prange(P):
-        for r in range(p * R // P, (p + 1) * R // P):
+        r0 = p * R // P
+        r1 = (p + 1) * R // P
+        x = x2[r0:r1]
+        y = y2[r0:r1]
+        for r in range(0, r1 - r0):
             for c in range(C):
-                y2[r, c] = x2[r, c] * scale[c] + shift[c]
+                y[r, c] = x[r, c] * scale[c] + shift[c]
 
 
 # ------------------------------------------------------------------------------------- Python-side planning
