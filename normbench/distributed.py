@@ -155,13 +155,15 @@ def _exchange(comm, fname, local):
 
 
 def _backend(x, backend):
-    """The backend whose moments kernel SyncBN uses: cpu when its batch kernels exist, else the reference."""
+    """(backend whose ``channel_moments`` SyncBN uses, output dtype). None: the CPU kernel when it exists,
+    else the reference's; outputs are x's dtype unless backend="reference" is asked for (float64, as the
+    single-process reference)."""
     if _checks.is_device_array(x):
         raise TypeError("x is a device array; sync batch norm runs on host (NumPy) arrays")
-    backend = registry.pick_backend(x, backend, "batch_norm")
-    if backend == "cuda":
+    picked = registry.pick_backend(x, backend, "batch_norm")
+    if picked == "cuda":
         raise NotImplementedError("sync batch norm has no CUDA backend; use backend=None, 'cpu' or 'reference'")
-    return backend
+    return picked, registry.output_dtype(picked if backend is not None else "cpu", x)
 
 
 def _channel_moments(backend, x, kaxis):
@@ -187,7 +189,7 @@ def sync_batch_norm_forward(x, weight, bias, running_mean, running_var, *, comm=
 
     def local():
         xx = _checks.array("x", x, min_ndim=2, what="(N, C, *spatial); a 1-D input is an error")
-        backend_ = _backend(xx, backend)
+        backend_, dtype = _backend(xx, backend)
         kaxis, C, n = _channel_setup(xx, axis)
         w = _checks.param("weight", weight, (C,), xx)
         b = _checks.param("bias", bias, (C,), xx)
@@ -201,16 +203,18 @@ def sync_batch_norm_forward(x, weight, bias, running_mean, running_var, *, comm=
         if not training and rm is None:
             raise ValueError("training=False needs running_mean and running_var (evaluation uses running "
                              "statistics)")
-        o = _checks.output("out", out, xx.shape, registry.output_dtype(backend_, xx),
+        o = _checks.output("out", out, xx.shape, dtype,
                            _inputs(x=xx, weight=w, bias=b, running_mean=rm, running_var=rv))
         a.update(x=xx, kaxis=kaxis, C=C, w=w, b=b, rm=rm, rv=rv, eps=eps_, opts=opts, mom=mom, out=o,
-                 backend=backend_)
+                 dtype=dtype)
         meta = _meta(xx, kaxis, C, backend_, opts, training=bool(training), eps=eps_, momentum=mom,
                      weight=w is not None, bias=b is not None, running=rm is not None)
         if not training:
             return meta, None
         if n == 0:
             return meta, (0, np.zeros(C), np.zeros(C))
+        if n == 1:  # one value per channel on this rank: its moments are the values themselves
+            return meta, (1, xx.reshape(C).astype(np.float64), np.zeros(C))
         count, mean, m2 = _channel_moments(backend_, xx, kaxis)
         return meta, (int(count), np.asarray(mean, np.float64), np.asarray(m2, np.float64))
 
@@ -223,7 +227,7 @@ def sync_batch_norm_forward(x, weight, bias, running_mean, running_var, *, comm=
         total = stats.count
         if total == 1:
             raise ValueError(f"expected more than 1 value per channel when training, got 1 over all {comm.size} "
-                             f"ranks together (x of shape {tuple(a['x'].shape)} on this rank, axis={axis})")
+                             "ranks together")
         check_correction(opts, total, "channel over all ranks")
         if total == 0:  # empty global batch: running statistics untouched, as single-process batch norm
             return _empty_output(a), np.full(C, np.nan), np.full(C, np.nan)
@@ -239,13 +243,12 @@ def sync_batch_norm_forward(x, weight, bias, running_mean, running_var, *, comm=
 
 
 def _empty_output(a):
-    return a["out"] if a["out"] is not None else np.empty(a["x"].shape, registry.output_dtype(a["backend"], a["x"]))
+    return a["out"] if a["out"] is not None else np.empty(a["x"].shape, a["dtype"])
 
 
 def _apply(a, mean, p, q, dy=None, s=None):
     """Run :func:`_affine_map` on (outer, C, inner) views, into ``out`` (or a new array)."""
-    x = a["x"]
-    dtype = registry.output_dtype(a["backend"], x)
+    x, dtype = a["x"], a["dtype"]
     if dtype != x.dtype:  # the reference backend returns float64
         x = x.astype(dtype)
         dy = None if dy is None else dy.astype(dtype)
@@ -271,7 +274,7 @@ def sync_batch_norm_backward(dy, x, weight, bias, save_mean, save_invstd, *, com
     def local():
         xx = _checks.array("x", x, min_ndim=2, what="(N, C, *spatial); a 1-D input is an error")
         g = _checks.like("dy", dy, "x", xx)
-        backend_ = _backend(xx, backend)
+        backend_, dtype = _backend(xx, backend)
         kaxis, C, n = _channel_setup(xx, axis)
         w = _checks.param("weight", weight, (C,), xx)
         b = _checks.param("bias", bias, (C,), xx)
@@ -279,7 +282,7 @@ def sync_batch_norm_backward(dy, x, weight, bias, save_mean, save_invstd, *, com
         r = _checks.stats("save_invstd", save_invstd, (C,))
         eps_ = check_eps(eps)
         opts = resolve(numerics)
-        o = _checks.output("dx_out", dx_out, xx.shape, registry.output_dtype(backend_, xx),
+        o = _checks.output("dx_out", dx_out, xx.shape, dtype,
                            _inputs(dy=g, x=xx, weight=w, bias=b))
         if n:
             s1, s2 = _grad_sums(_view3(g, kaxis, C), _view3(xx, kaxis, C), mean,
@@ -287,14 +290,14 @@ def sync_batch_norm_backward(dy, x, weight, bias, save_mean, save_invstd, *, com
         else:
             s1, s2 = np.zeros(C), np.zeros(C)
         a.update(x=xx, dy=g, kaxis=kaxis, C=C, w=w, b=b, mean=mean, r=r, eps=eps_, opts=opts, out=o,
-                 backend=backend_, s1=s1, s2=s2)
+                 dtype=dtype, s1=s1, s2=s2)
         meta = _meta(xx, kaxis, C, backend_, opts, training=bool(training), eps=eps_, weight=w is not None,
                      bias=b is not None)
         return meta, ((n, s1, s2) if training else None)
 
     payloads = _exchange(comm, fname, local)
     C, opts, r, mean = a["C"], a["opts"], a["r"], a["mean"]
-    dtype = registry.output_dtype(a["backend"], a["x"])
+    dtype = a["dtype"]
     w = a["w"].astype(np.float64) if a["w"] is not None else np.ones(C)
     dweight = None if a["w"] is None else (a["s2"] * r).astype(dtype)
     dbias = None if a["b"] is None else a["s1"].astype(dtype)
