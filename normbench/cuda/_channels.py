@@ -2,7 +2,7 @@
 
 A *segment* is the set of values one statistic covers: a channel (batch norm), a (sample, group) (group
 norm), a (sample, channel) (instance norm).  Segment ``q`` starts at ``(q // qin) * qout + (q % qin) * qst``
-and its value ``j`` lies at ``base + (j // inner) * outer + j % inner`` (see _reduce.pos), which covers
+and its value ``j`` lies at ``base + (j // inner) * outer + j % inner`` (see _reduce.cursor), which covers
 channels-first (N, C, S) and channels-last (N, S, C) without copies.
 
 Statistics are a two-stage reduction: blocks of (BX segments x BY lanes) reduce a chunk of SPLIT_ELEMENTS
@@ -24,8 +24,8 @@ from numba import cuda, float32, float64
 
 from . import config
 from ._arrays import dummy, empty, flat, launch, output, to_device
-from ._reduce import (chan, drstd_factor, group_moments, group_sum2, pos, rstd_from_m2, thread_moments32,
-                      thread_moments64)
+from ._reduce import (advance, chan, cursor, drstd_factor, group_moments, group_sum2, rstd_from_m2,
+                      thread_moments32, thread_moments64)
 from .config import MAX_THREADS
 
 
@@ -127,8 +127,11 @@ def kernels(acc_name: str):
         if p < P:
             base = (p // qin) * qout + (p % qin) * qst
             m = acc(mean[(p // C) * qn + (p % C) // Cg])
-            for j in range(lo + ty, hi, cuda.blockDim.y):
-                i = pos(j, base, inner, outer)
+            step = cuda.blockDim.y
+            ra, rb, da, db = cursor(lo + ty, inner, step)
+            for _ in range(lo + ty, hi, step):
+                i = base + ra * outer + rb
+                ra, rb = advance(ra, rb, da, db, inner)
                 g = acc(dy[i])
                 a += g
                 s += g * (acc(x[i]) - m)

@@ -22,14 +22,22 @@ TWO_PASS, WELFORD, NAIVE, SHIFTED = 0, 1, 2, 3  # numerics.VARIANCE_CODE
 
 
 @cuda.jit(device=True, inline=True)
-def pos(j, base, inner, outer):
-    """Position in the flat array of value ``j`` of a segment: runs of ``inner`` contiguous values, ``outer``
-    apart (outer == 0: one contiguous run)."""
-    if outer == 0:
-        return base + j
-    if inner == 1:  # channels-last: one value per run; spares a 64-bit divide per element
-        return base + j * outer
-    return base + (j // inner) * outer + j % inner
+def cursor(j, inner, step):
+    """Walk the values j, j+step, ... of a segment whose value j lies at ``base + a * outer + b`` with
+    (a, b) = divmod(j, inner) (runs of ``inner`` contiguous values, ``outer`` apart; outer = 0 and inner >= the
+    count: one contiguous run).  Returns the start (a, b) and the per-step increments: one divide per thread,
+    none per element (see :func:`advance`)."""
+    return j // inner, j % inner, step // inner, step % inner
+
+
+@cuda.jit(device=True, inline=True)
+def advance(a, b, da, db, inner):
+    b += db
+    a += da
+    if b >= inner:
+        b -= inner
+        a += 1
+    return a, b
 
 
 @cuda.jit(device=True, inline=True)
@@ -130,22 +138,29 @@ def make_thread_moments(acc):
         if j0 >= j1:
             return float64(0.0), float64(0.0), float64(0.0)
         cnt = acc((j1 - j0 + step - 1) // step)
+        a0, b0, da, db = cursor(j0, inner, step)
         if algo == TWO_PASS:
             s = zero
-            for j in range(j0, j1, step):
-                s += acc(x[pos(j, base, inner, outer)])
+            a, b = a0, b0
+            for _ in range(j0, j1, step):
+                s += acc(x[base + a * outer + b])
+                a, b = advance(a, b, da, db, inner)
             mean = s / cnt
             q = zero
-            for j in range(j0, j1, step):
-                d = acc(x[pos(j, base, inner, outer)]) - mean
+            a, b = a0, b0
+            for _ in range(j0, j1, step):
+                d = acc(x[base + a * outer + b]) - mean
                 q += d * d
+                a, b = advance(a, b, da, db, inner)
             return float64(cnt), float64(mean), float64(q)
         if algo == WELFORD:
             k = zero
             mean = zero
             q = zero
-            for j in range(j0, j1, step):
-                v = acc(x[pos(j, base, inner, outer)])
+            a, b = a0, b0
+            for _ in range(j0, j1, step):
+                v = acc(x[base + a * outer + b])
+                a, b = advance(a, b, da, db, inner)
                 k += acc(1.0)
                 d = v - mean
                 mean += d / k
@@ -154,8 +169,10 @@ def make_thread_moments(acc):
         k0 = zero if algo == NAIVE else acc(shift)
         s = zero
         s2 = zero
-        for j in range(j0, j1, step):
-            d = acc(x[pos(j, base, inner, outer)]) - k0
+        a, b = a0, b0
+        for _ in range(j0, j1, step):
+            d = acc(x[base + a * outer + b]) - k0
+            a, b = advance(a, b, da, db, inner)
             s += d
             s2 += d * d
         q = s2 - s * (s / cnt)
