@@ -197,3 +197,23 @@ def test_default_options_stay_within_their_documented_bound(variant, backend, dt
             if r.get("error") or r["n_fail"] or r["max_err"] > bound:
                 bad.append((fam, r.get("pass"), r.get("output"), r.get("error") or (r["max_err"], r["n_fail"])))
     assert not bad, f"{variant} on {backend} ({dtype}) exceeds its documented bound: {bad}"
+
+
+# ============================================================================================ sweep and docs
+def test_sweep_is_tidy_and_catches_a_known_bad_algorithm(tmp_path):
+    if "cpu" not in registry.available_backends("layer_norm"):
+        pytest.skip("no cpu layer norm kernel")
+    df = sweep.sweep(["layer_norm"], ["standard", "offset1e4"], ("float32",), ("reference", "cpu"), quick=True,
+                     peers=False)
+    assert set(sweep.META) <= set(df.columns) and not df.error.fillna("").astype(bool).any()
+    ref = df[df.impl == "reference"]
+    assert (ref.max_err == 0).all()  # the float32 oracle is the reference itself
+    cpu = df[(df.impl == "cpu") & (df.output == "y") & (df.family == "offset1e4")]
+    naive32 = cpu[(cpu.variance == "naive") & (cpu.accumulate == "float32")].max_err.max()
+    assert naive32 > 100  # sum(x^2) - sum(x)^2/n in float32 at offset 1e4: catastrophic cancellation, measured
+    assert cpu[cpu.is_default].max_err.max() <= BOUND
+    df.to_csv(tmp_path / "accuracy-quick.csv", index=False)
+    from normbench.accuracy.docs import write_numerics
+
+    text = write_numerics(tmp_path, tmp_path / "numerics.md").read_text()
+    assert "## The defaults" in text and "naive / float32" in text

@@ -63,7 +63,7 @@ def plot_correction(df, path):
     for output, g in df.groupby("output"):
         ax.plot(g.N, g.rel_diff, marker="o", ms=3, label=f"batch norm {output}")
     g = df[df.output == "y"]
-    ax.plot(g.N, g.closed_form, ls=":", color="k", label="sqrt(N/(N-1)) - 1")
+    ax.plot(g.N, g.closed_form, ls=":", color="k", label="1 - sqrt((N-1)/N)")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("batch size N (values per channel)")

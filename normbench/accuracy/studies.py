@@ -5,7 +5,8 @@
 * ``eps_placement_study``: how far ``1/(sqrt(var)+eps)`` moves the output from ``1/sqrt(var+eps)``, vs var/eps
   (the oracle: a property of the definitions, not of a kernel);
 * ``correction_study``: how far ``correction=1`` moves batch norm's output and gradient from ``correction=0``, vs
-  the batch size N (the oracle), with the closed form sqrt(N/(N-1)) - 1 for y.
+  the batch size N (the oracle), with the closed form 1 - sqrt((N-1)/N) for y;
+* ``speed_study``: the speed cost of each variance algorithm and accumulator (ratios to the defaults, one run).
 """
 from __future__ import annotations
 
@@ -88,13 +89,49 @@ def correction_study(seed=0, C=8):
             out[c] = (f["y"], oracle.backward("batch_norm", inputs, f, dy, correction=c)["dx"])
         y0 = (out[0][0] - inputs["bias"]) / inputs["weight"]
         y1 = (out[1][0] - inputs["bias"]) / inputs["weight"]
-        rows.append(dict(N=N, output="y", rel_diff=_rel_diff(y0, y1), closed_form=float(np.sqrt(N / (N - 1)) - 1)))
+        rows.append(dict(N=N, output="y", rel_diff=_rel_diff(y0, y1), closed_form=float(1 - np.sqrt((N - 1) / N))))
         rows.append(dict(N=N, output="dx", rel_diff=_rel_diff(out[0][1], out[1][1]), closed_form=np.nan))
     return pd.DataFrame(rows)
 
 
+def speed_study(quick=False, seed=0, repeats=7):
+    """What each variance algorithm and accumulator costs in speed: median forward and backward times of the cpu
+    kernels, float32, relative to the defaults measured in the same run (ratios, not absolute times, are what a
+    shared machine can compare).  Inputs of 16 MiB (4 MiB with ``quick``), outputs preallocated."""
+    import pandas as pd
+
+    from ..bandwidth import median_seconds
+
+    rows = []
+    shapes = {"layer_norm": (1024, 1024) if quick else (4096, 1024),
+              "batch_norm": (16, 64, 32, 32) if quick else (64, 64, 32, 32)}
+    for variant, shape in shapes.items():
+        if "cpu" not in registry.available_backends(variant):
+            continue
+        spec = registry.VARIANTS[variant]
+        rng = np.random.default_rng(seed)
+        inputs = spec.make_inputs(shape, np.dtype(np.float32), rng)
+        dy = rng.standard_normal(inputs["x"].shape).astype(np.float32)
+        y = np.empty_like(inputs["x"])
+        dx = np.empty_like(inputs["x"])
+        for v in VARIANCE_ALGORITHMS:
+            for a in ACCUMULATORS[1:]:
+                kw = dict(variance=v, accumulate=a)
+                fwd = spec.run_forward(inputs, backend="cpu", out=y, **kw)  # compiles
+                t_f = median_seconds(lambda: spec.run_forward(inputs, backend="cpu", out=y, **kw), repeats)
+                t_b = median_seconds(lambda: spec.run_backward(inputs, fwd, dy, backend="cpu", dx_out=dx, **kw),
+                                     repeats)
+                rows.append(dict(variant=variant, shape="x".join(map(str, shape)), variance=v, accumulate=a,
+                                 forward_s=t_f, backward_s=t_b))
+    df = pd.DataFrame(rows)
+    for col in ("forward_s", "backward_s"):
+        base = df[(df.variance == "shifted") & (df.accumulate == "float64")].set_index("variant")[col]
+        df[col.replace("_s", "_vs_default")] = df[col] / df.variant.map(base)
+    return df
+
+
 STUDIES = {"offset_study": offset_study, "eps_placement_study": eps_placement_study,
-           "correction_study": correction_study}
+           "correction_study": correction_study, "speed_study": speed_study}
 
 
 def run_all(out: Path, quick=False):
