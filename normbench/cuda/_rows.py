@@ -125,14 +125,18 @@ def kernels(acc_name: str):
     return SimpleNamespace(module=__name__, acc=acc_name, forward=forward, backward=backward, colsum=colsum)
 
 
-def _block():
+def _block(D=None):
+    """Threads per row block: THREADS_PER_BLOCK, or fewer whole warps for a short row (idle threads cost)."""
     tpb = config.THREADS_PER_BLOCK
     if not tpb <= config.MAX_THREADS:
         raise ValueError(f"config.THREADS_PER_BLOCK={tpb} exceeds config.MAX_THREADS={config.MAX_THREADS}")
     from . import simulator
 
-    if not simulator() and tpb % 32:
+    warp = 1 if simulator() else 32
+    if tpb % warp:
         raise ValueError(f"config.THREADS_PER_BLOCK={tpb}: must be a multiple of 32 on a GPU (warp shuffles)")
+    if D is not None:
+        tpb = min(tpb, -(-D // warp) * warp)
     return tpb
 
 
@@ -149,7 +153,7 @@ def rows_forward(x, D, weight, bias, *, eps, opts, center, out=None, residual=No
     wd, bd = to_device(weight, "weight"), to_device(bias, "bias")
     none = dummy(x.dtype)
     if R:
-        launch(ks, "forward", min(R, config.MAX_GRID), _block(), flat(xd),
+        launch(ks, "forward", min(R, config.MAX_GRID), _block(D), flat(xd),
                flat(to_device(residual, "residual")) if fused else none, flat(h) if fused else flat(xd),
                float(alpha), fused, flat(wd) if wd is not None else none, wd is not None,
                flat(bd) if bd is not None else none, bd is not None, D, center, opts.variance_code,
@@ -176,7 +180,7 @@ def rows_backward(dy, x, D, mean, rstd, weight, want_bias, *, eps, opts, center,
     pw = empty(nblk * D, np.float64) if want_w else dummy(np.float64)
     pb = empty(nblk * D, np.float64) if want_bias else dummy(np.float64)
     if R:
-        launch(ks, "backward", nblk, _block(), flat(dyd), flat(xd), D, flat(md), flat(rd),
+        launch(ks, "backward", nblk, _block(D), flat(dyd), flat(xd), D, flat(md), flat(rd),
                flat(wd) if want_w else none, want_w, center, opts.correction, float(eps), opts.eps_code,
                flat(to_device(dh, "dh")) if dh is not None else none, dh is not None,
                float(alpha if fused else 0.0), fused, flat(dx), flat(dres) if fused else none,
