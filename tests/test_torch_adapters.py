@@ -29,7 +29,10 @@ def test_gradcheck_batch_norm_train(channels_last):
         x = x.detach().to(memory_format=torch.channels_last).requires_grad_()
     w, b = _t(3, seed=1), _t(3, seed=2)
     rm, rv = torch.zeros(3, dtype=F64), torch.ones(3, dtype=F64)
-    _gradcheck(lambda x, w, b: nt.batch_norm(x, rm, rv, w, b, training=True), x, w, b)
+    # channels-last reaches the kernels as axis=-1: the adapter's layout logic is what is under test here, so
+    # the reference backend keeps this test from compiling a second set of CPU kernels
+    backend = "reference" if channels_last else None
+    _gradcheck(lambda x, w, b: nt.batch_norm(x, rm, rv, w, b, training=True, backend=backend), x, w, b)
 
 
 def test_gradcheck_batch_norm_eval_and_2d():
@@ -98,8 +101,8 @@ CASES = {
 # float32: both sides round differently (normbench's statistics are float64); gradients cancel, so tolerances are
 # a few hundred float32 eps relative to values of order 1-10
 TOL = {torch.float64: dict(rtol=1e-9, atol=1e-10), torch.float32: dict(rtol=1e-4, atol=1e-4)}
-# every module in float64; float32 on three representative ones (each extra dtype compiles more kernels)
-PARITY = [(c, torch.float64) for c in sorted(CASES)] + [(c, torch.float32) for c in ("bn2d", "ln", "rms")]
+# every module in float64; float32 on two representative ones (each extra dtype compiles more kernels)
+PARITY = [(c, torch.float64) for c in sorted(CASES)] + [("bn2d", torch.float32), ("ln", torch.float32)]
 
 
 def _perturb(module, seed):
@@ -153,7 +156,9 @@ def test_unbatched_instance_norm_matches_torch():
 
 def test_channels_last_layout_is_kept_and_matches_torch():
     x = _t(2, 4, 3, 3, grad=False, offset=1.0).to(memory_format=torch.channels_last)
-    for ref, mine in ((tnn.BatchNorm2d(4), nt.BatchNorm2d(4)), (tnn.GroupNorm(2, 4), nt.GroupNorm(2, 4))):
+    backend = "reference"  # the layout handling is under test, not the (separately tested) axis=-1 kernels
+    for ref, mine in ((tnn.BatchNorm2d(4), nt.BatchNorm2d(4, backend=backend)),
+                      (tnn.GroupNorm(2, 4), nt.GroupNorm(2, 4, backend=backend))):
         ref, mine = ref.double(), mine.double()
         y = mine(x)
         assert y.is_contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,79 @@
+"""The training study: the MLP's hand-written backward (normbench kernels for the norms) against central
+finite differences, and a tiny `normbench study lr` run that writes its table, CSVs and PNG."""
+import math
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sklearn", reason="the study needs scikit-learn (pip install 'normbench[study]')")
+pytest.importorskip("matplotlib", reason="the study needs matplotlib (pip install 'normbench[study]')")
+
+from normbench import study  # noqa: E402
+
+
+def _loss(model, X, y):
+    logits, cache = model.forward(X, training=True)
+    loss, dlogits = study.cross_entropy(logits, y)
+    return loss, cache, dlogits
+
+
+@pytest.mark.parametrize("norm", study.NORMS)
+def test_mlp_backward_matches_finite_differences(norm):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((8, 5))
+    y = rng.integers(0, 3, 8)
+    model = study.MLP(5, (6, 6), 3, norm, rng, dtype=np.float64, groups=2)
+    for name, p in model.params.items():  # move gamma/beta/bias off their trivial initial values
+        p += 0.3 * rng.standard_normal(p.shape)
+    _, cache, dlogits = _loss(model, X, y)
+    grads = model.backward(cache, dlogits)
+    assert sorted(grads) == sorted(model.params)
+    h = 1e-6
+    for name, p in model.params.items():
+        # central differences on up to 6 entries of every parameter (all of them would cost ~250 forwards)
+        flat = rng.permutation(p.size)[:6]
+        for i in (np.unravel_index(k, p.shape) for k in flat):
+            old = p[i]
+            p[i] = old + h
+            up = _loss(model, X, y)[0]
+            p[i] = old - h
+            down = _loss(model, X, y)[0]
+            p[i] = old
+            fd = (up - down) / (2 * h)
+            assert grads[name][i] == pytest.approx(fd, rel=1e-5, abs=1e-7), f"{norm}: d loss / d {name}{i}"
+
+
+def test_cross_entropy_gradient_closed_form():
+    logits = np.array([[2.0, 0.0, -1.0], [0.5, 0.5, 0.5]])
+    loss, d = study.cross_entropy(logits, np.array([0, 2]))
+    p0 = np.exp(logits[0]) / np.exp(logits[0]).sum()
+    assert loss == pytest.approx((-math.log(p0[0]) + math.log(3)) / 2)
+    np.testing.assert_allclose(d[1], (np.full(3, 1 / 3) - [0, 0, 1]) / 2)
+
+
+def test_tiny_study_writes_table_csv_and_png(tmp_path):
+    import numba
+
+    threads = numba.get_num_threads()
+    # float64: the kernels the finite-difference test compiled already (float32, the default, is the same code)
+    rc = study.main(["lr", "--epochs", "2", "--seeds", "1", "--lrs", "0.1", "1.0", "--norms", "none", "batch",
+                     "--hidden", "16", "16", "--groups", "4", "--dtype", "float64", "--out", str(tmp_path)])
+    assert rc == 0
+    assert numba.get_num_threads() == threads  # the study's single-threading is undone
+    import pandas as pd
+
+    runs = pd.read_csv(tmp_path / "lr_runs.csv")
+    assert len(runs) == 4 and set(runs.norm) == {"none", "batch"} and set(runs.lr) == {0.1, 1.0}
+    # two epochs at lr 0.1 already learn far beyond chance (10%) on digits
+    assert (runs[runs.lr == 0.1].final_test_acc > 0.5).all()
+    curves = pd.read_csv(tmp_path / "lr_curves.csv")
+    assert len(curves) == 4 * 2
+    table = (tmp_path / "lr_table.md").read_text()
+    assert "epochs to 90%" in table and "| batch" in table and "lr=1" in table
+    assert (tmp_path / "lr_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_usage_errors():
+    assert study.main([]) == 2
+    with pytest.raises(ValueError, match="norm="):
+        study.MLP(4, (4,), 2, "batchnorm", np.random.default_rng(0))
