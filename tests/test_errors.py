@@ -378,3 +378,19 @@ def test_nan_stays_in_its_channel_or_group(rng):
     bad = np.zeros(y.shape, bool)
     bad[0, 2:4, 1] = True
     assert np.isnan(y[bad]).all() and np.isfinite(y[~bad]).all()
+
+
+@pytest.mark.parametrize("variant", ["batch_norm", "instance_norm"])
+def test_strided_running_stats_are_updated_in_place(variant, rng):
+    """Running statistics are the caller's buffers: a strided view is updated in place, like a contiguous one."""
+    fwd = getattr(nb, f"{variant}_forward")
+    x = rng.standard_normal((4, 3, 5))
+    for backend in backends(variant):
+        big_m, big_v = np.zeros(6), np.ones(6)
+        fwd(x, None, None, big_m[::2], big_v[::2], momentum=0.5, backend=backend)
+        rm, rv = np.zeros(3), np.ones(3)
+        fwd(x, None, None, rm, rv, momentum=0.5, backend=backend)
+        np.testing.assert_allclose(big_m[::2], rm, rtol=1e-15, atol=1e-15, err_msg=backend)
+        np.testing.assert_allclose(big_v[::2], rv, rtol=1e-15, err_msg=backend)
+        assert not big_m[1::2].any() and (big_v[1::2] == 1).all()  # the gaps are untouched
+        assert np.abs(rm).max() > 0
