@@ -18,7 +18,7 @@ from numba import cuda, float32, float64
 from . import config
 from ._arrays import dummy, empty, flat, launch, on_host, output, result, to_device
 from ._reduce import drstd_factor, group_moments, row_sum2, rstd_from_m2, thread_moments32, thread_moments64
-from .config import MAX_THREADS
+from .config import MAX_THREADS, ROW_PARTIALS
 
 
 @functools.cache
@@ -76,11 +76,20 @@ def kernels(acc_name: str):
         t = cuda.threadIdx.x
         L = cuda.blockDim.x
         blk = cuda.blockIdx.x
-        for j in range(t, D, L):  # this block's partial rows start at zero (no host-side fill)
-            if want_w:
-                pw[blk * D + j] = 0.0
-            if want_b:
-                pb[blk * D + j] = 0.0
+        # dweight/dbias partials of this thread's columns: in per-thread local arrays while they fit (short
+        # rows), else read-modify-written in this block's partial row of pw/pb (column j owned by one thread)
+        lw = cuda.local.array(ROW_PARTIALS, float64)
+        lb = cuda.local.array(ROW_PARTIALS, float64)
+        local = D <= L * ROW_PARTIALS
+        for kk in range(ROW_PARTIALS):
+            lw[kk] = 0.0
+            lb[kk] = 0.0
+        if not local:
+            for j in range(t, D, L):
+                if want_w:
+                    pw[blk * D + j] = 0.0
+                if want_b:
+                    pb[blk * D + j] = 0.0
         for row in range(blk, rstd.size, cuda.gridDim.x):
             base = row * D
             m = acc(mean[row]) if center else acc(0.0)
@@ -88,13 +97,21 @@ def kernels(acc_name: str):
             ra = acc(r)
             a = acc(0.0)
             c = acc(0.0)
+            kk = 0
             for j in range(t, D, L):
                 xc = acc(x[base + j]) - m
                 g = acc(dy[base + j])
-                if want_w:  # this block's partial row: only this thread touches column j
-                    pw[blk * D + j] += float64(g * xc * ra)
+                if want_w:
+                    if local:
+                        lw[kk] += float64(g * xc * ra)
+                    else:
+                        pw[blk * D + j] += float64(g * xc * ra)
                 if want_b:
-                    pb[blk * D + j] += float64(g)
+                    if local:
+                        lb[kk] += float64(g)
+                    else:
+                        pb[blk * D + j] += float64(g)
+                kk += 1
                 if has_w:
                     g *= acc(w[j])
                 a += g
@@ -112,6 +129,14 @@ def kernels(acc_name: str):
                 dx[base + j] = v
                 if has_res:
                     dres[base + j] = acc(alpha) * v
+        if local:
+            kk = 0
+            for j in range(t, D, L):
+                if want_w:
+                    pw[blk * D + j] = lw[kk]
+                if want_b:
+                    pb[blk * D + j] = lb[kk]
+                kk += 1
 
     @cuda.jit(cache=True)
     def colsum(p, nblocks, D, out):

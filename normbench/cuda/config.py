@@ -4,6 +4,7 @@ them (tiny blocks make multi-block and multi-pass paths run on tiny inputs in th
 On a GPU keep THREADS_PER_BLOCK a multiple of 32 (the warp-shuffle reductions assume whole warps) and at most
 MAX_THREADS (the size of the shared-memory reduction buffers, fixed at compile time).
 """
+ROW_PARTIALS = 16  # row backward: dweight/dbias partials kept per thread (compile-time); longer rows use global
 MAX_THREADS = 1024  # shared-memory reduction buffers hold this many values per array (compile-time constant)
 THREADS_PER_BLOCK = 256  # row-wise norms: threads per row; channel norms: threads per block
 CHANNEL_TILE = 32  # channels-last channel norms: channels per block (threads along x); the rest go along y

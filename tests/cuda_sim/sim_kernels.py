@@ -104,6 +104,7 @@ CASES = [
     ("layer_norm", (5, 7), dict(affine=False)),  # 5 rows on a grid of 3 blocks
     ("layer_norm", (2, 3, 5), dict(normalized_ndim=2)),
     ("layer_norm", (4, 3), {}),  # a row shorter than the block: 3 threads per block
+    ("layer_norm", (3, 67), {}),  # > 4 threads x ROW_PARTIALS columns: partials in global memory
     ("rms_norm", (3, 9), {}),
     ("rms_norm", (1, 6), dict(affine=False)),
     ("rms_norm", (2, 2, 5), dict(normalized_ndim=2)),
