@@ -182,3 +182,17 @@ def test_tiny_asv_run_has_no_failed_benchmark(tmp_path):
         idx = doc["results"]["bench_kernels.Forward.time_pass"][1][0].index("'layer_norm/8x768/float32'")
         assert 0 < got["bench_kernels.Forward.time_pass"][2 * idx] < 1  # (case, backend): cpu is first
         assert 0 < got["bench_kernels.Backward.track_fraction_of_copy"][2 * idx] < 5
+
+
+@pytest.mark.parametrize("case", cases.cases(shapes=[(3, 8, 2, 5)]), ids=lambda c: c.name)
+def test_error_eps_is_the_accuracy_harness_unit(case):
+    """runner.error_eps (reductions) against normbench.accuracy.metrics (group ids): the same number."""
+    metrics = pytest.importorskip("normbench.accuracy.metrics")
+    from normbench.accuracy.layout import group_ids
+
+    inputs = case.make_inputs()
+    y = case.spec.run_forward(case.make_inputs(), backend="reference")[0]
+    noisy = (y * (1 + 1e-6 * np.random.default_rng(0).standard_normal(y.shape))).astype(np.float32)
+    ids, G = group_ids(case.variant, inputs)
+    want = metrics.error_stats(noisy, y, metrics.group_scale(y, ids, G), np.float32)["max_err"]
+    assert runner.error_eps(case.variant, inputs, noisy, y) == pytest.approx(want, rel=1e-9)

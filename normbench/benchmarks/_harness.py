@@ -32,6 +32,12 @@ def require_backend(variant: str, backend: str) -> None:
         raise NotImplementedError(f"backend {backend!r} does not implement {variant} in this version")
 
 
+def fresh(inputs: dict) -> dict:
+    """The same inputs with private copies of the arrays a call may update in place (running statistics)."""
+    return {k: v.copy() if k.startswith("running_") and isinstance(v, np.ndarray) else v
+            for k, v in inputs.items()}
+
+
 def _to_device(inputs):
     from numba import cuda
 
@@ -41,13 +47,16 @@ def _to_device(inputs):
 class Pass:
     """One case, backend and pass, ready to call: ``Pass(...)()`` runs it once (outputs preallocated)."""
 
-    def __init__(self, case: _cases.Case, backend: str, pass_: str, seed: int = 0):
+    def __init__(self, case: _cases.Case, backend: str, pass_: str, seed: int = 0, inputs=None, dy=None):
+        """``inputs``/``dy``: the case's arrays when the caller already made them (x is shared, never written;
+        the running statistics that a training forward updates are copied)."""
         require_backend(case.variant, backend)
         self.case, self.backend, self.pass_ = case, backend, pass_
         spec = case.spec
-        host = case.make_inputs(seed)
+        host = case.make_inputs(seed) if inputs is None else fresh(inputs)
         self.nbytes = case.nbytes(pass_, host)
-        dy = np.random.default_rng(seed + 1).standard_normal(host["x"].shape).astype(case.dtype)
+        if dy is None:
+            dy = np.random.default_rng(seed + 1).standard_normal(host["x"].shape).astype(case.dtype)
         out_dtype = registry.output_dtype(backend, host["x"])
         if backend == "cuda":
             from numba import cuda

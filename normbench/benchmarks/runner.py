@@ -24,42 +24,50 @@ from pathlib import Path
 import numpy as np
 
 from normbench import bandwidth, registry
+from normbench.benchmarks import _harness
 from normbench.benchmarks import cases as _cases
 
 SCHEMA = "normbench.run/1"
 #: time spent per peer measurement at most (peers can be 100x slower than the kernels): repeats shrink to fit
-PEER_BUDGET_S = 2.0
+PEER_BUDGET_S = 1.0
 
 
 # ============================================================================================ accuracy
-def error_eps(variant: str, inputs: dict, out, ref) -> float:
-    """Max error of an x-shaped output (y or dx) against the oracle's, in units of the input dtype's epsilon,
-    each element judged against the max |ref| of its normalisation group (the accuracy harness's unit,
-    :mod:`normbench.accuracy.metrics`; a row-wise stand-in where the harness is absent)."""
+def error_scale(variant: str, inputs: dict, ref) -> np.ndarray:
+    """Per element (broadcastable), the magnitude its error is judged against: the max |ref| over its
+    normalisation group (row, channel, (sample, group), (sample, channel); the sample for LRN), the accuracy
+    harness's unit (:mod:`normbench.accuracy.metrics`), computed by reduction rather than group ids."""
+    from normbench.peers import _group_view, _reduce_axes
+
+    a = np.abs(np.asarray(ref))
+    if variant == "local_response_norm":
+        return a.max(axis=tuple(range(1, a.ndim)), keepdims=True)
+    if variant == "group_norm":
+        v, axes = _group_view(a, inputs["num_groups"], inputs.get("axis", 1), np)
+        return np.broadcast_to(v.max(axis=axes, keepdims=True), v.shape).reshape(a.shape)
+    axes, _ = _reduce_axes(variant, a, inputs)
+    return a.max(axis=axes, keepdims=True)
+
+
+def error_eps(variant: str, inputs: dict, out, ref, scale=None) -> float:
+    """max |out - ref| / (eps * scale) over the elements where ref is finite, in units of the input dtype's
+    epsilon (pass ``scale`` from :func:`error_scale` to judge several outputs against one oracle cheaply)."""
     dtype = np.dtype(inputs["x"].dtype)
-    out = np.asarray(out)
-    try:
-        from normbench.accuracy import metrics
-        from normbench.accuracy.layout import group_ids
-    except ImportError:
-        metrics = None
-    if metrics is not None:
-        ids, G = group_ids(variant, inputs)
-        return float(metrics.error_stats(out, ref, metrics.group_scale(ref, ids, G), dtype)["max_err"])
-    o = np.asarray(out, np.float64).reshape(len(out), -1)
-    r = np.asarray(ref, np.float64).reshape(o.shape)
-    scale = np.maximum(np.abs(r).max(axis=1), np.finfo(dtype).tiny)
-    return float((np.abs(o - r).max(axis=1) / scale).max() / np.finfo(dtype).eps) if o.size else 0.0
+    ref = np.asarray(ref)
+    scale = error_scale(variant, inputs, ref) if scale is None else scale
+    d = np.asarray(out).astype(ref.dtype)  # in place from here on: large cases hold hundreds of MiB
+    d -= ref
+    np.abs(d, out=d)
+    d /= np.maximum(scale, np.finfo(dtype).tiny)
+    with np.errstate(invalid="ignore"):
+        d[~np.isfinite(ref)] = 0.0  # where the oracle itself is not finite there is no error to measure
+    return float(d.max() / np.finfo(dtype).eps) if d.size else 0.0
 
 
 # ============================================================================================ timing
-def _buffers(case: _cases.Case, backend: str, inputs: dict) -> dict:
-    """Preallocated, touched outputs (a fresh output costs page faults: design.md's pitfalls)."""
-    dt = registry.output_dtype(backend, inputs["x"])
-    kw = {"out": np.zeros(inputs["x"].shape, dt)}
-    if case.variant == "fused_add_norm":
-        kw["h_out"] = np.zeros(inputs["x"].shape, dt)
-    return kw
+def _host(a):
+    """A NumPy view of a (possibly device) array."""
+    return a.copy_to_host() if hasattr(a, "copy_to_host") else np.asarray(a)
 
 
 def _repeats_for(seconds: float, repeats: int, budget: float) -> int:
@@ -91,33 +99,37 @@ def run_case(case: _cases.Case, backends, peers, repeats: int, copies: _CopyCach
 
     spec = case.spec
     dtype = np.dtype(case.dtype)
-    inputs = case.make_inputs(seed=0)
+    inputs = case.make_inputs(seed=0)  # made once: every implementation gets these (running stats copied)
     dy = np.random.default_rng(1).standard_normal(inputs["x"].shape).astype(dtype)
     ref_y = ref_dx = None
-    if accuracy:  # the oracle on (a copy of) the same inputs: its running-statistics update must not leak
-        ref_in = case.make_inputs(seed=0)
+    if accuracy:  # the oracle on the same inputs: its running-statistics update must not leak
+        ref_in = _harness.fresh(inputs)
         ref_out = spec.run_forward(ref_in, backend="reference")
         ref_y, ref_dx = ref_out[0], spec.run_backward(ref_in, ref_out, dy, backend="reference")[0]
+        scales = {"forward": error_scale(case.variant, inputs, ref_y),
+                  "backward": error_scale(case.variant, inputs, ref_dx)}
 
     peer_res = {}
     for p in peers:
         try:
-            fwd, bwd = _peers.prepare(p, case.variant, case.make_inputs(seed=0), dy)
+            fwd, bwd = _peers.prepare(p, case.variant, _harness.fresh(inputs), dy)
         except NotImplementedError:
             continue
-        tf, yf = _time(fwd, repeats, PEER_BUDGET_S)
-        tb, dxf = _time(bwd, repeats, PEER_BUDGET_S)
-        peer_res[p] = {"forward": (tf, yf), "backward": (tb, dxf)}
+        peer_res[p] = {}
+        for pass_, fn, ref in (("forward", fwd, ref_y), ("backward", bwd, ref_dx)):
+            t, out = _time(fn, repeats, PEER_BUDGET_S)
+            peer_res[p][pass_] = (t, error_eps(case.variant, inputs, out, ref, scales[pass_])
+                                  if ref is not None else math.nan)
+            del out
 
     rows = []
     for backend in backends:
-        buf = _buffers(case, backend, inputs)
-        dx_out = np.zeros(inputs["x"].shape, buf["out"].dtype)
-        t_f, fwd_out = _time(lambda: spec.run_forward(inputs, backend=backend, **buf), repeats,
-                             PEER_BUDGET_S if backend == "reference" else None)
-        t_b, bwd_out = _time(lambda: spec.run_backward(inputs, fwd_out, dy, backend=backend, dx_out=dx_out),
-                             repeats, PEER_BUDGET_S if backend == "reference" else None)
-        for pass_, t, main, ref in (("forward", t_f, fwd_out[0], ref_y), ("backward", t_b, bwd_out[0], ref_dx)):
+        for pass_, ref in (("forward", ref_y), ("backward", ref_dx)):
+            # compiled, outputs preallocated and touched, GPU work synchronised inside the call
+            run = _harness.Pass(case, backend, pass_, inputs=inputs, dy=dy)
+            t, result = _time(run, repeats, PEER_BUDGET_S if backend == "reference" else None)
+            main = _host(result[0])
+            del run, result
             nbytes = case.nbytes(pass_, inputs)
             t_copy = copies.seconds(nbytes, repeats)
             copy_gbps = 2 * (max(1, nbytes // 8) * 4) / t_copy / 1e9
@@ -128,13 +140,12 @@ def run_case(case: _cases.Case, backends, peers, repeats: int, copies: _CopyCach
                 "params": case.params_str, "pass": pass_, "backend": backend, "bytes": nbytes,
                 "time_s": t, "gbps": gbps, "copy_gbps": copy_gbps, "frac_copy": gbps / copy_gbps,
                 "limit": case.limit_name(pass_), "limit_factor": factor, "frac_limit": gbps / copy_gbps / factor,
-                "err_eps": error_eps(case.variant, inputs, main, ref) if ref is not None else math.nan,
+                "err_eps": error_eps(case.variant, inputs, main, ref, scales[pass_]) if ref is not None else math.nan,
             }
             for p, res in peer_res.items():
-                tp, yp = res[pass_]
+                tp, row[f"err_{p}"] = res[pass_]
                 row[f"time_{p}"] = tp
                 row[f"speedup_{p}"] = tp / t
-                row[f"err_{p}"] = error_eps(case.variant, inputs, yp, ref) if ref is not None else math.nan
             rows.append(row)
     return rows
 
