@@ -47,7 +47,9 @@ asv: venv
 
 # outside `make test`: installs Debian's chromium, serves results/html and checks that the graphs render
 check-html: venv
-	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+	command -v chromium >/dev/null && test -f /usr/share/javascript/jquery-flot/jquery.flot.js || \
+		(apt-get update -qq && apt-get install -y -qq chromium libjs-jquery libjs-jquery-flot libjs-bootstrap \
+		node-blueimp-md5 libjs-jquery-stupidtable)
 	test -f results/html/index.html || $(ASV) publish
 	$(PY) -m normbench.benchmarks._check_html --html results/html --out results/asv-html.png
 

@@ -2,7 +2,10 @@
 headless Chromium, confirm that the graph rendered (asv draws with flot: a ``flot-base`` canvas and tick
 labels appear once the data loaded) and save a screenshot under results/.
 
-Outside ``make test``: it needs Debian's ``chromium`` package.  Usage:
+asv's pages load jQuery, flot, bootstrap, md5 and stupidtable from CDNs; machines here reach no CDN, so the check
+serves a copy of the site whose ``<script>`` tags point at Debian's packaged copies (``libjs-jquery``,
+``libjs-jquery-flot``, ``libjs-bootstrap``, ``node-blueimp-md5``, ``libjs-jquery-stupidtable``); results/html itself
+is left as asv wrote it.  Outside ``make test``: it needs Debian's ``chromium`` and those packages.  Usage:
 ``python -m normbench.benchmarks._check_html [--html results/html] [--bench NAME] [--out results/asv-html.png]``
 """
 from __future__ import annotations
@@ -10,11 +13,57 @@ from __future__ import annotations
 import argparse
 import functools
 import http.server
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
+
+JS = Path("/usr/share/javascript")
+#: CDN script (matched by a fragment of its URL) -> local files from Debian's packages, in load order
+LOCAL_JS = {
+    "jquery-3.3.1": ["jquery/jquery.min.js"],
+    "flot/0.8.3/jquery.flot.min.js": ["jquery-flot/jquery.flot.js"],
+    "jquery.flot.time": ["jquery-flot/jquery.flot.time.js"],
+    "jquery.flot.selection": ["jquery-flot/jquery.flot.selection.js"],
+    "jquery.flot.categories": ["jquery-flot/jquery.flot.categories.js"],
+    "orderBars": [],  # bar charts only; not packaged
+    "stupidtable": ["jquery-stupidtable/stupidtable.min.js"],
+    "blueimp-md5": ["blueimp-md5/md5.min.js"],
+    "bootstrap.min.js": ["bootstrap/js/bootstrap.min.js"],
+}
+
+
+def localize(html: Path, dest: Path) -> list[str]:
+    """Copy the site to ``dest`` with CDN scripts replaced by local copies; return what is missing."""
+    shutil.copytree(html, dest, dirs_exist_ok=True)
+    missing = []
+
+    def swap(match):
+        tag = match.group(0)
+        for key, files in LOCAL_JS.items():
+            if key in tag:
+                out = []
+                for f in files:
+                    if not (JS / f).exists():
+                        missing.append(str(JS / f))
+                        continue
+                    shutil.copy(JS / f, dest / Path(f).name)
+                    out.append(f'<script type="text/javascript" src="{Path(f).name}"></script>')
+                return "".join(out)
+        return tag
+
+    for page in dest.glob("*.html"):
+        text = re.sub(r'<script src="https://[^"]+"[^>]*>\s*</script>', swap, page.read_text())
+        css = JS / "bootstrap/css/bootstrap.min.css"
+        if css.exists():
+            shutil.copy(css, dest / "bootstrap.min.css")
+        text = re.sub(r'<link[^>]+href="https://[^"]*bootstrap[^"]*"[^>]*>',
+                      '<link rel="stylesheet" href="bootstrap.min.css">' if css.exists() else "", text)
+        page.write_text(text)
+    return missing
 
 
 def main(argv=None) -> int:
@@ -31,7 +80,18 @@ def main(argv=None) -> int:
     if browser is None:
         print("check-html: chromium not found (apt-get install chromium)", file=sys.stderr)
         return 2
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(html))
+    site = Path(tempfile.mkdtemp(prefix="normbench-asv-html-"))
+    missing = localize(html, site)
+    if missing:
+        print(f"check-html: missing local scripts {missing} (apt-get install libjs-jquery libjs-jquery-flot "
+              "libjs-bootstrap node-blueimp-md5 libjs-jquery-stupidtable)", file=sys.stderr)
+        return 2
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=str(site))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/#{args.bench}"
