@@ -111,7 +111,9 @@ def _make_range_moments(acc, fused):
     def range_sumsq(x, r, alpha, lo, hi):
         a = acc(alpha)
         s2 = acc(0.0)
-        for i in range(lo, hi):
+        x = x[lo:hi]  # re-based views, as above
+        r = r[lo:hi]
+        for i in range(hi - lo):
             v = acc(x[i]) + a * acc(r[i]) if fused else acc(x[i])
             s2 += v * v
         return s2

@@ -37,14 +37,23 @@ MODE_PLAIN, MODE_FUSED, MODE_FUSED_DH = 0, 1, 2
 def _write_y(x, r, alpha, fused, y, h, lo, hi, j0, mean, rstd, w, b):
     """y = (v - mean) * rstd * w + b on x[lo:hi] (parameters from w[j0]); v = x, or x + alpha * r
     (then also stored to h), computed in float64."""
+    # Every hot loop runs over views from index 0: LLVM then knows the indices are non-negative and drops
+    # Numba's wraparound, which otherwise turns the loads into gathers (3-5x slower, measured).
+    n = hi - lo
+    xs = x[lo:hi]
+    ys = y[lo:hi]
+    ws = w[j0:j0 + n]
+    bs = b[j0:j0 + n]
     if fused:
-        for j in range(hi - lo):
-            v = np.float64(x[lo + j]) + alpha * np.float64(r[lo + j])
-            h[lo + j] = v
-            y[lo + j] = (v - mean) * rstd * w[j0 + j] + b[j0 + j]
+        rs = r[lo:hi]
+        hs = h[lo:hi]
+        for j in range(n):
+            v = np.float64(xs[j]) + alpha * np.float64(rs[j])
+            hs[j] = v
+            ys[j] = (v - mean) * rstd * ws[j] + bs[j]
     else:
-        for j in range(hi - lo):
-            y[lo + j] = (np.float64(x[lo + j]) - mean) * rstd * w[j0 + j] + b[j0 + j]
+        for j in range(n):
+            ys[j] = (np.float64(xs[j]) - mean) * rstd * ws[j] + bs[j]
 
 
 @njit(fastmath=FASTMATH, cache=True)
@@ -101,21 +110,25 @@ def _forward_split(x, r, alpha, fused, y, h, w, b, mean, rstd, D, S, rms, algo, 
 @njit(fastmath=FASTMATH, cache=True)
 def _grad_sums(dy, x, w, lo, hi, j0, mean, acc64):
     """(sum(g), sum(g * (x - mean))) with g = dy * w over the range, in the accumulator, returned as float64."""
+    n = hi - lo
+    dys = dy[lo:hi]
+    xs = x[lo:hi]
+    ws = w[j0:j0 + n]
     if acc64:
         sa = 0.0
         sb = 0.0
-        for j in range(hi - lo):
-            g = np.float64(dy[lo + j]) * np.float64(w[j0 + j])
+        for j in range(n):
+            g = np.float64(dys[j]) * np.float64(ws[j])
             sa += g
-            sb += g * (np.float64(x[lo + j]) - mean)
+            sb += g * (np.float64(xs[j]) - mean)
         return sa, sb
     m32 = np.float32(mean)
     fa = np.float32(0.0)
     fb = np.float32(0.0)
-    for j in range(hi - lo):
-        g = np.float32(dy[lo + j]) * np.float32(w[j0 + j])
+    for j in range(n):
+        g = np.float32(dys[j]) * np.float32(ws[j])
         fa += g
-        fb += g * (np.float32(x[lo + j]) - m32)
+        fb += g * (np.float32(xs[j]) - m32)
     return np.float64(fa), np.float64(fb)
 
 
@@ -136,31 +149,41 @@ def _dx_coefficients(sa, sb, rs, D, corr, eps, eps_code, rms):
 def _write_dx(dy, x, w, dx, dres, dh, mode, alpha, lo, hi, j0, mean, rs, k, c0, dwp, dbp):
     """dx on the range (+ dh, and dresidual = alpha * dx for fused add + norm); accumulates the dweight and
     dbias contributions into dwp/dbp (float64, indexed from j0) in the same pass."""
+    n = hi - lo
+    dys = dy[lo:hi]
+    xs = x[lo:hi]
+    dxs = dx[lo:hi]
+    ws = w[j0:j0 + n]
+    dwq = dwp[j0:j0 + n]
+    dbq = dbp[j0:j0 + n]
     if mode == MODE_PLAIN:
-        for j in range(hi - lo):
-            g = np.float64(dy[lo + j])
-            xc = np.float64(x[lo + j]) - mean
-            dx[lo + j] = rs * w[j0 + j] * g + k * xc + c0
-            dwp[j0 + j] += g * xc * rs
-            dbp[j0 + j] += g
+        for j in range(n):
+            g = np.float64(dys[j])
+            xc = np.float64(xs[j]) - mean
+            dxs[j] = rs * ws[j] * g + k * xc + c0
+            dwq[j] += g * xc * rs
+            dbq[j] += g
     elif mode == MODE_FUSED:
-        for j in range(hi - lo):
-            g = np.float64(dy[lo + j])
-            xc = np.float64(x[lo + j]) - mean
-            v = rs * w[j0 + j] * g + k * xc + c0
-            dx[lo + j] = v
-            dres[lo + j] = alpha * v
-            dwp[j0 + j] += g * xc * rs
-            dbp[j0 + j] += g
+        drs = dres[lo:hi]
+        for j in range(n):
+            g = np.float64(dys[j])
+            xc = np.float64(xs[j]) - mean
+            v = rs * ws[j] * g + k * xc + c0
+            dxs[j] = v
+            drs[j] = alpha * v
+            dwq[j] += g * xc * rs
+            dbq[j] += g
     else:
-        for j in range(hi - lo):
-            g = np.float64(dy[lo + j])
-            xc = np.float64(x[lo + j]) - mean
-            v = rs * w[j0 + j] * g + k * xc + c0 + dh[lo + j]
-            dx[lo + j] = v
-            dres[lo + j] = alpha * v
-            dwp[j0 + j] += g * xc * rs
-            dbp[j0 + j] += g
+        drs = dres[lo:hi]
+        dhs = dh[lo:hi]
+        for j in range(n):
+            g = np.float64(dys[j])
+            xc = np.float64(xs[j]) - mean
+            v = rs * ws[j] * g + k * xc + c0 + dhs[j]
+            dxs[j] = v
+            drs[j] = alpha * v
+            dwq[j] += g * xc * rs
+            dbq[j] += g
 
 
 @njit(fastmath=FASTMATH, cache=True)
