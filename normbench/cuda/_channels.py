@@ -290,9 +290,9 @@ def normalize(ks, xd, y, g, mean, rstd, weight, bias):
 
 
 def backward(ks, dyd, xd, g, mean, rstd, weight, want_w, want_b, training, opts, eps, dx):
-    """dx written into ``dx``; returns (dweight, dbias) float64 device arrays (or None)."""
+    """dx written into ``dx``; returns (dweight, dbias) device arrays of dy's dtype (or None)."""
     if xd.size == 0:
-        zero = np.zeros(g.C)
+        zero = np.zeros(g.C, dyd.dtype)
         return (to_device(zero) if want_w else None), (to_device(zero) if want_b else None)
     grid, block, nsplit, chunk = _launch_shape(g.P, g.sums)
     part = empty(nsplit * g.P * 2, np.float64)
@@ -306,9 +306,9 @@ def backward(ks, dyd, xd, g, mean, rstd, weight, want_w, want_b, training, opts,
     nseg = g.seg[3]
     launch(ks, "seg_coef", *_grid(g.Q), db, ds, w, has_w, rstd, g.Q, g.C, g.G, g.Cg, nseg, bool(training),
            opts.correction, float(eps), opts.eps_code, mg, kq)
-    dw = empty(g.C, np.float64) if want_w else None
-    dbias = empty(g.C, np.float64) if want_b else None
-    none = dummy(np.float64)
+    dw = empty(g.C, dyd.dtype) if want_w else None  # summed in float64, stored in the input dtype
+    dbias = empty(g.C, dyd.dtype) if want_b else None
+    none = dummy(dyd.dtype)
     launch(ks, "chan_grads", *_grid(g.C), db, ds, rstd, g.Nsum, g.C, g.qn, g.Cg, dw if want_w else none, want_w,
            dbias if want_b else none, want_b)
     launch(ks, "dx_kernel", *_grid(xd.size), dyd, xd, mean, rstd, mg, kq, w, has_w, g.C, g.cdiv, g.CS, g.qn, g.Cg,

@@ -188,7 +188,7 @@ def rows_forward(x, D, weight, bias, *, eps, opts, center, out=None, residual=No
 
 def rows_backward(dy, x, D, mean, rstd, weight, want_bias, *, eps, opts, center, dx_out=None, dh=None,
                   alpha=None):
-    """(dx, dresidual|None, dweight|None (device float64 -> x dtype), dbias|None) on the device."""
+    """(dx, dresidual|None, dweight|None, dbias|None) as device arrays of dy's dtype (sums taken in float64)."""
     host = on_host(dy)
     dyd, xd = to_device(dy, "dy"), to_device(x, "x", dtype=dy.dtype)
     R = dy.size // D
@@ -215,7 +215,7 @@ def rows_backward(dy, x, D, mean, rstd, weight, want_bias, *, eps, opts, center,
         if not want:
             grads.append(None)
             continue
-        g = empty(D, np.float64)
+        g = empty(D, dy.dtype)  # summed in float64, stored in the input dtype
         launch(ks, "colsum", *_grid(D), p, nblk if R else 0, D, g)
         grads.append(g)
     return dx, dres, grads[0], grads[1]
