@@ -150,7 +150,8 @@ def _pairwise():
 PAIRWISE = list(_pairwise())
 NUMERIC_CASES = [("layer_norm", (3, 11), {}), ("rms_norm", (2, 9), {}), ("batch_norm", (3, 5, 2), dict(axis=-1)),
                  ("group_norm", (2, 4, 3), dict(num_groups=2, axis=1)),
-                 ("fused_add_norm", (2, 6), dict(norm="layer"))]
+                 ("fused_add_norm", (2, 6), dict(norm="layer")), ("instance_norm", (2, 2, 3), dict(axis=-1)),
+                 ("local_response_norm", (1, 3, 2), dict(size=2))]
 
 
 @pytest.mark.parametrize("i", range(len(PAIRWISE)), ids=[
@@ -275,3 +276,27 @@ def test_group_norm_zero_size(shape):
         assert g.shape == r.shape and np.array_equal(np.isnan(g), np.isnan(r))
     dx, dw, db = nb.group_norm_backward(x, x, 2, got[1], got[2], w, w, backend="cuda")
     assert dx.shape == shape and (dw == 0).all() and (db == 0).all()
+
+
+@pytest.mark.parametrize("axis", [1, -1])
+def test_instance_norm_with_running_statistics_as_constants(axis):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 3, 4) if axis == 1 else (2, 4, 3))
+    w, b = rng.standard_normal(3), rng.standard_normal(3)
+    rm, rv = rng.standard_normal(3), 1 + rng.random(3)
+    kw = dict(use_input_stats=False, axis=axis, eps_placement="outside")
+    got = nb.instance_norm_forward(x, w, b, rm, rv, backend="cuda", **kw)
+    want = nb.instance_norm_forward(x, w, b, rm, rv, backend="reference", **kw)
+    for i, (g, r) in enumerate(zip(got, want)):
+        close(f"forward {i}", g, r, 1e-12)
+    dy = rng.standard_normal(x.shape)
+    got = nb.instance_norm_backward(dy, x, want[1], want[2], w, b, backend="cuda", **kw)
+    want = nb.instance_norm_backward(dy, x, want[1], want[2], w, b, backend="reference", **kw)
+    for i, (g, r) in enumerate(zip(got, want)):
+        close(f"backward {i}", g, r, 1e-12)
+
+
+def test_non_contiguous_device_array_is_a_clear_error():
+    xd = cuda.to_device(np.ones((4, 3), np.float32)).T
+    with pytest.raises(ValueError, match="x is a non-contiguous device array"):
+        nb.layer_norm_forward(xd, 4)
