@@ -277,7 +277,7 @@ def moments(ks, xd, g, opts, eps, rm=None, rv=None, momentum=0.0):
     has_running = rm is not None and g.qn == 0
     launch(ks, "seg_finish", *_grid(g.Q), part, nsplit, g.Q, cnt, opts.correction, float(eps), opts.eps_code, mean,
            rstd, m2, rm if has_running else dummy(np.float64), rv if has_running else dummy(np.float64),
-           has_running, float(momentum))
+           has_running, float(momentum) if has_running else 0.0)
     return mean, rstd, m2
 
 
