@@ -28,13 +28,16 @@ def _window(src, n, c, s0, m, lo, hi, C, S, ws, kind, aux1, aux2):
         ws[s] = 0.0
     for cc in range(max(lo, 0), min(hi, C - 1) + 1):
         base = (n * C + cc) * S + s0
+        a = src[base:base + m]
         if kind == 0:
             for s in range(m):
-                v = np.float64(src[base + s])
+                v = np.float64(a[s])
                 ws[s] += v * v
         else:
+            b1 = aux1[base:base + m]
+            b2 = aux2[base:base + m]
             for s in range(m):
-                ws[s] += np.float64(src[base + s]) * np.float64(aux1[base + s]) / np.float64(aux2[base + s])
+                ws[s] += np.float64(a[s]) * np.float64(b1[s]) / np.float64(b2[s])
 
 
 @njit(fastmath=FASTMATH, cache=True)
@@ -51,30 +54,36 @@ def _forward_units(x, y, scale, N, C, S, size, alpha, beta, k, u0, u1, ws):
             ws[s] = 0.0
         for cc in range(0, min(after, C)):  # channels entering before c = 0: [0, after - 1]
             base = (n * C + cc) * S + s0
+            xi = x[base:base + m]
             for s in range(m):
-                v = np.float64(x[base + s])
+                v = np.float64(xi[s])
                 ws[s] += v * v
         bad = 0.0
         for c in range(C):
             base = (n * C + c) * S + s0
             if c + after < C:
                 b_in = (n * C + c + after) * S + s0
+                xi = x[b_in:b_in + m]
                 for s in range(m):
-                    v = np.float64(x[b_in + s])
+                    v = np.float64(xi[s])
                     ws[s] += v * v
             if c - before - 1 >= 0:
                 b_out = (n * C + c - before - 1) * S + s0
+                xo = x[b_out:b_out + m]
                 for s in range(m):
-                    v = np.float64(x[b_out + s])
+                    v = np.float64(xo[s])
                     ws[s] -= v * v
+            xc = x[base:base + m]
+            sca = scale[base:base + m]
+            yc = y[base:base + m]
             for s in range(m):
                 t = ws[s]
                 bad += t * 0.0  # NaN once any sum is non-finite
                 if t < 0.0:
                     t = 0.0
                 sc = k + coef * t
-                scale[base + s] = sc
-                y[base + s] = np.float64(x[base + s]) * sc ** (-beta)
+                sca[s] = sc
+                yc[s] = np.float64(xc[s]) * sc ** (-beta)
         if bad != 0.0:  # NaN: redo the block with direct sums
             for c in range(C):
                 base = (n * C + c) * S + s0
@@ -82,7 +91,17 @@ def _forward_units(x, y, scale, N, C, S, size, alpha, beta, k, u0, u1, ws):
                 for s in range(m):
                     sc = k + coef * ws[s]
                     scale[base + s] = sc
-                    y[base + s] = np.float64(x[base + s]) * sc ** (-beta)
+                    y[base + s] = np.float64(x[base + s]) * sc ** (-beta)  # rare path: plain indexing
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _add_t(dy, y, scale, base, m, ws, sign):
+    """ws[:m] += sign * dy * y / scale on the m values from ``base`` (views: indices from 0 vectorise)."""
+    a = dy[base:base + m]
+    b = y[base:base + m]
+    c = scale[base:base + m]
+    for s in range(m):
+        ws[s] += sign * (np.float64(a[s]) * np.float64(b[s]) / np.float64(c[s]))
 
 
 @njit(fastmath=FASTMATH, cache=True)
@@ -101,24 +120,22 @@ def _backward_units(dy, x, y, scale, dx, N, C, S, size, alpha, beta, u0, u1, ws)
             ws[s] = 0.0
         for cc in range(0, min(after, C)):
             base = (n * C + cc) * S + s0
-            for s in range(m):
-                ws[s] += np.float64(dy[base + s]) * np.float64(y[base + s]) / np.float64(scale[base + s])
+            _add_t(dy, y, scale, base, m, ws, 1.0)
         bad = 0.0
         for c in range(C):
             base = (n * C + c) * S + s0
             if c + after < C:
-                b_in = (n * C + c + after) * S + s0
-                for s in range(m):
-                    ws[s] += np.float64(dy[b_in + s]) * np.float64(y[b_in + s]) / np.float64(scale[b_in + s])
+                _add_t(dy, y, scale, (n * C + c + after) * S + s0, m, ws, 1.0)
             if c - before - 1 >= 0:
-                b_out = (n * C + c - before - 1) * S + s0
-                for s in range(m):
-                    ws[s] -= np.float64(dy[b_out + s]) * np.float64(y[b_out + s]) / np.float64(scale[b_out + s])
+                _add_t(dy, y, scale, (n * C + c - before - 1) * S + s0, m, ws, -1.0)
+            dyc = dy[base:base + m]
+            sca = scale[base:base + m]
+            xc = x[base:base + m]
+            dxc = dx[base:base + m]
             for s in range(m):
                 t = ws[s]
                 bad += t * 0.0
-                sc = np.float64(scale[base + s])
-                dx[base + s] = np.float64(dy[base + s]) * sc ** (-beta) - coef * np.float64(x[base + s]) * t
+                dxc[s] = np.float64(dyc[s]) * np.float64(sca[s]) ** (-beta) - coef * np.float64(xc[s]) * t
         if bad != 0.0:
             for c in range(C):
                 base = (n * C + c) * S + s0
