@@ -7,7 +7,6 @@ import functools
 import math
 from types import SimpleNamespace
 
-import numpy as np
 from numba import cuda, float32, float64
 
 from . import config
