@@ -300,3 +300,40 @@ def test_non_contiguous_device_array_is_a_clear_error():
     xd = cuda.to_device(np.ones((4, 3), np.float32)).T
     with pytest.raises(ValueError, match="x is a non-contiguous device array"):
         nb.layer_norm_forward(xd, 4)
+
+
+def test_warp_shuffle_reduction_with_an_emulated_shuffle(monkeypatch):
+    """The hardware path of _reduce.row_sum2 (shuffles within warps, then a tree over the warps' partials) run
+    in the simulator with an exact shfl_down_sync twin, on 2-warp blocks: checks the warp compaction logic that
+    the PTX test can only compile."""
+    if not SIMULATOR:
+        pytest.skip("on a GPU the shuffle path runs natively in every row test")
+    from numba.cuda.simulator.kernelapi import FakeCUDAModule
+
+    from normbench.cuda import _reduce, _rows
+
+    buf = np.zeros(config.MAX_THREADS)  # the simulator runs one block at a time
+
+    def shfl_down_sync(self, mask, value, delta):
+        t = self.threadIdx.x
+        buf[t] = value
+        self.syncthreads()
+        src = t + delta
+        out = buf[src] if (t % 32) + delta < 32 and src < self.blockDim.x else value
+        self.syncthreads()
+        return out
+
+    monkeypatch.setattr(FakeCUDAModule, "shfl_down_sync", shfl_down_sync, raising=False)
+    monkeypatch.setattr(_rows, "row_sum2", _reduce._row_sum2_shfl)
+    monkeypatch.setattr(config, "THREADS_PER_BLOCK", 64)
+    rng = np.random.default_rng(8)
+    x, dy = rng.standard_normal((2, 70)), rng.standard_normal((2, 70))
+    w = rng.standard_normal(70)
+    for fwd, bwd in ((nb.rms_norm_forward, nb.rms_norm_backward), (nb.layer_norm_forward, nb.layer_norm_backward)):
+        got, want = fwd(x, 70, w, backend="cuda"), fwd(x, 70, w, backend="reference")
+        for i, (g, r) in enumerate(zip(got, want)):
+            close(f"{fwd.__name__} output {i}", g, r, 1e-12)
+        got = bwd(dy, x, 70, *want[1:], w, backend="cuda")
+        ref = bwd(dy, x, 70, *want[1:], w, backend="reference")
+        for i, (g, r) in enumerate(zip(got, ref)):
+            close(f"{bwd.__name__} output {i}", g, r, 1e-12)
