@@ -22,7 +22,8 @@ def _C(x, axis):
 def channel_moments(x, axis):
     """Per-channel (count, mean, M2) in float64 with the default algorithm: what PreciseBN and SyncBN merge."""
     C = _C(x, axis)
-    mean, m2, _ = forward_stats(x, None, batch_layout(x, axis), None, None, DEFAULT, 0.0, write_y=False)
+    # eps=1: the rstd is unused here, and eps=0 divides by zero (ZeroDivisionError) on a constant channel
+    mean, m2, _ = forward_stats(x, None, batch_layout(x, axis), None, None, DEFAULT, 1.0, write_y=False)
     return x.size // C, mean.reshape(C), m2.reshape(C)
 
 
