@@ -132,18 +132,19 @@ def _exchange(comm, fname, local):
     """The call's one collective. ``local()`` checks this rank's arguments and returns ``(meta, payload)``;
     every rank receives every rank's ``(error, meta, payload)`` and raises the same error if any rank failed
     or the metadata differ. Returns the payloads in rank order."""
-    error = meta = payload = None
+    error = meta = payload = cause = None
     try:
         meta, payload = local()
     except Exception as exc:  # sent to every rank, re-raised everywhere below
-        error = (type(exc).__name__, str(exc))
+        error, cause = (type(exc).__name__, str(exc)), exc
     gathered = comm.allgather((error, meta, payload))
     size = len(gathered)
     for rank, (err, _, _) in enumerate(gathered):
         if err is not None:
             kind, message = err
             raise _ERROR_TYPES.get(kind, RuntimeError)(
-                f"{fname}: {message} (on rank {rank} of {size}; every rank raises this error)")
+                f"{fname}: {message} (on rank {rank} of {size}; every rank raises this error)"
+            ) from (cause if rank == comm.rank else None)
     metas = [m for _, m, _ in gathered]
     for field in metas[0]:
         values = [m[field] for m in metas]

@@ -90,6 +90,9 @@ def worker(shape, repeats):
     row["local_forward_s"] = _timed(world, lambda: nb.batch_norm_forward(x, w, b, rm, rv, out=y), repeats)
     row["local_backward_s"] = _timed(
         world, lambda: nb.batch_norm_backward(dy, x, w, b, mean, invstd, dx_out=dx), repeats)
+    # the physical limit: x must be read twice forward (statistics must be global before any output) and
+    # x, dy twice backward, so the bound is 1.5 copies forward, 2.5 copies backward (design.md's 2/3 and 3/5)
+    row["copy_s"] = _timed(world, lambda: np.copyto(y, x), repeats)
     message = ({"C": C, "dtype": "float32", "numerics": ("inside", 0, "shifted", None)},
                (counts[rank], np.zeros(C), np.zeros(C)))
     row["collective_s"] = _timed(world, lambda: world.allgather((None,) + message), repeats * 3)
@@ -116,12 +119,14 @@ def run(sizes, shape, repeats):
 
 def table(rows):
     head = ("| ranks | local batch | fwd ms | local fwd ms | bwd ms | local bwd ms | collective ms "
-            "| fwd bytes sent/recv per rank | bwd bytes sent/recv per rank |\n|---|---|---|---|---|---|---|---|---|")
+            "| copy ms | fwd / bwd % of limit | fwd bytes sent/recv per rank | bwd bytes sent/recv per rank |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         lines.append(f"| {r['P']} | {r['local_N']} x {r['MiB_per_rank']:.1f} MiB | {r['forward_s'] * 1e3:.1f} | "
                      f"{r['local_forward_s'] * 1e3:.1f} | {r['backward_s'] * 1e3:.1f} | "
-                     f"{r['local_backward_s'] * 1e3:.1f} | {r['collective_s'] * 1e3:.3f} | "
+                     f"{r['local_backward_s'] * 1e3:.1f} | {r['collective_s'] * 1e3:.3f} | {r['copy_s'] * 1e3:.1f} | "
+                     f"{150 * r['copy_s'] / r['forward_s']:.0f} / {250 * r['copy_s'] / r['backward_s']:.0f} | "
                      f"{r['forward_bytes_sent']} / {r['forward_bytes_received']} | "
                      f"{r['backward_bytes_sent']} / {r['backward_bytes_received']} |")
     return "\n".join(lines)

@@ -31,7 +31,7 @@ def _err(got, want, scale, dtype):
 
 
 def _bn_case(comm, counts, rest, *, axis=1, dtype=np.float32, offset=0.0, seed=0, affine=True, running=True,
-             training=True, use_out=False, backend="reference", **numerics):
+             training=True, use_out=False, backend="reference", constant_channel=False, **numerics):
     """SyncBN on this rank's slice vs single-process batch norm on the concatenation. ``rest`` is x.shape[1:]
     as laid out for ``axis`` (channels last when axis=-1)."""
     import normbench as nb
@@ -42,6 +42,9 @@ def _bn_case(comm, counts, rest, *, axis=1, dtype=np.float32, offset=0.0, seed=0
     C = rest[0] if axis == 1 else rest[-1]
     rng = np.random.default_rng(seed)
     xg = (offset + rng.standard_normal((sum(counts), *rest)) * (1 + rng.random(C) if axis == -1 else 1)).astype(dtype)
+    if constant_channel:  # a dead (all-zero) channel and a constant one: variance exactly 0
+        xg[(slice(None), 0) if axis == 1 else (..., 0)] = 0
+        xg[(slice(None), 1) if axis == 1 else (..., 1)] = 3
     dyg = rng.standard_normal(xg.shape).astype(dtype)
     w, b = (1 + 0.5 * rng.standard_normal((2, C))).astype(dtype) if affine else (None, None)
     rm0, rv0 = rng.standard_normal(C).astype(dtype), (1 + rng.random(C)).astype(dtype)
@@ -146,6 +149,15 @@ def _global_count_case(comm, counts, expect):
     return res
 
 
+def _bad_comm_case():
+    from normbench import distributed as dist
+
+    x = np.ones((2, 3), np.float32)
+    res = _expect_error(lambda: dist.sync_batch_norm_forward(x, None, None, None, None, comm="world"), "TypeError")
+    res["must_mention"] = "comm has type str"
+    return res
+
+
 def _subcomm_case(comm):
     """Ranks 0 and 1 form one group, rank 2 another: statistics never cross groups."""
     sub = comm.Split(0 if comm.rank < 2 else 1, key=comm.rank)
@@ -211,6 +223,10 @@ def cases(P):
         "cpu_one_sample_per_rank_NC": lambda comm: _bn_case(comm, [1] * P, (5,), seed=5, backend=None),
         "cpu_offset_1e4": lambda comm: _offset_case(comm, uneven, None),
         "cpu_out_and_dx_out": lambda comm: _bn_case(comm, even, (3, 6), seed=16, use_out=True, backend=None),
+        "cpu_constant_channels": lambda comm: _bn_case(comm, uneven, (3, 4, 5), seed=19, constant_channel=True,
+                                                       backend=None),
+        "constant_channels_eps_outside": lambda comm: _bn_case(comm, zero, (4, 3), axis=-1, seed=20,
+                                                               constant_channel=True, eps_placement="outside"),
         "cpu_eval_mode": lambda comm: _bn_case(comm, uneven, (3, 6), seed=15, training=False, backend=None),
         "uneven_2d": lambda comm: _bn_case(comm, uneven, (3, 4, 5), seed=1),
         "zero_sample_rank": lambda comm: _bn_case(comm, zero, (3, 4, 5), seed=2),
@@ -232,6 +248,7 @@ def cases(P):
         "mismatched_option_backward": lambda comm: _mismatch_case(comm, "option"),
         "one_value_per_channel_globally": lambda comm: _global_count_case(comm, [1] + [0] * (P - 1), "ValueError"),
         "one_value_per_rank_is_fine": lambda comm: _global_count_case(comm, [1] * P, None),
+        "comm_not_a_communicator": lambda comm: _bad_comm_case(),
         "precise_bn_samples": lambda comm: _precise_bn_case(comm, "samples"),
         "precise_bn_batches": lambda comm: _precise_bn_case(comm, "batches"),
         "after_errors_still_in_step": lambda comm: _bn_case(comm, uneven, (3, 4), seed=18),
