@@ -354,6 +354,12 @@ def main(argv=None):
         print("usage: normbench study lr [options]   (see normbench study lr --help)", file=sys.stderr)
         return 2
     a = _parser().parse_args(argv[1:])
+    try:
+        import matplotlib  # noqa: F401
+        import sklearn  # noqa: F401
+    except ModuleNotFoundError as err:
+        print(f"normbench study needs {err.name!r}: pip install 'normbench[study]'", file=sys.stderr)
+        return 2
     cfg = Config(lrs=tuple(a.lrs), norms=tuple(a.norms), seeds=tuple(range(a.seeds)), epochs=a.epochs,
                  batch_size=a.batch_size, hidden=tuple(a.hidden), groups=a.groups, dtype=a.dtype,
                  backend=a.backend, out=a.out)
