@@ -174,6 +174,8 @@ def test_fused_constant_family_makes_h_constant_per_row(rng):
 #: data, the dynamic range of mixed-scale rows and Cauchy tails
 BOUND = 4.0
 FLOAT64_BOUND = {"offset1e3": 4e3, "offset1e4": 4e4, "offset1e6": 4e6, "mixed_scale": 32.0, "cauchy": 64.0}
+#: 2**20-long reductions, once per kernel family (fused add + norm and instance norm share these kernels' code)
+LONG_ROW_GUARD = ("layer_norm", "rms_norm", "batch_norm", "group_norm")
 GUARD_BACKENDS = [(v, b) for v in registry.VARIANTS for b in registry.available_backends(v) if b != "reference"]
 
 
@@ -182,15 +184,16 @@ GUARD_BACKENDS = [(v, b) for v in registry.VARIANTS for b in registry.available_
 def test_default_options_stay_within_their_documented_bound(variant, backend, dtype):
     bad = []
     for k, fam in enumerate(families.FAMILIES):
-        if not families.applies(fam, variant) or (fam == "long_rows" and dtype == "float64"):
+        if not families.applies(fam, variant) or (fam == "long_rows" and (dtype == "float64"
+                                                                           or variant not in LONG_ROW_GUARD)):
             continue
         rng = np.random.default_rng([7, k])
         inputs = families.make(fam, variant, dtype, rng, quick=True, **(
             {"shape": families.LONG_SHAPES[variant]} if fam == "long_rows" else {}))
         dy = rng.standard_normal(inputs["x"].shape).astype(dtype)
-        f = oracle.forward(variant, inputs)
-        b = oracle.backward(variant, inputs, f, dy)
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"):  # float32 running variances of |x| ~ 1e20 data overflow, as they should
+            f = oracle.forward(variant, inputs)
+            b = oracle.backward(variant, inputs, f, dy)
             rows = sweep.run_backend(variant, inputs, dy, backend, {}, f, b, {"against": "oracle"})
         bound = BOUND if dtype == "float32" else FLOAT64_BOUND.get(fam, 2 * BOUND)
         for r in rows:

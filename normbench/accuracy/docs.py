@@ -241,13 +241,17 @@ def build(results: Path, out_path: Path) -> str:
         w(_md(errs[["impl", "variant", "dtype", "pass", "error"]].drop_duplicates(["impl", "variant", "error"]),
               index=False) + "\n")
     cu = df[df.kind == "agreement"]
+    if cu.empty and (results / "cuda-agreement.csv").exists():
+        cu = pd.read_csv(results / "cuda-agreement.csv")
     w("## CUDA backend\n")
     if cu.empty:
         w("Not in this run: the CUDA backend is checked under the simulator (`NUMBA_ENABLE_CUDASIM=1 normbench "
           "accuracy --quick`) for agreement with the CPU backend only. The simulator's arithmetic is NumPy's, not "
           "the GPU's, so it says nothing about GPU accuracy.\n")
     else:
-        w("Simulator vs cpu backend (agreement, not GPU accuracy), max difference in units of eps:\n")
+        w("Under the simulator (`NUMBA_ENABLE_CUDASIM=1 normbench accuracy --quick ...`), cuda vs cpu backend on "
+          f"the quick shapes ({', '.join(sorted(cu.family.unique()))}, {', '.join(sorted(cu.dtype.unique()))}): "
+          "agreement, not GPU accuracy (the simulator's arithmetic is NumPy's). Max difference in units of eps:\n")
         w(_md(_pivot(cu, ["variant", "variance"], "output")) + "\n")
 
     # ---------------------------------------------------------------------------------- notes

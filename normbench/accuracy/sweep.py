@@ -272,6 +272,8 @@ def main(argv=None):
                seed=args.seed, progress=True)
     name = "accuracy-quick.csv" if args.quick else "accuracy.csv"
     df.to_csv(out / name, index=False)
+    if (df.kind == "agreement").any():  # kept apart: a simulator run is slow and done separately
+        df[df.kind == "agreement"].to_csv(out / "cuda-agreement.csv", index=False)
     print(summary(df))
     print(f"wrote {out / name} ({len(df)} rows)")
     if args.plot:
