@@ -213,3 +213,29 @@ def test_bad_inputs_raise_clear_errors():
         nt.LayerNorm(4, numerics={"variance": "bogus"})
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         nt.BatchNorm1d(3)(torch.ones(1, 3))
+
+
+def test_fused_add_norm_gradient_through_h_only():
+    x, res = _t(3, 5), _t(3, 5, seed=1)
+    y, h = nt.fused_add_norm(x, res, 5, alpha=0.25)
+    h.sum().backward()  # y unused: its gradient arrives as None
+    torch.testing.assert_close(x.grad, torch.ones_like(x))
+    torch.testing.assert_close(res.grad, torch.full_like(res, 0.25))
+
+
+def test_contiguous_tensors_reach_the_kernels_without_a_copy(monkeypatch):
+    seen = {}
+    real = nt.nbf.layer_norm_forward
+
+    def spy(x, *args, **kwargs):
+        seen["x"] = x
+        return real(x, *args, **kwargs)
+
+    monkeypatch.setattr(nt.nbf, "layer_norm_forward", spy)
+    x = _t(4, 6, grad=False)
+    nt.layer_norm(x, 6)
+    assert np.shares_memory(seen["x"], x.numpy())
+    base = _t(6, 4, grad=False)
+    y = nt.layer_norm(base.t(), 6)  # a transposed (non-contiguous) view: copied once, still correct
+    assert not np.shares_memory(seen["x"], base.numpy())
+    torch.testing.assert_close(y, torch.nn.functional.layer_norm(base.t(), (6,)))
