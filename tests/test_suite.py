@@ -196,3 +196,27 @@ def test_error_eps_is_the_accuracy_harness_unit(case):
     ids, G = group_ids(case.variant, inputs)
     want = metrics.error_stats(noisy, y, metrics.group_scale(y, ids, G), np.float32)["max_err"]
     assert runner.error_eps(case.variant, inputs, noisy, y) == pytest.approx(want, rel=1e-9)
+
+
+def test_check_html_swaps_cdn_scripts_for_local_copies(tmp_path, monkeypatch):
+    from normbench.benchmarks import _check_html
+
+    js = tmp_path / "js"
+    for f in ("jquery/jquery.min.js", "jquery-flot/jquery.flot.js", "bootstrap/js/bootstrap.min.js"):
+        (js / f).parent.mkdir(parents=True, exist_ok=True)
+        (js / f).write_text("// " + f)
+    monkeypatch.setattr(_check_html, "JS", js)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text(
+        '<script src="https://code.jquery.com/jquery-3.3.1.min.js" integrity="sha256-x" crossorigin="anonymous">'
+        '</script>\n<script src="https://cdnjs.cloudflare.com/ajax/libs/flot/0.8.3/jquery.flot.min.js"></script>\n'
+        '<script src="https://cdn.jsdelivr.net/npm/flot-orderbars@1.0.0/js/jquery.flot.orderBars.js"></script>\n'
+        '<script src="https://cdnjs.cloudflare.com/ajax/libs/blueimp-md5/2.19.0/js/md5.min.js"></script>\n'
+        '<script src="asv.js"></script>')
+    missing = _check_html.localize(site, tmp_path / "out")
+    html = (tmp_path / "out" / "index.html").read_text()
+    assert "https://" not in html  # every CDN tag swapped or dropped
+    assert 'src="jquery.min.js"' in html and 'src="jquery.flot.js"' in html and 'src="asv.js"' in html
+    assert "orderBars" not in html and (tmp_path / "out" / "jquery.min.js").exists()
+    assert missing == [str(js / "blueimp-md5/md5.min.js")]
