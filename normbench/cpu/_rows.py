@@ -361,10 +361,12 @@ def _backward_split(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, S, rms, 
 # ------------------------------------------------------------------------------------------ Python side
 def _schedule(R, D):
     """"serial", "rows" or ("split", pieces)."""
+    if R * D < PARALLEL_MIN and D < SPLIT_MIN:
+        return "serial", 1  # before asking numba for its thread count: that takes a lock (~10 us)
     T = numba.get_num_threads()
     if D >= SPLIT_MIN and R < max(T, 2):
         return "split", max(T, 2)
-    if R * D < PARALLEL_MIN or R == 1:
+    if R == 1:
         return "serial", 1
     return "rows", T
 

@@ -169,7 +169,7 @@ def _dims(x):
 
 
 def _threads(x):
-    return 1 if x.size < PARALLEL_MIN else numba.get_num_threads()
+    return 1 if x.size < PARALLEL_MIN else numba.get_num_threads()  # (asking takes a lock: only when large)
 
 
 def local_response_norm_forward(x, size, *, alpha, beta, k, opts=None, out=None):
