@@ -101,11 +101,16 @@ def build(results: Path, out_path: Path) -> str:
     d64 = dflt[dflt.dtype == "float64"]
     if not d64.empty:
         off = d64[d64.family.isin(["offset1e3", "offset1e4", "offset1e6"])]
-        rest = d64[~d64.family.isin(["offset1e3", "offset1e4", "offset1e6", "long_rows", "cauchy", "mixed_scale"])]
+        hard = ["offset1e3", "offset1e4", "offset1e6", "long_rows", "cauchy", "mixed_scale", "overflow32"]
+        rest = d64[~d64.family.isin(hard)]
+        by_fam = d64[d64.family.isin(hard[3:])].groupby("family").max_err.max()
         w(f"**Float64:** nothing is wider than the data by default, so the error follows the conditioning: "
           f"at most {_fmt(rest.max_err.max())} units on well-conditioned families, and on offset data about "
           f"(offset/spread) x 0.1-0.3 units (worst {_fmt(off.max_err.max())} at 1e6): the mean itself cannot be "
-          f"represented closer than half an ulp of the offset. The guard's float64 bounds scale accordingly "
+          f"represented closer than half an ulp of the offset. Elsewhere the worst figures are "
+          + ", ".join(f"{k} {_fmt(v)}" for k, v in by_fam.items())
+          + " units (sums over 2**20 values, dynamic range of the data, LRN's power of x*x near 1e40). "
+          f"The guard's float64 bounds scale accordingly "
           f"(tests/test_accuracy.py, `FLOAT64_BOUND`).\n")
 
     # ---------------------------------------------------------------------------------- algorithms
@@ -143,7 +148,7 @@ def build(results: Path, out_path: Path) -> str:
         t = sp.assign(option=sp.variance + " / " + sp.accumulate).pivot_table(
             index="option", columns="variant", values=["forward_vs_default", "backward_vs_default"])
         w("Time relative to the defaults (shifted / float64), cpu backend, float32, medians measured in the same "
-          f"run (shapes {', '.join(sorted(set(sp.variant + ' ' + sp.shape)))}; <1 is faster than the default):\n")
+          f"run (shapes {', '.join(sorted(set(sp.variant + ' ' + sp['shape'])))}; <1 is faster than the default):\n")
         w(_md(t) + "\n")
         w("These ratios come from a shared 2-core machine and carry its noise: differences below ~20% are not "
           "significant there. The algorithms all read x once (two-pass reads each row twice from cache), so "
@@ -169,9 +174,15 @@ def build(results: Path, out_path: Path) -> str:
         p_off = peers[(peers.family == "offset1e4") & (peers.output == "y")].groupby("impl").max_err.max()
         p_ovf = peers[(peers.family == "overflow32")].groupby("impl").n_fail.sum()
         if not p_off.empty:
-            w("At offset 1e4 the peers reach " + ", ".join(f"{k} {_fmt(v)}" for k, v in p_off.items())
+            w("At offset 1e4 the peers reach (worst over variants) " + ", ".join(f"{k} {_fmt(v)}" for k, v in p_off.items())
               + " units where normbench's defaults stay below 1: float32 arithmetic on the data itself "
                 "(the mean, the deviations) loses what the offset takes. ")
+        p_const = peers[(peers.family == "constant") & (peers.output == "y")].groupby("impl").max_err.max()
+        if not p_const.empty:
+            w("On constant rows/channels (variance exactly 0; a centred norm must then output exactly the bias) the peers reach "
+              + ", ".join(f"{k} {_fmt(v)}" for k, v in p_const.items())
+              + " units (worst over variants): a float32 mean of equal values is not always that value, and "
+                "the rounding left in x - mean is amplified by 1/sqrt(eps) (1/eps with eps outside). ")
         if not p_ovf.empty and p_ovf.sum():
             w("On |x| ~ 1e20 (x*x overflows float32): " + ", ".join(f"{k} {v} NaN/Inf" for k, v in p_ovf.items())
               + ".")
@@ -265,7 +276,7 @@ def build(results: Path, out_path: Path) -> str:
       "the input dtype, shared by every fused implementation.\n"
       "- `reference` rows are a sanity check of the harness: 0 for float32 inputs, at most 0.5 units for float64 "
       "ones (the reference backend rounds the extended-precision oracle to float64).\n"
-      "- Reproduce: `normbench accuracy --plot --docs` (full: ~10 min on 2 cores) or `normbench accuracy --quick`."
+      "- Reproduce: `normbench accuracy --plot --docs` (full: ~20 min on a shared 2-core machine) or `normbench accuracy --quick`."
       "\n")
     return "\n".join(L)
 
