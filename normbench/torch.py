@@ -79,7 +79,8 @@ def _tensor(a, like):
 
 
 def _stat(a):
-    """Saved statistics: float64 NumPy (or device) arrays, kept as returned."""
+    """Saved statistics as a float64 copy: in eval mode batch norm returns the running buffers themselves, which a
+    later training step could change before this graph's backward runs."""
     return a if not isinstance(a, np.ndarray) else np.array(a, dtype=np.float64, copy=True)
 
 
