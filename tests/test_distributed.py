@@ -47,6 +47,7 @@ def mpi_results():
     def get(P):
         if P not in cache:
             env = dict(os.environ, NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1")
+            env.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")  # waiting ranks yield: 2 cores are shared
             cmd = [MPIEXEC, "--allow-run-as-root", "--oversubscribe", "-n", str(P), sys.executable, str(SCRIPT)]
             try:
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env,
