@@ -29,4 +29,4 @@ def fused_add_norm_backward(dy, h, normalized_shape, mean, rstd, weight, bias, *
     if dh is not None:
         dh_total = dh_total + wide(dh)
     dx = finish(dh_total, dx_out)
-    return dx, alpha * dh_total, dweight, dbias
+    return dx, finish(alpha * dh_total, None), dweight, dbias  # float64 (dh_total is extended when dh is given)
