@@ -74,17 +74,19 @@ def _sums_range(dyf, xf, lo, hi, mean):
 
 
 @njit(**_SEQ)
-def _dx_range(dyf, xf, dxf, lo, hi, a, b, k, mean, train):
-    """dx = a*dy - b + k*(x - mean) (training) or a*dy (running statistics are constants)."""
+def _dx_range(dyf, xf, dxf, lo, hi, w, r, mdx, k, mean, train):
+    """dx = r*(w*dy - mdx) + k*(x - mean) (training) or r*(w*dy) (running statistics are constants).
+    dxhat - mean(dxhat) is formed before scaling by r: exact w*dy for float32 data, and exactly 0 where it
+    should be (one value per group)."""
     x = xf[lo:hi]
     dy = dyf[lo:hi]
     dx = dxf[lo:hi]
     if train:
         for i in range(0, hi - lo):
-            dx[i] = a * dy[i] - b + k * (x[i] - mean)
+            dx[i] = r * (w * dy[i] - mdx) + k * (x[i] - mean)
     else:
         for i in range(0, hi - lo):
-            dx[i] = a * dy[i]
+            dx[i] = r * (w * dy[i])
 
 
 @njit(**_SEQ)
@@ -178,7 +180,7 @@ def cf_backward_fused(dyf, xf, dxf, U, nr, L, run_stride, S, Cg, G, w, mean, rst
         for k in range(nr):
             for j in range(Cg):
                 s0 = u * L + k * run_stride + j * S
-                _dx_range(dyf, xf, dxf, s0, s0 + S, r * w[ch0 + j], r * mdx, kk, m, train)
+                _dx_range(dyf, xf, dxf, s0, s0 + S, w[ch0 + j], r, mdx, kk, m, train)
 
 
 @njit(**_PAR)
@@ -214,8 +216,7 @@ def cf_backward_split(dyf, xf, dxf, U, nr, L, run_stride, S, Cg, G, w, mean, rst
         kk[u] = k1
     for t in prange(T):
         u, j, s0 = _subrun(t, nr, L, run_stride, S, Cg)
-        r = rstd[u]
-        _dx_range(dyf, xf, dxf, s0, s0 + S, r * w[(u % G) * Cg + j], r * mdx[u], kk[u], mean[u], train)
+        _dx_range(dyf, xf, dxf, s0, s0 + S, w[(u % G) * Cg + j], rstd[u], mdx[u], kk[u], mean[u], train)
 
 
 # --------------------------------------------------------------------------- blocks of columns (channels-last)
@@ -327,8 +328,8 @@ def _column_sums(dy2, x2, r0, r1, mc, sdy, sdyxc):
 
 
 @njit(**_SEQ)
-def _group_coeffs(sdy, sdyxc, gmean, grstd, Cg, w, rows, train, correction, eps, eps_code, mc, a, b, k):
-    """Per-column coefficients of ``dx = a*dy - b + k*(x - mc)`` for one block."""
+def _group_coeffs(sdy, sdyxc, gmean, grstd, Cg, w, rows, train, correction, eps, eps_code, mc, rc, mdxc, k):
+    """Per-column mean, rstd, mean(dxhat) and k of ``dx = r*(w*dy - mdx) + k*(x - mc)`` for one block."""
     n = rows * Cg
     for g in range(gmean.shape[0]):
         tdy = 0.0
@@ -340,13 +341,14 @@ def _group_coeffs(sdy, sdyxc, gmean, grstd, Cg, w, rows, train, correction, eps,
         mdx, kk = _coeffs(tdy, tdyxc, r, n, correction, eps, eps_code)
         for c in range(g * Cg, (g + 1) * Cg):
             mc[c] = gmean[g]
-            a[c] = r * w[c]
-            b[c] = r * mdx
+            rc[c] = r
+            mdxc[c] = mdx
             k[c] = kk
 
 
 @njit(**_SEQ)
-def _dx_rows(dy2, x2, dx2, r0, r1, mc, a, b, k, train):
+def _dx_rows(dy2, x2, dx2, r0, r1, w, mc, rc, mdx, k, train):
+    """Rows r0:r1 of dx, as :func:`_dx_range` with per-column coefficients."""
     C = x2.shape[1]
     dy2 = dy2[r0:r1]
     x2 = x2[r0:r1]
@@ -354,11 +356,11 @@ def _dx_rows(dy2, x2, dx2, r0, r1, mc, a, b, k, train):
     if train:
         for r in range(0, r1 - r0):
             for c in range(C):
-                dx2[r, c] = a[c] * dy2[r, c] - b[c] + k[c] * (x2[r, c] - mc[c])
+                dx2[r, c] = rc[c] * (w[c] * dy2[r, c] - mdx[c]) + k[c] * (x2[r, c] - mc[c])
     else:
         for r in range(0, r1 - r0):
             for c in range(C):
-                dx2[r, c] = a[c] * dy2[r, c]
+                dx2[r, c] = rc[c] * (w[c] * dy2[r, c])
 
 
 @njit(**_SEQ)
@@ -374,12 +376,12 @@ def cl_backward_fused(dy3, x3, dx3, Cg, w, gmean, grstd, train, correction, eps,
         mc = np.empty(C)
         _expand(gmean[bb], Cg, mc)
         _column_sums(dy3[bb], x3[bb], 0, R, mc, sdy[bb], sdyxc[bb])
-        a = np.empty(C)
-        b = np.empty(C)
+        rc = np.empty(C)
+        mdx = np.empty(C)
         k = np.empty(C)
         _group_coeffs(sdy[bb], sdyxc[bb], gmean[bb], grstd[bb], Cg, w, R, train, correction, eps, eps_code,
-                      mc, a, b, k)
-        _dx_rows(dy3[bb], x3[bb], dx3[bb], 0, R, mc, a, b, k, train)
+                      mc, rc, mdx, k)
+        _dx_rows(dy3[bb], x3[bb], dx3[bb], 0, R, w, mc, rc, mdx, k, train)
 
 
 @njit(**_PAR)
@@ -394,8 +396,8 @@ def cl_backward_split(dy3, x3, dx3, Cg, w, gmean, grstd, P, train, correction, e
         _expand(gmean[bb], Cg, mc)
         _column_sums(dy3[bb], x3[bb], p * R // P, (p + 1) * R // P, mc, pa[t], pc[t])
     mc = np.empty((B, C))
-    a = np.empty((B, C))
-    b = np.empty((B, C))
+    rc = np.empty((B, C))
+    mdx = np.empty((B, C))
     k = np.empty((B, C))
     for bb in range(B):
         for c in range(C):
@@ -407,11 +409,11 @@ def cl_backward_split(dy3, x3, dx3, Cg, w, gmean, grstd, P, train, correction, e
             sdy[bb, c] = s1
             sdyxc[bb, c] = s2
         _group_coeffs(sdy[bb], sdyxc[bb], gmean[bb], grstd[bb], Cg, w, R, train, correction, eps, eps_code,
-                      mc[bb], a[bb], b[bb], k[bb])
+                      mc[bb], rc[bb], mdx[bb], k[bb])
     for t in prange(B * P):
         bb = t // P
         p = t - bb * P
-        _dx_rows(dy3[bb], x3[bb], dx3[bb], p * R // P, (p + 1) * R // P, mc[bb], a[bb], b[bb], k[bb], train)
+        _dx_rows(dy3[bb], x3[bb], dx3[bb], p * R // P, (p + 1) * R // P, w, mc[bb], rc[bb], mdx[bb], k[bb], train)
 
 
 # ------------------------------------------------------------------ per-channel constants (eval, frozen BN)
@@ -535,7 +537,7 @@ def backward_sums(dy, x, dx, lay, weight, mean, rstd, train, opts, eps):
     """dx (written to ``dx``) and the float64 sums (sum(dy), sum(dy*xc)): "cf" (U, Cg), "cl" (B, cols).
     ``mean``/``rstd`` are float64, shaped like :func:`forward_stats` returns them."""
     C = x.shape[1] if lay.kind == "cf" else lay.cols // lay.rep
-    w = _param(weight, C, x.dtype, 1.0)
+    w = _param(weight, C, np.float64, 1.0).astype(np.float64)  # w*dy exact in float64 for float32 data
     _, _, corr, ec = _codes(opts, x)
     T = numba.get_num_threads()
     mean = np.ascontiguousarray(mean, np.float64)

@@ -1,0 +1,484 @@
+"""CPU channel-statistics kernels (batch, frozen batch, group, instance norm) against independent truths: the
+float64 reference backend, PyTorch, closed forms.  Shapes are tiny; every layout path of normbench.cpu._channel
+is reached: channels-first units (fused, and split when there are fewer units than threads), channels-last
+blocks (fused and split), and channels-first batch norm with short slabs run as columns.
+(PyTorch's own op_db samples reach backend "cpu" through tests/test_opdb.py.)"""
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import normbench as nb
+from normbench import functional as F
+
+from conftest import torch_or_skip
+
+DTYPES = (np.float32, np.float64)
+EPS = {np.dtype(np.float32): np.finfo(np.float32).eps, np.dtype(np.float64): np.finfo(np.float64).eps}
+OPTIONS = [dict(eps_placement=e, correction=c, variance=v, accumulate=a)
+           for e, c, v, a in itertools.product(("inside", "outside"), (0, 1), ("two_pass", "welford", "naive", "shifted"),
+                                               ("float32", "float64"))]
+# logical (N, C, *spatial) shape and axis; comments name the kernel path each one reaches
+BN_CASES = [
+    ((5, 3, 4, 6), 1),      # channels-first units, one per channel (S=24 >= SMALL_S)
+    ((5, 3, 4, 2), 1),      # channels-first with short slabs: columns C*S, groups of S
+    ((7, 5), 1),            # (N, C): rows x C, split over row chunks
+    ((3, 5, 4, 3), -1),     # channels-last 2d
+    ((2, 3, 3, 4, 5), 1),   # 3d channels-first
+    ((2, 3, 3, 2, 2), -1),  # 3d channels-last
+    ((4, 1, 20), 1),        # C=1 < threads: split units
+    ((3, 4, 1), 1),         # spatial size 1
+]
+
+
+def phys(shape, axis):
+    return shape if axis == 1 or len(shape) == 2 else (shape[0], *shape[2:], shape[1])
+
+
+def units(a, ref, axis, dtype):
+    """max over channels of max|a - ref| / (eps * max|ref|) within the channel (the issue's accuracy unit)."""
+    a = np.moveaxis(np.asarray(a, np.float64), axis, 0).reshape(a.shape[axis], -1)
+    ref = np.moveaxis(np.asarray(ref, np.float64), axis, 0).reshape(a.shape[0], -1)
+    scale = np.abs(ref).max(axis=1)
+    err = np.abs(a - ref).max(axis=1)
+    scale = np.where(scale > 0, scale, 1.0)
+    return float((err / (EPS[np.dtype(dtype)] * scale)).max())
+
+
+def close(a, ref, dtype, tol, scale=None):
+    """max|a - ref| within ``tol`` units of ``eps(dtype) * scale`` (default scale: max|ref|; sums pass the
+    magnitude of their terms, since cancellation can make the result itself arbitrarily small)."""
+    a, ref = np.asarray(a, np.float64), np.asarray(ref, np.float64)
+    assert a.shape == ref.shape
+    if scale is None:
+        scale = max(float(np.abs(ref).max()), 1e-300) if ref.size else 1.0
+    err = float(np.abs(a - ref).max()) if ref.size else 0.0
+    assert err <= tol * EPS[np.dtype(dtype)] * scale, f"error {err / (EPS[np.dtype(dtype)] * scale):.1f} units"
+
+
+def dx_scale(dxr, dy, rstd, w):
+    """Magnitude of dx's terms, r*w*dy: where the exact dx is 0 (one value per group) it is what rounding
+    errors are relative to."""
+    wmax = 1.0 if w is None else float(np.abs(w).max())
+    return max(float(np.abs(dxr).max()), float(np.abs(dy).max()) * float(np.abs(rstd).max()) * wmax)
+
+
+def affine(rng, C, dtype):
+    return (1 + 0.2 * rng.standard_normal(C)).astype(dtype), (0.2 * rng.standard_normal(C)).astype(dtype)
+
+
+def option_tol(dtype, opts):
+    """(unit dtype, units) of tolerance against the exact reference: float32 accumulation and the naive
+    algorithm are the inaccurate options on purpose (tiny shapes keep their error small); a float32
+    accumulator on float64 data is judged in float32 units."""
+    if opts.get("accumulate") == "float32":
+        return np.float32, 64
+    return dtype, 64
+
+
+# -------------------------------------------------------------------------------------------- batch norm
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,axis", BN_CASES)
+def test_batch_norm_training_every_option(rng, dtype, shape, axis):
+    x = (rng.standard_normal(phys(shape, axis)) + 0.5).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    C = shape[1]
+    w, b = affine(rng, C, dtype)
+    rm0, rv0 = rng.standard_normal(C).astype(dtype), (0.5 + rng.random(C)).astype(dtype)
+    for opts in OPTIONS:
+        ud, tol = option_tol(dtype, opts)
+        rm, rv, rm_ref, rv_ref = rm0.copy(), rv0.copy(), rm0.copy(), rv0.copy()
+        y, m, r = nb.batch_norm_forward(x, w, b, rm, rv, training=True, momentum=0.3, axis=axis, backend="cpu", **opts)
+        yr, mr, rr = nb.batch_norm_forward(x, w, b, rm_ref, rv_ref, training=True, momentum=0.3, axis=axis,
+                                           backend="reference", **opts)
+        assert y.dtype == dtype and m.dtype == r.dtype == np.float64 and m.shape == r.shape == (C,)
+        close(y, yr, ud, tol)
+        close(m, mr, ud, tol)
+        close(r, rr, ud, tol)
+        close(rm, rm_ref, ud, tol)
+        close(rv, rv_ref, ud, tol)
+        dx, dw, db = nb.batch_norm_backward(dy, x, w, b, m, r, training=True, axis=axis, backend="cpu", **opts)
+        dxr, dwr, dbr = nb.batch_norm_backward(dy, x, w, b, mr, rr, training=True, axis=axis, backend="reference",
+                                               **opts)
+        assert dx.dtype == dw.dtype == db.dtype == dtype
+        close(dx, dxr, ud, tol, scale=dx_scale(dxr, dy, rr, w))
+        terms = x.size // C  # dweight, dbias: sums of that many O(1) terms per channel
+        close(dw, dwr, ud, tol, scale=terms)
+        close(db, dbr, ud, tol, scale=terms)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,axis", BN_CASES + [((6, 4), -1), ((5, 3, 1, 1), -1)])
+@pytest.mark.parametrize("eps_placement", ("inside", "outside"))
+def test_batch_norm_eval_and_frozen(rng, dtype, shape, axis, eps_placement):
+    x = rng.standard_normal(phys(shape, axis)).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    C = shape[1]
+    w, b = affine(rng, C, dtype)
+    rm, rv = rng.standard_normal(C).astype(dtype), (0.5 + rng.random(C)).astype(dtype)
+    rm_before, rv_before = rm.copy(), rv.copy()
+    for wb in ((w, b), (None, None)):
+        out = np.empty_like(x)
+        y, m, r = nb.batch_norm_forward(x, *wb, rm, rv, training=False, axis=axis, eps_placement=eps_placement,
+                                        backend="cpu", out=out)
+        yr, mr, rr = nb.batch_norm_forward(x, *wb, rm, rv, training=False, axis=axis, eps_placement=eps_placement,
+                                           backend="reference")
+        assert y is out
+        close(y, yr, dtype, 4)
+        np.testing.assert_array_equal(m, mr)
+        close(r, rr, dtype, 1)
+        g = nb.batch_norm_backward(dy, x, *wb, m, r, training=False, axis=axis, eps_placement=eps_placement,
+                                   backend="cpu")
+        gr = nb.batch_norm_backward(dy, x, *wb, mr, rr, training=False, axis=axis, eps_placement=eps_placement,
+                                    backend="reference")
+        close(g[0], gr[0], dtype, 8)
+        for a, ref in zip(g[1:], gr[1:]):
+            assert (a is None) == (ref is None)
+            if a is not None:
+                close(a, ref, dtype, 8, scale=x.size // C)
+    np.testing.assert_array_equal(rm, rm_before)  # evaluation never touches the running statistics
+    np.testing.assert_array_equal(rv, rv_before)
+    y = nb.frozen_batch_norm_forward(x, w, b, rm, rv, eps=1e-3, axis=axis, backend="cpu")
+    close(y, nb.frozen_batch_norm_forward(x, w, b, rm, rv, eps=1e-3, axis=axis, backend="reference"), dtype, 4)
+    dx = nb.frozen_batch_norm_backward(dy, w, rv, eps=1e-3, axis=axis, backend="cpu")
+    close(dx, nb.frozen_batch_norm_backward(dy, w, rv, eps=1e-3, axis=axis, backend="reference"), dtype, 4)
+
+
+@pytest.mark.parametrize("shape,axis", [((4, 3, 20), 1), ((4, 5, 3), -1), ((6, 3), 1), ((3, 2, 4, 2), 1)])
+def test_channel_moments_and_precise_bn(rng, shape, axis):
+    from normbench.cpu.batch import channel_moments
+    from normbench.reference.batch import channel_moments as ref_moments
+
+    x = (rng.standard_normal(phys(shape, axis)) * 3 + 1e3).astype(np.float32)
+    n, m, q = channel_moments(x, axis)
+    nr, mr, qr = ref_moments(x, axis)
+    assert n == nr and m.dtype == q.dtype == np.float64
+    np.testing.assert_allclose(m, mr, rtol=1e-12)
+    np.testing.assert_allclose(q, qr, rtol=1e-9)
+    for weighting in ("samples", "batches"):
+        cpu, ref = nb.PopulationStats(shape[1], weighting=weighting), nb.PopulationStats(shape[1], weighting=weighting)
+        for k in range(3):
+            xb = (rng.standard_normal(phys((k + 2, *shape[1:]), axis)) + k).astype(np.float32)
+            cpu.update(xb, axis=axis, backend="cpu")
+            ref.update(xb, axis=axis, backend="reference")
+        np.testing.assert_allclose(cpu.mean, ref.mean, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(cpu.var(1), ref.var(1), rtol=1e-10)
+
+
+# --------------------------------------------------------------------------------------- group / instance
+GN_CASES = [
+    ((3, 6, 5, 4), 3, 1),     # channels-first units (N*G >= threads)
+    ((3, 6, 5, 4), 3, -1),    # channels-last blocks, one sample per iteration
+    ((1, 4, 7), 1, 1),        # one unit: split over sub-runs
+    ((1, 4, 7), 2, -1),       # one sample channels-last: split over row chunks
+    ((2, 5, 3, 2, 2), 5, 1),  # 3d, odd C, G = C
+    ((4, 6), 2, 1),           # (N, C)
+    ((2, 3, 1, 1), 3, -1),    # spatial size 1
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,G,axis", GN_CASES)
+def test_group_norm_every_option(rng, dtype, shape, G, axis):
+    x = (rng.standard_normal(phys(shape, axis)) - 2).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    w, b = affine(rng, shape[1], dtype)
+    n = x.size // (shape[0] * G)
+    for opts in OPTIONS:
+        if opts["correction"] >= n:
+            continue
+        if n == 1 and (opts["variance"] == "naive" or (opts["accumulate"] == "float32" and dtype == np.float64)):
+            continue  # where var = 0 these leave a residue (naive: of x**2; float32 mean of float64 data) that
+            #          r = 1/sqrt(eps) amplifies: inaccurate by design, measured by the accuracy harness
+        ud, tol = option_tol(dtype, opts)
+        for wb in ((w, b), (None, None)) if opts["variance"] == "shifted" else ((w, b),):
+            y, m, r = nb.group_norm_forward(x, G, *wb, axis=axis, backend="cpu", **opts)
+            yr, mr, rr = nb.group_norm_forward(x, G, *wb, axis=axis, backend="reference", **opts)
+            assert y.dtype == dtype and m.shape == r.shape == (shape[0], G) and m.dtype == np.float64
+            close(y, yr, ud, tol)
+            close(m, mr, ud, tol)
+            close(r, rr, ud, tol)
+            g = nb.group_norm_backward(dy, x, G, m, r, *wb, axis=axis, backend="cpu", **opts)
+            gr = nb.group_norm_backward(dy, x, G, mr, rr, *wb, axis=axis, backend="reference", **opts)
+            close(g[0], gr[0], ud, tol, scale=dx_scale(gr[0], dy, rr, wb[0]))
+            for a, ref in zip(g[1:], gr[1:]):
+                assert (a is None) == (ref is None)
+                if a is not None:
+                    close(a, ref, ud, tol, scale=x.size // shape[1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,axis", [((3, 5, 4, 3), 1), ((3, 5, 4, 3), -1), ((1, 1, 9), 1), ((2, 3, 2, 2, 3), -1)])
+@pytest.mark.parametrize("eps_placement", ("inside", "outside"))
+def test_instance_norm(rng, dtype, shape, axis, eps_placement):
+    x = (rng.standard_normal(phys(shape, axis)) + 1).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    C = shape[1]
+    w, b = affine(rng, C, dtype)
+    kw = dict(axis=axis, eps_placement=eps_placement)
+    for use_input_stats in (True, False):
+        rm, rv = rng.standard_normal(C).astype(dtype), (0.5 + rng.random(C)).astype(dtype)
+        rm_ref, rv_ref = rm.copy(), rv.copy()
+        y, m, r = nb.instance_norm_forward(x, w, b, rm, rv, use_input_stats=use_input_stats, momentum=0.2,
+                                           backend="cpu", **kw)
+        yr, mr, rr = nb.instance_norm_forward(x, w, b, rm_ref, rv_ref, use_input_stats=use_input_stats, momentum=0.2,
+                                              backend="reference", **kw)
+        close(y, yr, dtype, 8)
+        close(m, mr, dtype, 8)
+        close(r, rr, dtype, 8)
+        close(rm, rm_ref, dtype, 8)
+        close(rv, rv_ref, dtype, 8)
+        g = nb.instance_norm_backward(dy, x, m, r, w, b, use_input_stats=use_input_stats, backend="cpu", **kw)
+        gr = nb.instance_norm_backward(dy, x, mr, rr, w, b, use_input_stats=use_input_stats, backend="reference",
+                                       **kw)
+        close(g[0], gr[0], dtype, 16)
+        for a, ref in zip(g[1:], gr[1:]):
+            close(a, ref, dtype, 16, scale=x.size // C)
+
+
+def test_empty_batches(rng):
+    for axis in (1, -1):
+        x = np.zeros(phys((0, 4, 3, 2), axis), np.float32)
+        rm, rv = np.zeros(4, np.float32), np.ones(4, np.float32)
+        y, m, r = nb.batch_norm_forward(x, None, None, rm, rv, axis=axis, backend="cpu")
+        assert y.shape == x.shape and (rm == 0).all() and (rv == 1).all()
+        y, m, r = nb.group_norm_forward(x, 2, None, None, axis=axis, backend="cpu")
+        assert y.shape == x.shape and m.shape == (0, 2)
+        dx, dw, db = nb.group_norm_backward(x, x, 2, m, r, np.ones(4, np.float32), None, axis=axis, backend="cpu")
+        assert dx.shape == x.shape and (dw == 0).all() and db is None
+        y, m, r = nb.instance_norm_forward(x, axis=axis, backend="cpu")
+        assert y.shape == x.shape and m.shape == (0, 4)
+        y = nb.frozen_batch_norm_forward(x, rv, rm, rm, rv, axis=axis, backend="cpu")
+        assert y.shape == x.shape
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(N=st.integers(1, 4), C=st.integers(1, 6), spatial=st.lists(st.integers(1, 5), min_size=0, max_size=3),
+       axis=st.sampled_from((1, -1)), f64=st.booleans(), seed=st.integers(0, 2**16))
+def test_hypothesis_shapes(N, C, spatial, axis, f64, seed):
+    dtype = np.float64 if f64 else np.float32
+    rng = np.random.default_rng(seed)
+    shape = (N, C, *spatial)
+    x = rng.standard_normal(phys(shape, axis)).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    w, b = affine(rng, C, dtype)
+    if x.size // C > 1:
+        o = nb.batch_norm_forward(x, w, b, None, None, axis=axis, backend="cpu")
+        r = nb.batch_norm_forward(x, w, b, None, None, axis=axis, backend="reference")
+        close(o[0], r[0], dtype, 16)
+        close(o[1], r[1], dtype, 16, scale=np.abs(x).max())  # a mean: relative to the data it averages
+        close(o[2], r[2], dtype, 16)
+        g = nb.batch_norm_backward(dy, x, w, b, o[1], o[2], axis=axis, backend="cpu")
+        gr = nb.batch_norm_backward(dy, x, w, b, r[1], r[2], axis=axis, backend="reference")
+        close(g[0], gr[0], dtype, 64, scale=dx_scale(gr[0], dy, r[2], w))
+        for a, ref in zip(g[1:], gr[1:]):
+            close(a, ref, dtype, 64, scale=x.size // C)
+    G = max(d for d in range(1, C + 1) if C % d == 0 and d <= 3)
+    o = nb.group_norm_forward(x, G, w, b, axis=axis, backend="cpu")
+    r = nb.group_norm_forward(x, G, w, b, axis=axis, backend="reference")
+    close(o[0], r[0], dtype, 16)
+    close(o[1], r[1], dtype, 16, scale=np.abs(x).max())
+    close(o[2], r[2], dtype, 16)
+    g = nb.group_norm_backward(dy, x, G, o[1], o[2], w, b, axis=axis, backend="cpu")
+    gr = nb.group_norm_backward(dy, x, G, r[1], r[2], w, b, axis=axis, backend="reference")
+    close(g[0], gr[0], dtype, 64, scale=dx_scale(gr[0], dy, r[2], w))
+    for a, ref in zip(g[1:], gr[1:]):
+        close(a, ref, dtype, 64, scale=x.size // C)
+
+
+# ------------------------------------------------------------------------------------------ accuracy (issue)
+def stress(kind, rng, shape, axis):
+    """float32 stress inputs per channel: the float64 values are what the oracle sees (exactly representable)."""
+    C = shape[1]
+    cshape = [1] * len(shape)
+    cshape[1] = C
+    spread = np.exp(rng.uniform(-1, 1, C)).reshape(cshape)
+    z = rng.standard_normal(shape)
+    if kind == "normal":
+        x = z
+    elif kind in ("offset1e4", "offset1e6"):
+        k = 1e4 if kind == "offset1e4" else 1e6
+        x = k * spread * np.sign(rng.standard_normal(C)).reshape(cshape) + spread * z
+    elif kind == "constant":
+        x = np.broadcast_to(rng.standard_normal(C).reshape(cshape) * 10, shape).copy()
+    else:  # variance far below eps
+        x = 1e-4 * z + 3.0
+    x = x.astype(np.float32)
+    return np.ascontiguousarray(np.moveaxis(x, 1, -1)) if axis == -1 else x
+
+
+@pytest.mark.parametrize("kind", ("normal", "offset1e4", "offset1e6", "constant", "tiny_variance"))
+@pytest.mark.parametrize("shape,axis", [((16, 6, 8, 8), 1), ((16, 6, 8, 8), -1), ((2, 5, 40), 1), ((256, 7), 1),
+                                        ((2, 5, 3, 2), 1)])
+def test_accuracy_within_4_units(rng, kind, shape, axis):
+    x = stress(kind, rng, shape, axis)
+    cax = 1 if axis == 1 else x.ndim - 1
+    C = shape[1]
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    w, b = affine(rng, C, np.float32)
+    rm, rv = np.zeros(C, np.float32), np.ones(C, np.float32)
+    rm_ref, rv_ref = rm.copy(), rv.copy()
+    for _ in range(10):
+        y, m, r = nb.batch_norm_forward(x, w, b, rm, rv, axis=axis, backend="cpu")
+        yr, mr, rr = nb.batch_norm_forward(x, w, b, rm_ref, rv_ref, axis=axis, backend="reference")
+        rm_ref, rv_ref = rm_ref.astype(np.float32), rv_ref.astype(np.float32)  # the buffers' own dtype
+    assert units(y, yr, cax, np.float32) <= 4
+    assert np.abs(rm - rm_ref).max() <= 4 * EPS[np.dtype(np.float32)] * np.abs(rm_ref).max()
+    assert np.abs(rv - rv_ref).max() <= 4 * EPS[np.dtype(np.float32)] * max(np.abs(rv_ref).max(), 1e-30)
+    dx = nb.batch_norm_backward(dy, x, w, b, m, r, axis=axis, backend="cpu")[0]
+    dxr = nb.batch_norm_backward(dy, x, w, b, mr, rr, axis=axis, backend="reference")[0]
+    assert units(dx, dxr, cax, np.float32) <= 4
+    if x.ndim > 2:  # instance and group norm (G = C/... one channel per group and one group)
+        for G in (C, 1):
+            y, m, r = nb.group_norm_forward(x, G, w, b, axis=axis, backend="cpu")
+            yr, mr, rr = nb.group_norm_forward(x, G, w, b, axis=axis, backend="reference")
+            assert units(y, yr, cax, np.float32) <= 4
+            dx = nb.group_norm_backward(dy, x, G, m, r, w, b, axis=axis, backend="cpu")[0]
+            dxr = nb.group_norm_backward(dy, x, G, mr, rr, w, b, axis=axis, backend="reference")[0]
+            if G == C or kind in ("normal", "tiny_variance"):  # G = 1 mixes channels of different offsets
+                assert units(dx, dxr, cax, np.float32) <= 4
+
+
+# --------------------------------------------------------------------------------------- IEEE, errors, out=
+@pytest.mark.parametrize("shape,axis", [((4, 3, 5, 5), 1), ((4, 5, 5, 3), -1), ((6, 3), 1), ((4, 3, 2), 1)])
+def test_nan_stays_in_its_channel(rng, shape, axis):
+    x = rng.standard_normal(shape).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    cax = 1 if axis == 1 else x.ndim - 1
+    idx = [0] * x.ndim
+    idx[cax] = 1
+    x[tuple(idx)] = np.nan
+    C = x.shape[cax]
+    w, b = np.ones(C, np.float32), np.zeros(C, np.float32)
+    others = [c for c in range(C) if c != 1]
+
+    def check(a):
+        a = np.moveaxis(a, cax, 0)
+        assert np.isnan(a[1]).all() and np.isfinite(a[others]).all()
+
+    y, m, r = nb.batch_norm_forward(x, w, b, None, None, axis=axis, backend="cpu")
+    check(y)
+    check(nb.batch_norm_backward(dy, x, w, b, m, r, axis=axis, backend="cpu")[0])
+    if x.ndim > 2:
+        y, m, r = nb.instance_norm_forward(x, w, b, axis=axis, backend="cpu")
+        a = np.moveaxis(y, cax, 0)
+        assert np.isnan(a[1, 0]).all() and np.isfinite(a[others]).all() and np.isfinite(a[1, 1:]).all()
+        dx = np.moveaxis(nb.instance_norm_backward(dy, x, m, r, w, b, axis=axis, backend="cpu")[0], cax, 0)
+        assert np.isnan(dx[1, 0]).all() and np.isfinite(dx[others]).all() and np.isfinite(dx[1, 1:]).all()
+        y, m, r = nb.group_norm_forward(x, C, w, b, axis=axis, backend="cpu")  # one group per channel
+        assert np.isfinite(np.moveaxis(y, cax, 0)[others]).all()
+
+
+def test_errors_leave_running_stats_untouched(rng):
+    x = rng.standard_normal((4, 3, 5)).astype(np.float32)
+    rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
+    bad_calls = [
+        dict(momentum=1.5),
+        dict(out=np.empty((4, 3, 5), np.float64)),
+        dict(out=x),  # overlaps the input
+        dict(correction=20),
+        dict(variance="kahan"),
+    ]
+    for kw in bad_calls:
+        with pytest.raises((ValueError, TypeError)):
+            nb.batch_norm_forward(x, None, None, rm, rv, training=True, backend="cpu", **kw)
+        with pytest.raises((ValueError, TypeError)):
+            nb.instance_norm_forward(x, None, None, rm, rv, backend="cpu", **kw)
+        assert (rm == 0).all() and (rv == 1).all()
+    with pytest.raises(ValueError, match="num_groups"):
+        nb.group_norm_forward(x, 2, backend="cpu")
+    with pytest.raises(ValueError, match="more than 1 value"):
+        nb.batch_norm_forward(x[:1, :, :1], None, None, rm, rv, backend="cpu")
+    with pytest.raises(ValueError, match="spatial"):
+        nb.instance_norm_forward(x[:, :, :1], None, None, rm, rv, backend="cpu")
+    assert (rm == 0).all() and (rv == 1).all()
+
+
+@pytest.mark.parametrize("axis", (1, -1))
+def test_out_and_dx_out(rng, axis):
+    x = rng.standard_normal(phys((3, 4, 5, 2), axis)).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    out, dx_out = np.full_like(x, np.nan), np.full_like(x, np.nan)
+    for fwd, bwd in (
+        (lambda **k: nb.batch_norm_forward(x, None, None, None, None, axis=axis, backend="cpu", **k),
+         lambda o, **k: nb.batch_norm_backward(dy, x, None, None, o[1], o[2], axis=axis, backend="cpu", **k)),
+        (lambda **k: nb.group_norm_forward(x, 2, axis=axis, backend="cpu", **k),
+         lambda o, **k: nb.group_norm_backward(dy, x, 2, o[1], o[2], axis=axis, backend="cpu", **k)),
+        (lambda **k: nb.instance_norm_forward(x, axis=axis, backend="cpu", **k),
+         lambda o, **k: nb.instance_norm_backward(dy, x, o[1], o[2], axis=axis, backend="cpu", **k)),
+    ):
+        ref = fwd()
+        o = fwd(out=out)
+        assert o[0] is out
+        np.testing.assert_array_equal(out, ref[0])
+        g = bwd(o, dx_out=dx_out)
+        assert g[0] is dx_out
+        np.testing.assert_array_equal(dx_out, bwd(ref)[0])
+        with pytest.raises(ValueError, match="out"):
+            fwd(out=np.empty(x.shape, np.float64))
+        with pytest.raises(ValueError, match="dx_out"):
+            bwd(o, dx_out=dy)  # overlaps an input
+    y = nb.frozen_batch_norm_forward(x, *[np.ones(4, np.float32)] * 4, axis=axis, backend="cpu", out=out)
+    assert y is out
+
+
+# ------------------------------------------------------------------------------------------- PyTorch parity
+@pytest.mark.parametrize("shape,axis", [((4, 3, 5, 6), 1), ((4, 3, 5, 6), -1), ((6, 5), 1), ((2, 3, 2, 3, 4), -1)])
+def test_torch_parity(rng, shape, axis):
+    torch = torch_or_skip()
+    TF = torch.nn.functional
+    C = shape[1]
+    w, b = affine(rng, C, np.float32)
+    rm, rv = np.zeros(C, np.float32), np.ones(C, np.float32)
+    trm, trv = torch.zeros(C), torch.ones(C)
+    irm, irv = np.zeros(C, np.float32), np.ones(C, np.float32)
+    tirm, tirv = torch.zeros(C), torch.ones(C)
+
+    def to_torch(a):  # our layout -> torch's logical (N, C, *spatial) tensor
+        t = torch.from_numpy(a.copy())
+        return t if axis == 1 or a.ndim == 2 else t.permute(0, a.ndim - 1, *range(1, a.ndim - 1))
+
+    def ours(t):
+        a = t.detach().numpy()
+        return a if axis == 1 or a.ndim == 2 else np.moveaxis(a, 1, -1)
+
+    for step in range(4):
+        x = (rng.standard_normal(phys(shape, axis)) * (step + 1) + step).astype(np.float32)
+        dy = rng.standard_normal(x.shape).astype(np.float32)
+        xt = to_torch(x).requires_grad_(True)
+        wt, bt = torch.from_numpy(w).requires_grad_(True), torch.from_numpy(b).requires_grad_(True)
+        yt = TF.batch_norm(xt, trm, trv, wt, bt, training=True, momentum=0.1, eps=1e-5)
+        yt.backward(to_torch(dy))
+        y, m, r = nb.batch_norm_forward(x, w, b, rm, rv, axis=axis, backend="cpu")
+        dx, dw, db = nb.batch_norm_backward(dy, x, w, b, m, r, axis=axis, backend="cpu")
+        np.testing.assert_allclose(y, ours(yt), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(dx, ours(xt.grad), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(dw, wt.grad.numpy(), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(db, bt.grad.numpy(), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(rm, trm.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(rv, trv.numpy(), rtol=1e-5, atol=1e-6)
+        if len(shape) > 2:
+            xt = to_torch(x).requires_grad_(True)
+            yt = TF.instance_norm(xt, tirm, tirv, wt, bt, use_input_stats=True, momentum=0.1, eps=1e-5)
+            y, m, r = nb.instance_norm_forward(x, w, b, irm, irv, axis=axis, backend="cpu")
+            np.testing.assert_allclose(y, ours(yt), rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(irm, tirm.numpy(), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(irv, tirv.numpy(), rtol=1e-5, atol=1e-6)
+            yt.backward(to_torch(dy))
+            dx = nb.instance_norm_backward(dy, x, m, r, w, b, axis=axis, backend="cpu")[0]
+            np.testing.assert_allclose(dx, ours(xt.grad), rtol=1e-4, atol=1e-4)
+            xt = to_torch(x).requires_grad_(True)
+            G = C if C % 3 else 3
+            yt = TF.group_norm(xt, G, torch.from_numpy(w), torch.from_numpy(b), eps=1e-5)
+            yt.backward(to_torch(dy))
+            y, m, r = nb.group_norm_forward(x, G, w, b, axis=axis, backend="cpu")
+            dx = nb.group_norm_backward(dy, x, G, m, r, w, b, axis=axis, backend="cpu")[0]
+            np.testing.assert_allclose(y, ours(yt), rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(dx, ours(xt.grad), rtol=1e-4, atol=1e-4)
+    # evaluation with the running statistics accumulated above
+    x = rng.standard_normal(phys(shape, axis)).astype(np.float32)
+    yt = TF.batch_norm(to_torch(x), trm, trv, torch.from_numpy(w), torch.from_numpy(b), training=False, eps=1e-5)
+    y = nb.batch_norm_forward(x, w, b, rm, rv, training=False, axis=axis, backend="cpu")[0]
+    np.testing.assert_allclose(y, ours(yt), rtol=1e-4, atol=1e-5)
