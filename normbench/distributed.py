@@ -55,6 +55,15 @@ def _affine_map(x, dy, mean, p, q, s, use_dy, out):
     """``out = (x - mean) * p + q (+ s * dy)`` per channel, in float64, on (outer, C, inner) views.
     Forward: p = rstd * weight, q = bias. Backward: p and q the global-statistics terms, s = rstd * weight."""
     O, C, inner = x.shape
+    if inner == 1:  # channels-last: vectorise over C
+        for o in prange(O):
+            if use_dy:
+                for c in range(C):
+                    out[o, c, 0] = (np.float64(x[o, c, 0]) - mean[c]) * p[c] + q[c] + s[c] * np.float64(dy[o, c, 0])
+            else:
+                for c in range(C):
+                    out[o, c, 0] = (np.float64(x[o, c, 0]) - mean[c]) * p[c] + q[c]
+        return
     for o in prange(O):
         for c in range(C):
             m = mean[c]
@@ -77,6 +86,13 @@ def _grad_sums(dy, x, mean, chunks):
     p1 = np.zeros((chunks, C))
     p2 = np.zeros((chunks, C))
     for t in prange(chunks):
+        if inner == 1:  # channels-last: per-channel partials accumulated row by row, vectorised over C
+            for o in range(t * O // chunks, (t + 1) * O // chunks):
+                for c in range(C):
+                    g = np.float64(dy[o, c, 0])
+                    p1[t, c] += g
+                    p2[t, c] += g * (np.float64(x[o, c, 0]) - mean[c])
+            continue
         for o in range(t * O // chunks, (t + 1) * O // chunks):
             for c in range(C):
                 m = mean[c]

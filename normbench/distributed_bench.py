@@ -6,9 +6,10 @@ The driver launches ``mpiexec -n P python -m normbench.distributed_bench --worke
 *global* batch (default (64, 64, 56, 56) float32) is split across the ranks along N, so every P does the same
 total work; ranks beyond the machine's cores are oversubscribed (one Numba thread per rank). Each timed call
 is preceded by a barrier, and its time is the slowest rank's (a collective call finishes when the last rank
-does); waiting ranks yield the core (``OMPI_MCA_mpi_yield_when_idle=1``, overridable). Reported per pass: median seconds per call, the same rank-local work without synchronisation
-(single-process ``batch_norm_forward``/``backward`` on the rank's slice: what the statistics exchange adds is
-the difference), the time of the one collective alone, and bytes sent / received per rank per call, counted
+does); waiting ranks yield the core (``OMPI_MCA_mpi_yield_when_idle=1``, overridable). Reported per pass:
+median seconds per call, the same rank-local work without synchronisation (single-process
+``batch_norm_forward``/``backward`` on the rank's slice: what the statistics exchange adds is the
+difference), the time of the one collective alone, and bytes sent / received per rank per call, counted
 from the pickled messages (:class:`_CountingComm`).
 """
 from __future__ import annotations
