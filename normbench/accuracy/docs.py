@@ -57,7 +57,8 @@ def build(results: Path, out_path: Path) -> str:
     df = pd.read_csv(csv, keep_default_na=False, na_values=[""])
     df["is_default"] = df.is_default.astype(str) == "True"
     study = {n: pd.read_csv(results / f"{n}.csv") for n in
-             ("offset_study", "eps_placement_study", "correction_study", "speed_study") if (results / f"{n}.csv").exists()}
+             ("offset_study", "eps_placement_study", "correction_study", "speed_study")
+             if (results / f"{n}.csv").exists()}
     fig = {n: results / n for n in ("error_vs_offset.png", "eps_placement.png", "correction_vs_batch.png")
            if (results / n).exists()}
     L = []
@@ -174,12 +175,14 @@ def build(results: Path, out_path: Path) -> str:
         p_off = peers[(peers.family == "offset1e4") & (peers.output == "y")].groupby("impl").max_err.max()
         p_ovf = peers[(peers.family == "overflow32")].groupby("impl").n_fail.sum()
         if not p_off.empty:
-            w("At offset 1e4 the peers reach (worst over variants) " + ", ".join(f"{k} {_fmt(v)}" for k, v in p_off.items())
+            w("At offset 1e4 the peers reach (worst over variants) "
+              + ", ".join(f"{k} {_fmt(v)}" for k, v in p_off.items())
               + " units where normbench's defaults stay below 1: float32 arithmetic on the data itself "
                 "(the mean, the deviations) loses what the offset takes. ")
         p_const = peers[(peers.family == "constant") & (peers.output == "y")].groupby("impl").max_err.max()
         if not p_const.empty:
-            w("On constant rows/channels (variance exactly 0; a centred norm must then output exactly the bias) the peers reach "
+            w("On constant rows/channels (variance exactly 0; a centred norm must then output exactly the bias) "
+              "the peers reach "
               + ", ".join(f"{k} {_fmt(v)}" for k, v in p_const.items())
               + " units (worst over variants): a float32 mean of equal values is not always that value, and "
                 "the rounding left in x - mean is amplified by 1/sqrt(eps) (1/eps with eps outside). ")
@@ -201,7 +204,8 @@ def build(results: Path, out_path: Path) -> str:
         thr = above.index.max() if not above.empty else None
         dx = ep[(ep.output == "dx")].groupby("var_over_eps").rel_diff.max()
         w(f"The two definitions differ by more than 1% up to var/eps = {_fmt(thr)} and the difference falls off "
-          f"as sqrt(eps/var) above it (var/eps = {_fmt(y.index[-1])}: {_fmt(y.iloc[-1])}): the placement matters "
+          f"as eps/(2 var) above it (the relative difference is sqrt(var+eps)/(sqrt(var)+eps) - 1 ~ "
+          f"eps/(2 var) - eps/sqrt(var); var/eps = {_fmt(y.index[-1])}: {_fmt(y.iloc[-1])}): the placement matters "
           f"when the variance is within a few orders of magnitude of eps (tiny activations, near-constant "
           f"channels, small-magnitude data with eps 1e-5), not for ordinary O(1) data. Below var = eps the "
           f"outputs differ by up to {_fmt(y.max())}x and the gradients by up to {_fmt(dx.max())}x.\n")
@@ -276,7 +280,8 @@ def build(results: Path, out_path: Path) -> str:
       "the input dtype, shared by every fused implementation.\n"
       "- `reference` rows are a sanity check of the harness: 0 for float32 inputs, at most 0.5 units for float64 "
       "ones (the reference backend rounds the extended-precision oracle to float64).\n"
-      "- Reproduce: `normbench accuracy --plot --docs` (full: ~20 min on a shared 2-core machine) or `normbench accuracy --quick`."
+      "- Reproduce: `normbench accuracy --plot --docs` (full: ~20 min on a shared 2-core machine) or "
+      "`normbench accuracy --quick`."
       "\n")
     return "\n".join(L)
 
