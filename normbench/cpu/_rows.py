@@ -266,8 +266,9 @@ def _write_dx(dy, x, w, dx, dres, dh, mode, alpha, lo, hi, j0, mean, rs, k, c0, 
 @njit(fastmath=FASTMATH, cache=True)
 def _backward_rows(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, r0, r1, rms, acc64, corr, eps, eps_code,
                    dwp, dbp):
-    if acc64 and mode == MODE_PLAIN:
-        _backward_rows_pipelined(dy, x, w, dx, mean, rstd, D, r0, r1, rms, corr, eps, eps_code, dwp, dbp)
+    if acc64:
+        _backward_rows_pipelined(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, r0, r1, rms, corr, eps,
+                                 eps_code, dwp, dbp)
         return
     for row in range(r0, r1):
         lo = row * D
@@ -279,7 +280,8 @@ def _backward_rows(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, r0, r1, r
 
 
 @njit(fastmath=FASTMATH, cache=True)
-def _backward_rows_pipelined(dy, x, w, dx, mean, rstd, D, r0, r1, rms, corr, eps, eps_code, dwp, dbp):
+def _backward_rows_pipelined(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, r0, r1, rms, corr, eps, eps_code,
+                             dwp, dbp):
     """The float64 backward software-pipelined as the forward: the loop writing dx of row i (from cache)
     also sums row i + 1 (from memory)."""
     ws = w[:D]
@@ -292,7 +294,7 @@ def _backward_rows_pipelined(dy, x, w, dx, mean, rstd, D, r0, r1, rms, corr, eps
         rs = rstd[row]
         k, c0 = _dx_coefficients(sa, sb, rs, D, corr, eps, eps_code, rms)
         if row + 1 == r1:
-            _write_dx(dy, x, w, dx, dx, dx, MODE_PLAIN, 0.0, lo, lo + D, 0, m, rs, k, c0, dwp, dbp)
+            _write_dx(dy, x, w, dx, dres, dh, mode, alpha, lo, lo + D, 0, m, rs, k, c0, dwp, dbp)
             break
         nxt = lo + D
         mn = mean[row + 1]
@@ -303,15 +305,31 @@ def _backward_rows_pipelined(dy, x, w, dx, mean, rstd, D, r0, r1, rms, corr, eps
         xn = x[nxt:nxt + D]
         sa = 0.0
         sb = 0.0
-        for j in range(D):
-            gn = np.float64(dyn[j]) * np.float64(ws[j])
-            sa += gn
-            sb += gn * (np.float64(xn[j]) - mn)
-            g = np.float64(dys[j])
-            xc = np.float64(xs[j]) - m
-            dxs[j] = rs * ws[j] * g + k * xc + c0
-            dwq[j] += g * xc * rs
-            dbq[j] += g
+        if mode == MODE_PLAIN:
+            for j in range(D):
+                gn = np.float64(dyn[j]) * np.float64(ws[j])
+                sa += gn
+                sb += gn * (np.float64(xn[j]) - mn)
+                g = np.float64(dys[j])
+                xc = np.float64(xs[j]) - m
+                dxs[j] = rs * ws[j] * g + k * xc + c0
+                dwq[j] += g * xc * rs
+                dbq[j] += g
+        else:
+            drs = dres[lo:lo + D]
+            dhs = dh[lo:lo + D] if mode == MODE_FUSED_DH else dys
+            dhf = 1.0 if mode == MODE_FUSED_DH else 0.0
+            for j in range(D):
+                gn = np.float64(dyn[j]) * np.float64(ws[j])
+                sa += gn
+                sb += gn * (np.float64(xn[j]) - mn)
+                g = np.float64(dys[j])
+                xc = np.float64(xs[j]) - m
+                v = rs * ws[j] * g + k * xc + c0 + dhf * dhs[j]
+                dxs[j] = v
+                drs[j] = alpha * v
+                dwq[j] += g * xc * rs
+                dbq[j] += g
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
