@@ -270,13 +270,17 @@ def build(results: Path, out_path: Path) -> str:
         w(_md(_pivot(cu, ["variant", "variance"], "output")) + "\n")
 
     # ---------------------------------------------------------------------------------- notes
+    ex = df[(df["pass"] == "backward_exact_h") & (df.family == "offset1e4") & (df.dtype == "float32")
+            & df.is_default]
+    exact_h = _fmt(ex.max_err.max()) if not ex.empty else "n/a"
     w("## How to read these numbers\n")
     w("- The oracle's own error: below 1e-6 units for float32 and below 0.1 units for float64 on 1e3-offset data "
       "(tests/test_accuracy.py compares it with exact rationals); on float64 data offset by 1e6 it is ~2**-11 of "
       "the offset's ulp, still 1000x below what it judges.\n"
-      "- Fused add + norm's backward is judged given its own inputs (the stored `h`, rounded to the input dtype "
+      f"- Fused add + norm's backward is judged given its own inputs (the stored `h`, rounded to the input dtype "
       "by contract, and the forward's statistics). Judged against the gradient at the exact `h`, the rounding "
-      "of `h` alone costs about offset/spread units (float32, offset 1e4: ~750): a property of storing `h` in "
+      f"of `h` alone costs about offset/spread units (float32, offset 1e4: {exact_h}, pass `backward_exact_h` in "
+      "the CSV): a property of storing `h` in "
       "the input dtype, shared by every fused implementation.\n"
       "- `reference` rows are a sanity check of the harness: 0 for float32 inputs, at most 0.5 units for float64 "
       "ones (the reference backend rounds the extended-precision oracle to float64).\n"

@@ -81,6 +81,8 @@ def run_backend(variant, inputs, dy, backend, numerics, ref_fwd, ref_bwd, meta):
     except Exception as err:
         return rows + _error_row(meta, "backward", err)
     if variant == "fused_add_norm" and meta.get("against", "oracle") == "oracle":
+        exact_h = _rows(meta, "backward_exact_h", metrics.compare(variant, inputs, bwd, ref_bwd, ref_fwd))
+        rows += [r for r in exact_h if r["output"] == "dx"]
         ref_bwd = fused_backward_oracle(inputs, fwd, dy, numerics)
     return rows + _rows(meta, "backward", metrics.compare(variant, inputs, bwd, ref_bwd, ref_fwd))
 
@@ -89,7 +91,8 @@ def fused_backward_oracle(inputs, fwd, dy, numerics):
     """Fused add + norm's backward is judged given its own inputs: the stored ``h`` (rounded to the input dtype
     by contract) and the forward's statistics (of the exact ``h``).  Against the gradient at the exact ``h``, the
     rounding of ``h`` alone costs about |offset|/spread units on offset data (float32, offset 1e4: ~750): a
-    property of storing ``h`` in the input dtype, which every fused implementation shares, not of the kernel."""
+    property of storing ``h`` in the input dtype, which every fused implementation shares, not of the kernel
+    (the sweep records that end-to-end figure too, as pass ``backward_exact_h``)."""
     W = oracle.wide_dtype(inputs["x"].dtype)
     given = {k: np.asarray(fwd[k]).astype(W) for k in ("h", "mean", "rstd") if k in fwd}
     return oracle.backward("fused_add_norm", inputs, given, dy, opts=resolve(numerics))
