@@ -241,9 +241,10 @@ def run_study(cfg: Config, progress=print):
                 t0 = time.perf_counter()
                 accs, losses, diverged = train_one(data, norm, lr, seed, cfg)
                 hit = next((e + 1 for e, a in enumerate(accs) if a >= cfg.target), None)
+                peak = max(losses) if all(map(math.isfinite, losses)) else math.inf
                 runs.append(dict(norm=norm, lr=lr, seed=seed, final_test_acc=accs[-1], best_test_acc=max(accs),
                                  epochs_to_target=hit, diverged=diverged, final_train_loss=losses[-1],
-                                 peak_train_loss=max(losses) if all(map(math.isfinite, losses)) else math.inf, seconds=time.perf_counter() - t0))
+                                 peak_train_loss=peak, seconds=time.perf_counter() - t0))
                 curves += [dict(norm=norm, lr=lr, seed=seed, epoch=e + 1, test_acc=a, train_loss=l)
                            for e, (a, l) in enumerate(zip(accs, losses))]
             done = [r for r in runs if r["norm"] == norm and r["lr"] == lr]
@@ -264,7 +265,8 @@ def summarize(runs, target=0.9):
         rows.append({
             "norm": norm, "lr": lr,
             "final test acc": f"{g['final_test_acc'].mean():.3f} ± {g['final_test_acc'].std(ddof=0):.3f}",
-            f"epochs to {target:.0%}": (f"{hit.median():g} ({len(hit)}/{len(g)})" if len(hit) else f"never (0/{len(g)})"),
+            f"epochs to {target:.0%}": (f"{hit.median():g} ({len(hit)}/{len(g)})" if len(hit)
+                                        else f"never (0/{len(g)})"),
             "diverged": f"{int(g['diverged'].sum())}/{len(g)}",
         })
     return pd.DataFrame(rows)
