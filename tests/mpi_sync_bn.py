@@ -31,7 +31,7 @@ def _err(got, want, scale, dtype):
 
 
 def _bn_case(comm, counts, rest, *, axis=1, dtype=np.float32, offset=0.0, seed=0, affine=True, running=True,
-             training=True, use_out=False, backend="reference", constant_channel=False, **numerics):
+             training=True, use_out=False, backend="reference", constant_channel=False, pass_comm=True, **numerics):
     """SyncBN on this rank's slice vs single-process batch norm on the concatenation. ``rest`` is x.shape[1:]
     as laid out for ``axis`` (channels last when axis=-1)."""
     import normbench as nb
@@ -62,12 +62,12 @@ def _bn_case(comm, counts, rest, *, axis=1, dtype=np.float32, offset=0.0, seed=0
     rm, rv = rm0.copy(), rv0.copy()
     odtype = np.float64 if backend == "reference" else dtype  # the reference backend returns float64
     out = np.empty(x.shape, odtype) if use_out else None
-    y, m, r = dist.sync_batch_norm_forward(x, w, b, *((rm, rv) if running else (None, None)), comm=comm,
-                                           training=training, axis=axis, out=out, backend=backend,
-                                           **numerics)
+    kw = {"comm": comm} if pass_comm else {}  # not passed: the default, MPI.COMM_WORLD (comm must be it)
+    y, m, r = dist.sync_batch_norm_forward(x, w, b, *((rm, rv) if running else (None, None)), training=training,
+                                           axis=axis, out=out, backend=backend, **kw, **numerics)
     dx_out = np.empty(x.shape, odtype) if use_out else None
-    dx, dw, db = dist.sync_batch_norm_backward(dy, x, w, b, m, r, comm=comm, training=training, axis=axis,
-                                               dx_out=dx_out, backend=backend, **numerics)
+    dx, dw, db = dist.sync_batch_norm_backward(dy, x, w, b, m, r, training=training, axis=axis,
+                                               dx_out=dx_out, backend=backend, **kw, **numerics)
     res = {"output_dtype_ok": y.dtype == odtype and dx.dtype == odtype}
     res.update({
         "y": _err(y, yg[sl], np.abs(yg).max(), dtype),
@@ -180,8 +180,8 @@ def _precise_bn_case(comm, weighting):
 
     rng = np.random.default_rng(3)
     C = 3
-    batches = [[(5 + rng.standard_normal((k, C, 4)) * 2).astype(np.float32) for k in (rank % 3 + 1, 0, 2 + rank)]
-               for rank in range(comm.size)]
+    sizes = [(0,) if rank == 1 else (rank % 3 + 1, 0, 2 + rank) for rank in range(comm.size)]  # rank 1: none
+    batches = [[(5 + rng.standard_normal((k, C, 4)) * 2).astype(np.float32) for k in ks] for ks in sizes]
     stats = nb.PopulationStats(C, weighting=weighting)
     for xb in batches[comm.rank]:
         stats.update(xb, axis=1)
@@ -204,7 +204,7 @@ def _precise_bn_case(comm, weighting):
         "var": _err(merged.var(correction) / var, 1.0, 1.0, np.float64),
         "tol": 64.0,
         "count": merged.count == sum(xb.size // C for xb in every),
-        "input_unchanged": stats.count == before[0] and np.array_equal(stats.mean, before[1]),
+        "input_unchanged": stats.count == before[0] and np.array_equal(stats.mean, before[1], equal_nan=True),
         "same_on_all_ranks": len(set(comm.allgather(merged.mean.tobytes() + merged.var().tobytes()))) == 1,
     }
 
@@ -251,6 +251,7 @@ def cases(P):
         "comm_not_a_communicator": lambda comm: _bad_comm_case(),
         "precise_bn_samples": lambda comm: _precise_bn_case(comm, "samples"),
         "precise_bn_batches": lambda comm: _precise_bn_case(comm, "batches"),
+        "default_comm_is_world": lambda comm: _bn_case(comm, uneven, (3, 5), seed=21, pass_comm=False),
         "after_errors_still_in_step": lambda comm: _bn_case(comm, uneven, (3, 4), seed=18),
     }
     if P == 3:
