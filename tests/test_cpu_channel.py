@@ -23,6 +23,7 @@ OPTIONS = [dict(eps_placement=e, correction=c, variance=v, accumulate=a)
 # logical (N, C, *spatial) shape and axis; comments name the kernel path each one reaches
 BN_CASES = [
     ((5, 3, 4, 6), 1),      # channels-first units, one per channel (S=24 >= SMALL_S)
+    ((3, 9, 4, 5), 1),      # channels-first blocks of several units, the last one partial
     ((5, 3, 4, 2), 1),      # channels-first with short slabs: columns C*S, groups of S
     ((7, 5), 1),            # (N, C): rows x C, split over row chunks
     ((3, 5, 4, 3), -1),     # channels-last 2d
