@@ -361,13 +361,12 @@ def _backward_split(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, S, rms, 
         j1 = (s + 1) * D // S
         for row in range(R):
             pa[row, s], pb[row, s] = _grad_sums(dy, x, w, row * D + j0, row * D + j1, j0, mean[row], acc64)
+        dw[j0:j1] = 0.0  # dw/db (x's dtype, as long as the row) are zeroed by the piece that owns them
+        db[j0:j1] = 0.0
     ks = np.empty(R)
     cs = np.empty(R)
     for row in range(R):
         ks[row], cs[row] = _dx_coefficients(pa[row].sum(), pb[row].sum(), rstd[row], D, corr, eps, eps_code, rms)
-    for j in range(D):
-        dw[j] = 0.0
-        db[j] = 0.0
     for s in prange(S):
         j0 = s * D // S
         j1 = (s + 1) * D // S
@@ -441,8 +440,10 @@ def backward(dy, x, normalized_shape, mean, rstd, weight, *, rms, eps, opts, dx_
     x = np.ascontiguousarray(x, dtype)  # h may arrive float64 from the reference backend
     dx = dx_out if dx_out is not None else np.empty(x.shape, dtype)
     dres = np.empty(x.shape, dtype) if fused else None
-    dw = np.zeros(D)
-    db = np.zeros(D)
+    kind, S = _schedule(R, D)
+    # float64 partial sums over many rows; the split schedule (few, long rows) accumulates in place in x's dtype
+    dw = np.empty(D, dtype) if kind == "split" and R else np.zeros(D)
+    db = np.empty(D, dtype) if kind == "split" and R else np.zeros(D)
     if R:
         mode = MODE_PLAIN if not fused else (MODE_FUSED if dh is None else MODE_FUSED_DH)
         dresf = dres.reshape(-1) if fused else _empty0(dtype)
@@ -453,7 +454,6 @@ def backward(dy, x, normalized_shape, mean, rstd, weight, *, rms, eps, opts, dx_
         rstdf = np.ascontiguousarray(rstd, np.float64).reshape(-1)
         common = (dy.reshape(-1), x.reshape(-1), w, dx.reshape(-1), dresf, dhf, mode, float(alpha), meanf, rstdf, D)
         args = (rms, acc64, opts.correction, float(eps), opts.eps_code)
-        kind, S = _schedule(R, D)
         if kind == "split":
             _backward_split(*common, S, *args, dw, db)
         elif kind == "serial":
@@ -461,4 +461,4 @@ def backward(dy, x, normalized_shape, mean, rstd, weight, *, rms, eps, opts, dx_
         else:
             _backward_par(*common, S, *args, dw, db)
     shape = tuple(normalized_shape)
-    return dx, dres, dw.astype(dtype).reshape(shape), db.astype(dtype).reshape(shape)
+    return dx, dres, dw.astype(dtype, copy=False).reshape(shape), db.astype(dtype, copy=False).reshape(shape)
