@@ -320,7 +320,8 @@ def test_lrn_matches_reference(shape, size, dtype, rng):
     x = rng.standard_normal(shape).astype(dtype)
     dy = rng.standard_normal(shape).astype(dtype)
     tol = 1e-6 if dtype == np.float32 else 1e-13
-    for kw in (dict(alpha=1e-4, beta=0.75, k=1.0), dict(alpha=0.5, beta=0.3, k=2.0)):
+    for kw in (dict(alpha=1e-4, beta=0.75, k=1.0), dict(alpha=0.5, beta=0.3, k=2.0), dict(alpha=0.2, beta=0.5, k=1.5),
+               dict(alpha=0.2, beta=1.0, k=1.0)):  # beta 0.75, 0.5 and 1 take the sqrt/division path
         got, ref = lrn_both(x, dy, size, **kw)
         for g, r in zip(got, ref):
             assert g.dtype == dtype and g.shape == x.shape
