@@ -354,3 +354,14 @@ def test_lrn_nan_reaches_exactly_the_windows_that_hold_it(rng):
     dy = np.ones_like(x)
     dx = nb.local_response_norm_backward(dy, x, y, s, 3, alpha=0.1, beta=0.75, k=1.0, backend="cpu")
     assert np.isfinite(dx[1]).all() and np.isfinite(dx[0, 6:]).all()
+
+
+def test_fused_backward_accepts_float64_h_from_the_reference(rng):
+    """h may come from the reference forward (float64): the kernel casts it to dy's dtype."""
+    x, ns, w, b, dy, res, dh = make((5, 33), np.float32, rng)
+    y, h, m, r = nb.fused_add_norm_forward(x, res, ns, w, b, backend="reference")
+    assert h.dtype == np.float64
+    got = nb.fused_add_norm_backward(dy, h, ns, m, r, w, b, dh=dh, backend="cpu")
+    ref = nb.fused_add_norm_backward(dy, h, ns, m, r, w, b, dh=dh, backend="reference")
+    for g, rr in zip(got, ref):
+        assert g.dtype == np.float32 and rel(g, rr) <= 2e-5
