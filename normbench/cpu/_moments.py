@@ -253,7 +253,17 @@ def _make_column_moments(acc):
         # SHIFTED around the first row
         for c in range(C):
             t[c] = acc(x[r0, c])
-        for r in range(r0, r1):
+        r = 0
+        while r + 4 <= n:  # four rows per sweep: a quarter of the accumulator loads and stores
+            for c in range(C):
+                d0 = acc(x[r, c]) - t[c]
+                d1 = acc(x[r + 1, c]) - t[c]
+                d2 = acc(x[r + 2, c]) - t[c]
+                d3 = acc(x[r + 3, c]) - t[c]
+                s[c] += (d0 + d1) + (d2 + d3)
+                s2[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+            r += 4
+        for r in range(r, n):
             for c in range(C):
                 d = acc(x[r, c]) - t[c]
                 s[c] += d
