@@ -198,6 +198,8 @@ def test_default_options_stay_within_their_documented_bound(variant, backend, dt
             rows = sweep.run_backend(variant, inputs, dy, backend, {}, f, b, {"against": "oracle"})
         bound = BOUND if dtype == "float32" else FLOAT64_BOUND.get(fam, 2 * BOUND)
         for r in rows:
+            if r.get("pass") == "backward_exact_h":  # an end-to-end figure (fused h rounding), not a kernel's error
+                continue
             if r.get("error") or r["n_fail"] or r["max_err"] > bound:
                 bad.append((fam, r.get("pass"), r.get("output"), r.get("error") or (r["max_err"], r["n_fail"])))
     assert not bad, f"{variant} on {backend} ({dtype}) exceeds its documented bound: {bad}"
