@@ -316,7 +316,7 @@ def main(argv=None) -> int:
     problems: list[str] = []
     runs = _gather(files(args.runs, "*.json"), load_run, problems)
     bench = _gather(files(args.pytest, "*.json"), load_pytest_benchmark, problems)
-    acc = _gather(files(args.accuracy, "*.csv"), load_accuracy, problems)
+    acc = _gather(files(args.accuracy, "accuracy*.csv"), load_accuracy, problems)  # the sweep, not the studies
     try:
         asv = load_asv(args.asv)
     except ResultFileError as err:
