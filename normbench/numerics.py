@@ -70,6 +70,8 @@ def resolve(numerics: dict) -> Numerics:
 
     Raises ``TypeError`` for an unknown option name and ``ValueError`` for a bad value, naming the option.
     """
+    if not numerics:  # the common call: defaults (this runs on every call, so it is kept cheap)
+        return DEFAULT
     unknown = sorted(set(numerics) - set(NUMERICS_OPTIONS))
     if unknown:
         raise TypeError(

@@ -44,6 +44,9 @@ class Variant:
 
 
 # ------------------------------------------------------------------------------------------- dispatch
+_MODULES: dict = {}  # (backend, family) -> module or None: the lookup runs on every call, so it is cached
+
+
 def _backend_module(backend: str, family: str):
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r}; expected None or one of {list(BACKENDS)}")
@@ -51,12 +54,15 @@ def _backend_module(backend: str, family: str):
         from . import cuda
 
         cuda.require()
-    try:
-        return importlib.import_module(f"normbench.{backend}.{family}")
-    except ModuleNotFoundError as err:
-        if err.name != f"normbench.{backend}.{family}":
-            raise
-        return None
+    key = (backend, family)
+    if key not in _MODULES:
+        try:
+            _MODULES[key] = importlib.import_module(f"normbench.{backend}.{family}")
+        except ModuleNotFoundError as err:
+            if err.name != f"normbench.{backend}.{family}":
+                raise
+            _MODULES[key] = None
+    return _MODULES[key]
 
 
 def has_backend(variant: str, backend: str) -> bool:
@@ -79,15 +85,26 @@ def implementation(variant: str, backend: str, which: str):
     return fn
 
 
+_DEFAULT_HOST_BACKEND: dict = {}  # variant -> "cpu" or "reference"
+
+
+def _default_host_backend(variant: str) -> str:
+    if variant not in _DEFAULT_HOST_BACKEND:
+        _DEFAULT_HOST_BACKEND[variant] = "cpu" if has_backend(variant, "cpu") else "reference"
+    return _DEFAULT_HOST_BACKEND[variant]
+
+
 def pick_backend(x, backend, variant: str) -> str:
     """``backend=None``: "cuda" for arrays exposing ``__cuda_array_interface__``, otherwise "cpu" (or the
     reference while a variant has no CPU kernel)."""
     if backend is None:
+        if type(x) is np.ndarray:
+            return _default_host_backend(variant)
         from ._checks import is_device_array
 
         if is_device_array(x):
             return "cuda"
-        return "cpu" if has_backend(variant, "cpu") else "reference"
+        return _default_host_backend(variant)
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r}; expected None or one of {list(BACKENDS)}")
     if backend == "cuda":
