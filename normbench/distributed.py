@@ -40,7 +40,7 @@ from numba import njit, prange
 
 from . import _checks, registry
 from .cpu._moments import FASTMATH
-from .functional import _channel_setup, _inputs
+from .functional import _channel_setup, _inputs, batch_norm_args
 from .numerics import check_correction, check_eps, resolve, rstd_from_var
 from .population import PopulationStats
 from .reference import batch as _reference_batch
@@ -205,21 +205,11 @@ def sync_batch_norm_forward(x, weight, bias, running_mean, running_var, *, comm=
     a = {}
 
     def local():
-        xx = _checks.array("x", x, min_ndim=2, what="(N, C, *spatial); a 1-D input is an error")
+        args = batch_norm_args(x, weight, bias, running_mean, running_var, training, momentum, eps, axis, numerics)
+        xx, kaxis, C, n = args.x, args.axis, args.C, args.n
+        w, b, rm, rv, eps_, opts = args.weight, args.bias, args.running_mean, args.running_var, args.eps, args.opts
+        mom = args.momentum if training and rm is not None else None
         backend_, dtype = _backend(xx, backend)
-        kaxis, C, n = _channel_setup(xx, axis)
-        w = _checks.param("weight", weight, (C,), xx)
-        b = _checks.param("bias", bias, (C,), xx)
-        rm = _checks.param("running_mean", running_mean, (C,), xx, writable=True)
-        rv = _checks.param("running_var", running_var, (C,), xx, writable=True)
-        if (rm is None) != (rv is None):
-            raise ValueError("running_mean and running_var must be given together (both arrays or both None)")
-        eps_ = check_eps(eps)
-        opts = resolve(numerics)
-        mom = _checks.momentum(momentum) if training and rm is not None else None
-        if not training and rm is None:
-            raise ValueError("training=False needs running_mean and running_var (evaluation uses running "
-                             "statistics)")
         o = _checks.output("out", out, xx.shape, dtype,
                            _inputs(x=xx, weight=w, bias=b, running_mean=rm, running_var=rv))
         a.update(x=xx, kaxis=kaxis, C=C, w=w, b=b, rm=rm, rv=rv, eps=eps_, opts=opts, mom=mom, out=o,

@@ -9,11 +9,12 @@ arguments ``eps``, ``opts`` (Numerics), ``out``/``dx_out``/``h_out`` and the var
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
 from . import _checks, registry
-from .numerics import check_correction, check_eps, resolve, rstd_from_var
+from .numerics import Numerics, check_correction, check_eps, resolve, rstd_from_var
 
 
 def _channel_setup(x, axis):
@@ -32,6 +33,48 @@ def _inputs(**arrays):
 
 
 # --------------------------------------------------------------------------------------------- batch norm
+class BatchArgs(NamedTuple):
+    """Validated batch-norm forward arguments (see :func:`batch_norm_args`)."""
+
+    x: object
+    axis: int  # 1 or -1, as the kernels take it
+    C: int
+    n: int  # values per channel in this process
+    weight: object
+    bias: object
+    running_mean: object
+    running_var: object
+    momentum: float
+    eps: float
+    opts: Numerics
+
+
+def _running_pair(running_mean, running_var, C, x):
+    running_mean = _checks.param("running_mean", running_mean, (C,), x, writable=True)
+    running_var = _checks.param("running_var", running_var, (C,), x, writable=True)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must be given together (both arrays or both None)")
+    return running_mean, running_var
+
+
+def batch_norm_args(x, weight, bias, running_mean, running_var, training, momentum, eps, axis, numerics) -> BatchArgs:
+    """Validate batch norm's forward arguments; shared with SyncBatchNorm, which judges the per-channel count
+    (one value per channel, correction) on the global batch instead of this process's."""
+    x = _checks.array("x", x, min_ndim=2, what="(N, C, *spatial); a 1-D input is an error")
+    kaxis, C, n = _channel_setup(x, axis)
+    weight = _checks.param("weight", weight, (C,), x)
+    bias = _checks.param("bias", bias, (C,), x)
+    running_mean, running_var = _running_pair(running_mean, running_var, C, x)
+    eps = check_eps(eps)
+    opts = resolve(numerics)
+    if training:
+        if running_mean is not None:
+            momentum = _checks.momentum(momentum)
+    elif running_mean is None:
+        raise ValueError("training=False needs running_mean and running_var (evaluation uses running statistics)")
+    return BatchArgs(x, kaxis, C, n, weight, bias, running_mean, running_var, momentum, eps, opts)
+
+
 def batch_norm_forward(x, weight, bias, running_mean, running_var, *, training=True, momentum=0.1, eps=1e-5,
                        axis=1, out=None, backend=None, **numerics):
     """Batch norm forward. Returns ``(y, save_mean, save_invstd)``; save_* are float64 arrays of shape (C,).
@@ -41,37 +84,26 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, *, training=T
     Evaluation (``training=False``) uses the running statistics and returns them as ``save_mean`` and
     ``save_invstd = 1/sqrt(running_var + eps)``.
     """
-    x = _checks.array("x", x, min_ndim=2, what="(N, C, *spatial); a 1-D input is an error")
-    kaxis, C, n = _channel_setup(x, axis)
-    weight = _checks.param("weight", weight, (C,), x)
-    bias = _checks.param("bias", bias, (C,), x)
-    running_mean = _checks.param("running_mean", running_mean, (C,), x, writable=True)
-    running_var = _checks.param("running_var", running_var, (C,), x, writable=True)
-    if (running_mean is None) != (running_var is None):
-        raise ValueError("running_mean and running_var must be given together (both arrays or both None)")
-    eps = check_eps(eps)
-    opts = resolve(numerics)
+    a = batch_norm_args(x, weight, bias, running_mean, running_var, training, momentum, eps, axis, numerics)
+    x, C, n = a.x, a.C, a.n
     if training:
-        if running_mean is not None:
-            momentum = _checks.momentum(momentum)
         if n == 1:
             raise ValueError(f"expected more than 1 value per channel when training, got x of shape "
                              f"{tuple(x.shape)} (axis={axis})")
-        check_correction(opts, n, "channel")
-    elif running_mean is None:
-        raise ValueError("training=False needs running_mean and running_var (evaluation uses running statistics)")
+        check_correction(a.opts, n, "channel")
     backend = registry.pick_backend(x, backend, "batch_norm")
     out = _checks.output("out", out, x.shape, registry.output_dtype(backend, x),
-                         _inputs(x=x, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var))
+                         _inputs(x=x, weight=a.weight, bias=a.bias, running_mean=a.running_mean,
+                                 running_var=a.running_var))
     if n == 0:  # empty batch: empty output, running statistics untouched (as PyTorch)
         y = out if out is not None else np.empty(x.shape, registry.output_dtype(backend, x))
         if training:
             return y, np.full(C, np.nan), np.full(C, np.nan)
-        return y, np.asarray(running_mean, np.float64).copy(), rstd_from_var(
-            np.asarray(running_var, np.float64), eps, opts.eps_placement)
+        return y, np.asarray(a.running_mean, np.float64).copy(), rstd_from_var(
+            np.asarray(a.running_var, np.float64), a.eps, a.opts.eps_placement)
     impl = registry.implementation("batch_norm", backend, "forward")
-    return impl(x, weight, bias, running_mean, running_var, training=training, momentum=momentum, eps=eps,
-                axis=kaxis, opts=opts, out=out)
+    return impl(x, a.weight, a.bias, a.running_mean, a.running_var, training=training, momentum=a.momentum,
+                eps=a.eps, axis=a.axis, opts=a.opts, out=out)
 
 
 def batch_norm_backward(dy, x, weight, bias, save_mean, save_invstd, *, training=True, eps=1e-5, axis=1,
@@ -279,10 +311,7 @@ def instance_norm_forward(x, weight=None, bias=None, running_mean=None, running_
     S = x.size // (x.shape[0] * C) if x.shape[0] * C else 0
     weight = _checks.param("weight", weight, (C,), x)
     bias = _checks.param("bias", bias, (C,), x)
-    running_mean = _checks.param("running_mean", running_mean, (C,), x, writable=True)
-    running_var = _checks.param("running_var", running_var, (C,), x, writable=True)
-    if (running_mean is None) != (running_var is None):
-        raise ValueError("running_mean and running_var must be given together (both arrays or both None)")
+    running_mean, running_var = _running_pair(running_mean, running_var, C, x)
     eps = check_eps(eps)
     opts = resolve(numerics)
     if use_input_stats:
