@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import normbench as nb
 from normbench import functional as F
 
-from conftest import torch_or_skip
+from nbtest import torch_or_skip
 
 DTYPES = (np.float32, np.float64)
 EPS = {np.dtype(np.float32): np.finfo(np.float32).eps, np.dtype(np.float64): np.finfo(np.float64).eps}

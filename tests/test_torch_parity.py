@@ -12,7 +12,7 @@ import pytest
 import normbench as nb
 from normbench import registry
 
-from conftest import torch_or_skip
+from nbtest import torch_or_skip
 
 torch = torch_or_skip()
 F = torch.nn.functional

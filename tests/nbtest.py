@@ -1,0 +1,8 @@
+"""Helpers shared by test modules (a plain module: `from conftest import ...` is ambiguous once
+tests/benchmarks/ has a conftest.py of its own)."""
+import pytest
+
+
+def torch_or_skip():
+    """PyTorch is an optional peer: tests that compare with it skip with this reason where it is absent."""
+    return pytest.importorskip("torch", reason="PyTorch not installed (pip install torch==2.13.0, the CPU build)")
