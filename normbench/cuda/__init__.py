@@ -11,16 +11,26 @@ def simulator() -> bool:
     return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
 
 
+class CudaUnavailableError(RuntimeError, ValueError):
+    """backend='cuda' with neither a GPU nor the simulator: a bad argument (ValueError, as design.md lists it)
+    and an environment problem (RuntimeError) at once, so either ``except`` catches it."""
+
+
+_AVAILABLE = None  # cuda.is_available() probes the driver: asked once per process
+
+
 def require() -> None:
     """Raise a clear error when neither a GPU nor the CUDA simulator is available."""
     if simulator():
         return
-    try:
-        from numba import cuda
+    global _AVAILABLE
+    if _AVAILABLE is None:
+        try:
+            from numba import cuda
 
-        ok = cuda.is_available()
-    except Exception:  # a broken driver is as good as none
-        ok = False
-    if not ok:
-        raise RuntimeError("backend='cuda' needs a CUDA GPU (none found) or the CUDA simulator "
+            _AVAILABLE = bool(cuda.is_available())
+        except Exception:  # a broken driver is as good as none
+            _AVAILABLE = False
+    if not _AVAILABLE:
+        raise CudaUnavailableError("backend='cuda' needs a CUDA GPU (none found) or the CUDA simulator "
                            "(set NUMBA_ENABLE_CUDASIM=1 before importing numba)")
