@@ -1,7 +1,8 @@
 """CPU channel-statistics kernels (batch, frozen batch, group, instance norm) against independent truths: the
 float64 reference backend, PyTorch, closed forms.  Shapes are tiny; every layout path of normbench.cpu._channel
 is reached: channels-first units (fused, and split when there are fewer units than threads), channels-last
-blocks (fused and split), and channels-first batch norm with short slabs run as columns.
+blocks (fused and split), and channels-first batch norm with short slabs run as columns; the kernel tests run
+both schedules (serial, as tiny inputs do by default, and threaded: fixture ``schedule``).
 (PyTorch's own op_db samples reach backend "cpu" through tests/test_opdb.py.)"""
 import itertools
 
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 
 import normbench as nb
 from normbench import functional as F
+from normbench.cpu import _channel
 
 from nbtest import torch_or_skip
 
@@ -20,6 +22,17 @@ EPS = {np.dtype(np.float32): np.finfo(np.float32).eps, np.dtype(np.float64): np.
 OPTIONS = [dict(eps_placement=e, correction=c, variance=v, accumulate=a)
            for e, c, v, a in itertools.product(("inside", "outside"), (0, 1), ("two_pass", "welford", "naive", "shifted"),
                                                ("float32", "float64"))]
+
+
+@pytest.fixture(params=("serial", "threaded"))
+def schedule(request, monkeypatch):
+    """Inputs below _channel.PARALLEL_MIN values run the serial kernel twins; "threaded" forces the parallel
+    kernels (and their split paths, reached when there are fewer units/blocks than threads) on tiny inputs."""
+    if request.param == "threaded":
+        monkeypatch.setattr(_channel, "PARALLEL_MIN", 0)
+    return request.param
+
+
 # logical (N, C, *spatial) shape and axis; comments name the kernel path each one reaches
 BN_CASES = [
     ((5, 3, 4, 6), 1),      # channels-first units, one per channel (S=24 >= SMALL_S)
@@ -82,7 +95,7 @@ def option_tol(dtype, opts):
 # -------------------------------------------------------------------------------------------- batch norm
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,axis", BN_CASES)
-def test_batch_norm_training_every_option(rng, dtype, shape, axis):
+def test_batch_norm_training_every_option(rng, schedule, dtype, shape, axis):
     x = (rng.standard_normal(phys(shape, axis)) + 0.5).astype(dtype)
     dy = rng.standard_normal(x.shape).astype(dtype)
     C = shape[1]
@@ -113,7 +126,7 @@ def test_batch_norm_training_every_option(rng, dtype, shape, axis):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,axis", BN_CASES + [((6, 4), -1), ((5, 3, 1, 1), -1)])
 @pytest.mark.parametrize("eps_placement", ("inside", "outside"))
-def test_batch_norm_eval_and_frozen(rng, dtype, shape, axis, eps_placement):
+def test_batch_norm_eval_and_frozen(rng, schedule, dtype, shape, axis, eps_placement):
     x = rng.standard_normal(phys(shape, axis)).astype(dtype)
     dy = rng.standard_normal(x.shape).astype(dtype)
     C = shape[1]
@@ -182,7 +195,7 @@ GN_CASES = [
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,G,axis", GN_CASES)
-def test_group_norm_every_option(rng, dtype, shape, G, axis):
+def test_group_norm_every_option(rng, schedule, dtype, shape, G, axis):
     x = (rng.standard_normal(phys(shape, axis)) - 2).astype(dtype)
     dy = rng.standard_normal(x.shape).astype(dtype)
     w, b = affine(rng, shape[1], dtype)
@@ -213,7 +226,7 @@ def test_group_norm_every_option(rng, dtype, shape, G, axis):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,axis", [((3, 5, 4, 3), 1), ((3, 5, 4, 3), -1), ((1, 1, 9), 1), ((2, 3, 2, 2, 3), -1)])
 @pytest.mark.parametrize("eps_placement", ("inside", "outside"))
-def test_instance_norm(rng, dtype, shape, axis, eps_placement):
+def test_instance_norm(rng, schedule, dtype, shape, axis, eps_placement):
     x = (rng.standard_normal(phys(shape, axis)) + 1).astype(dtype)
     dy = rng.standard_normal(x.shape).astype(dtype)
     C = shape[1]

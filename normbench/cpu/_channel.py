@@ -23,6 +23,7 @@ Options arrive as runtime integer codes; kernels compile once per input dtype.
 """
 from __future__ import annotations
 
+import types
 from typing import NamedTuple
 
 import numba
@@ -466,6 +467,34 @@ def affine_cl(x2, y2, scale, shift, P):
 
 
 # ------------------------------------------------------------------------------------- Python-side planning
+def _serial_twin(f):
+    """``f`` compiled without threads (prange runs as range), cached under its own name."""
+    py = f.py_func
+    g = types.FunctionType(py.__code__, py.__globals__, py.__name__ + "_serial", py.__defaults__, py.__closure__)
+    g.__qualname__ = py.__qualname__ + "_serial"  # the cache file name: the parallel build is not reused
+    return njit(**_SEQ)(g)
+
+
+# (one thread: every layout runs its fused kernel, so the split ones need no twin)
+_SERIAL = {f: _serial_twin(f) for f in (cf_forward_fused, cf_backward_fused, cl_forward_fused, cl_backward_fused,
+                                        affine_cf, affine_cl)}
+
+#: inputs with fewer values run serially: waking the thread pool costs more than the work (measured
+#: crossover on this machine; on a loaded machine a woken thread can also wait a whole scheduler slice)
+PARALLEL_MIN = 1 << 13
+
+
+def _threads(x):
+    """(serial, thread count) for input ``x``."""
+    if x.size < PARALLEL_MIN:
+        return True, 1
+    return False, numba.get_num_threads()
+
+
+def _pick(f, serial):
+    return _SERIAL[f] if serial else f
+
+
 SMALL_S = 16  # channels-first batch norm with shorter slabs runs as columns (C*S of them, groups of S)
 
 
@@ -543,7 +572,7 @@ def forward_stats(x, y, lay, weight, bias, opts, eps, write_y=True):
     w = _param(weight, C, x.dtype, 1.0)
     b = _param(bias, C, x.dtype, 0.0)
     algo, acc64, corr, ec = _codes(opts, x)
-    T = numba.get_num_threads()
+    serial, T = _threads(x)
     if y is None:
         y = x  # not written
     if lay.kind == "cf":
@@ -551,7 +580,7 @@ def forward_stats(x, y, lay, weight, bias, opts, eps, write_y=True):
         args = (x.reshape(-1), y.reshape(-1), lay.U, lay.nr, lay.L, lay.run_stride, lay.S, lay.Cg, lay.G, w, b,
                 algo, acc64, corr, float(eps), ec, mean, m2, rstd, int(write_y))
         if lay.U >= T:
-            cf_forward_fused(*args, _unit_block(lay, T, x.itemsize))
+            _pick(cf_forward_fused, serial)(*args, _unit_block(lay, T, x.itemsize))
         else:
             cf_forward_split(*args)
         return mean, m2, rstd
@@ -561,7 +590,8 @@ def forward_stats(x, y, lay, weight, bias, opts, eps, write_y=True):
     G = lay.cols // lay.Cg
     mean, m2, rstd = np.empty((lay.B, G)), np.empty((lay.B, G)), np.empty((lay.B, G))
     if lay.B >= T:
-        cl_forward_fused(x3, y3, lay.Cg, w, b, algo, acc64, corr, float(eps), ec, mean, m2, rstd, int(write_y))
+        _pick(cl_forward_fused, serial)(x3, y3, lay.Cg, w, b, algo, acc64, corr, float(eps), ec, mean, m2, rstd,
+                                        int(write_y))
     else:
         cl_forward_split(x3, y3, lay.Cg, w, b, _chunks(lay, T), algo, acc64, corr, float(eps), ec, mean, m2, rstd,
                          int(write_y))
@@ -574,7 +604,7 @@ def backward_sums(dy, x, dx, lay, weight, mean, rstd, train, opts, eps):
     C = x.shape[1] if lay.kind == "cf" else lay.cols // lay.rep
     w = _param(weight, C, np.float64, 1.0).astype(np.float64)  # w*dy exact in float64 for float32 data
     _, _, corr, ec = _codes(opts, x)
-    T = numba.get_num_threads()
+    serial, T = _threads(x)
     mean = np.ascontiguousarray(mean, np.float64)
     rstd = np.ascontiguousarray(rstd, np.float64)
     if lay.kind == "cf":
@@ -582,7 +612,7 @@ def backward_sums(dy, x, dx, lay, weight, mean, rstd, train, opts, eps):
         args = (dy.reshape(-1), x.reshape(-1), dx.reshape(-1), lay.U, lay.nr, lay.L, lay.run_stride, lay.S, lay.Cg,
                 lay.G, w, mean.reshape(-1), rstd.reshape(-1), int(train), corr, float(eps), ec, sdy, sdyxc)
         if lay.U >= T:
-            cf_backward_fused(*args, _unit_block(lay, T, x.itemsize))
+            _pick(cf_backward_fused, serial)(*args, _unit_block(lay, T, x.itemsize))
         else:
             cf_backward_split(*args)
         return sdy, sdyxc
@@ -594,7 +624,7 @@ def backward_sums(dy, x, dx, lay, weight, mean, rstd, train, opts, eps):
     sdy, sdyxc = np.empty((lay.B, lay.cols)), np.empty((lay.B, lay.cols))
     args = (dy.reshape(shape), x.reshape(shape), dx.reshape(shape), lay.Cg, w, mean, rstd)
     if lay.B >= T:
-        cl_backward_fused(*args, int(train), corr, float(eps), ec, sdy, sdyxc)
+        _pick(cl_backward_fused, serial)(*args, int(train), corr, float(eps), ec, sdy, sdyxc)
     else:
         cl_backward_split(*args, _chunks(lay, T), int(train), corr, float(eps), ec, sdy, sdyxc)
     return sdy, sdyxc
@@ -607,11 +637,12 @@ def apply_affine(x, y, axis, scale, shift):
     N, C, S = _nsc(x, axis)
     scale = np.ascontiguousarray(scale, np.float64)
     shift = np.ascontiguousarray(shift, np.float64)
-    T = numba.get_num_threads()
+    serial, T = _threads(x)
     if axis == 1 and S >= SMALL_S:
-        affine_cf(x.reshape(-1), y.reshape(-1), C, S, scale, shift)
+        _pick(affine_cf, serial)(x.reshape(-1), y.reshape(-1), C, S, scale, shift)
     elif axis == 1:  # short slabs: rows of C*S columns
-        affine_cl(x.reshape(N, C * S), y.reshape(N, C * S), np.repeat(scale, S), np.repeat(shift, S), min(N, T))
+        _pick(affine_cl, serial)(x.reshape(N, C * S), y.reshape(N, C * S), np.repeat(scale, S), np.repeat(shift, S),
+                                 min(N, T))
     else:
-        affine_cl(x.reshape(-1, C), y.reshape(-1, C), scale, shift, min(N * S, T))
+        _pick(affine_cl, serial)(x.reshape(-1, C), y.reshape(-1, C), scale, shift, min(N * S, T))
     return y
