@@ -45,6 +45,26 @@ def copy_seconds(nbytes, repeats=7):
     return min(t_np, t_par)
 
 
+def paired_seconds(fn, nbytes, repeats=7):
+    """Median times of ``fn()`` and of the best copy of an ``nbytes`` working set, measured interleaved call by
+    call so that the kernel and its limit see the same machine load (shared machines drift within a run).
+    ``fn`` must already be compiled and warm."""
+    n = max(1, int(nbytes) // 2 // 4)
+    src = np.ones(n, np.float32)
+    dst = np.zeros_like(src)
+    copies = (lambda: np.copyto(dst, src), lambda: _parallel_copy(dst, src))
+    for call in (*copies, fn):
+        call()
+    times = ([], [], [])
+    for _ in range(repeats):
+        for call, bucket in zip((fn, *copies), times):
+            t0 = time.perf_counter()
+            call()
+            bucket.append(time.perf_counter() - t0)
+    t_fn, t_np, t_par = (float(np.median(b)) for b in times)
+    return t_fn, min(t_np, t_par)
+
+
 def copy_gbps(nbytes, repeats=7):
     """Bandwidth (GB/s, bytes read + written) of the best copy of an ``nbytes`` working set."""
     moved = 2 * (max(1, int(nbytes) // 2 // 4) * 4)
