@@ -22,6 +22,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from ..numerics import DEFAULT_ACCUMULATE
 from ._moments import FASTMATH, NAIVE, SHIFTED, chan_merge, row_stats, rstd_from_m2
 
 #: rows x D below this many values run serially
@@ -391,11 +392,26 @@ def _schedule(R, D):
 def _flat_param(p, D, dtype, fill):
     if p is None:
         return np.full(D, fill, dtype)
-    return p.reshape(-1)
+    return p if p.ndim == 1 else p.reshape(-1)
 
 
-def _empty0(dtype):
-    return np.empty(0, dtype)
+_F64 = np.dtype(np.float64)
+# Shared zero-length stand-ins for the arrays a mode does not use (never written): saves an allocation per call.
+_EMPTY = {np.dtype(np.float32): np.empty(0, np.float32), _F64: np.empty(0, np.float64)}
+
+
+def _acc64(opts, dtype):
+    """opts.accumulator(dtype) == float64, without building a dtype (small calls are overhead-bound)."""
+    acc = opts.accumulate
+    return (acc or DEFAULT_ACCUMULATE[dtype]) == "float64"
+
+
+def _flat(a):
+    return a if a.ndim == 1 else a.reshape(-1)
+
+
+def _lead(a, lead):
+    return a if len(lead) == 1 else a.reshape(lead)
 
 
 def forward(x, normalized_shape, weight, bias, *, rms, eps, opts, out=None, residual=None, alpha=0.0,
@@ -412,22 +428,21 @@ def forward(x, normalized_shape, weight, bias, *, rms, eps, opts, out=None, resi
     mean = np.empty(R)
     rstd = np.empty(R)
     if R:
-        xf = x.reshape(-1)
-        rf = residual.reshape(-1) if fused else xf
-        hf = h.reshape(-1) if fused else _empty0(dtype)
+        xf = _flat(x)
+        rf = _flat(residual) if fused else xf
+        hf = _flat(h) if fused else _EMPTY[dtype]
         w = _flat_param(weight, D, dtype, 1.0)
         b = _flat_param(bias, D, dtype, 0.0)
-        acc64 = opts.accumulator(dtype) == np.float64
-        args = (rms, opts.variance_code, acc64, opts.correction, float(eps), opts.eps_code)
         kind, S = _schedule(R, D)
-        common = (xf, rf, float(alpha), fused, y.reshape(-1), hf, w, b, mean, rstd, D)
-        if kind == "split":
-            _forward_split(*common, S, *args)
-        elif kind == "serial":
-            _forward_rows(*common, 0, R, *args)
+        if kind == "serial":
+            S = 0
+        fn = _forward_split if kind == "split" else (_forward_par if kind == "rows" else _forward_rows)
+        tail = (rms, opts.variance_code, _acc64(opts, dtype), opts.correction, float(eps), opts.eps_code)
+        if S:
+            fn(xf, rf, float(alpha), fused, _flat(y), hf, w, b, mean, rstd, D, S, *tail)
         else:
-            _forward_par(*common, S, *args)
-    return y, h, mean.reshape(lead), rstd.reshape(lead)
+            fn(xf, rf, float(alpha), fused, _flat(y), hf, w, b, mean, rstd, D, 0, R, *tail)
+    return y, h, _lead(mean, lead), _lead(rstd, lead)
 
 
 def backward(dy, x, normalized_shape, mean, rstd, weight, *, rms, eps, opts, dx_out=None, fused=False,
@@ -437,28 +452,35 @@ def backward(dy, x, normalized_shape, mean, rstd, weight, *, rms, eps, opts, dx_
     D = math.prod(normalized_shape)
     R = x.size // D
     dtype = dy.dtype
-    x = np.ascontiguousarray(x, dtype)  # h may arrive float64 from the reference backend
+    if x.dtype != dtype or not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x, dtype)  # h may arrive float64 from the reference backend
     dx = dx_out if dx_out is not None else np.empty(x.shape, dtype)
     dres = np.empty(x.shape, dtype) if fused else None
     kind, S = _schedule(R, D)
     # float64 partial sums over many rows; the split schedule (few, long rows) accumulates in place in x's dtype
-    dw = np.empty(D, dtype) if kind == "split" and R else np.zeros(D)
-    db = np.empty(D, dtype) if kind == "split" and R else np.zeros(D)
+    dwb = np.empty((2, D), dtype) if kind == "split" and R else np.zeros((2, D))
     if R:
         mode = MODE_PLAIN if not fused else (MODE_FUSED if dh is None else MODE_FUSED_DH)
-        dresf = dres.reshape(-1) if fused else _empty0(dtype)
-        dhf = dh.reshape(-1) if dh is not None else _empty0(dtype)
+        dresf = _flat(dres) if fused else _EMPTY[dtype]
+        dhf = _flat(dh) if dh is not None else _EMPTY[dtype]
         w = _flat_param(weight, D, dtype, 1.0)
-        acc64 = opts.accumulator(dtype) == np.float64
-        meanf = np.zeros(R) if mean is None else np.ascontiguousarray(mean, np.float64).reshape(-1)
-        rstdf = np.ascontiguousarray(rstd, np.float64).reshape(-1)
-        common = (dy.reshape(-1), x.reshape(-1), w, dx.reshape(-1), dresf, dhf, mode, float(alpha), meanf, rstdf, D)
-        args = (rms, acc64, opts.correction, float(eps), opts.eps_code)
+        meanf = np.zeros(R) if mean is None else _flat(_stat64(mean))
+        rstdf = _flat(_stat64(rstd))
+        tail = (rms, _acc64(opts, dtype), opts.correction, float(eps), opts.eps_code, dwb[0], dwb[1])
+        head = (_flat(dy), _flat(x), w, _flat(dx), dresf, dhf, mode, float(alpha), meanf, rstdf, D)
         if kind == "split":
-            _backward_split(*common, S, *args, dw, db)
+            _backward_split(*head, S, *tail)
         elif kind == "serial":
-            _backward_rows(*common, 0, R, *args, dw, db)
+            _backward_rows(*head, 0, R, *tail)
         else:
-            _backward_par(*common, S, *args, dw, db)
+            _backward_par(*head, S, *tail)
     shape = tuple(normalized_shape)
-    return dx, dres, dw.astype(dtype, copy=False).reshape(shape), db.astype(dtype, copy=False).reshape(shape)
+    dwb = dwb.astype(dtype, copy=False)
+    dw, db = dwb[0], dwb[1]
+    if len(shape) != 1:
+        dw, db = dw.reshape(shape), db.reshape(shape)
+    return dx, dres, dw, db
+
+
+def _stat64(s):
+    return s if s.dtype == _F64 and s.flags.c_contiguous else np.ascontiguousarray(s, np.float64)
