@@ -391,19 +391,42 @@ def _expand(gmean, Cg, mc):
         mc[c] = gmean[c // Cg]
 
 
+@njit(**_SEQ)
+def _column_sums_dx(dy2, x2, dx2, r0, r1, w, mc, rc, sdy, sdyxc):
+    """:func:`_column_sums` and, in the same sweep, the evaluation-mode ``dx = r*(w*dy)`` (dx needs no sums
+    there: dy is read once instead of twice)."""
+    C = x2.shape[1]
+    for c in range(C):
+        sdy[c] = 0.0
+        sdyxc[c] = 0.0
+    dy2 = dy2[r0:r1]
+    x2 = x2[r0:r1]
+    dx2 = dx2[r0:r1]
+    for r in range(0, r1 - r0):
+        for c in range(C):
+            g = np.float64(dy2[r, c])
+            sdy[c] += g
+            sdyxc[c] += g * (x2[r, c] - mc[c])
+            dx2[r, c] = rc[c] * (w[c] * g)
+
+
 @njit(**_PAR)
 def cl_backward_fused(dy3, x3, dx3, Cg, w, gmean, grstd, train, correction, eps, eps_code, sdy, sdyxc):
     B, R, C = x3.shape
     for bb in prange(B):
         mc = np.empty(C)
         _expand(gmean[bb], Cg, mc)
-        _column_sums(dy3[bb], x3[bb], 0, R, mc, sdy[bb], sdyxc[bb])
         rc = np.empty(C)
-        mdx = np.empty(C)
-        k = np.empty(C)
-        _group_coeffs(sdy[bb], sdyxc[bb], gmean[bb], grstd[bb], Cg, w, R, train, correction, eps, eps_code,
-                      mc, rc, mdx, k)
-        _dx_rows(dy3[bb], x3[bb], dx3[bb], 0, R, w, mc, rc, mdx, k, train)
+        if train:
+            _column_sums(dy3[bb], x3[bb], 0, R, mc, sdy[bb], sdyxc[bb])
+            mdx = np.empty(C)
+            k = np.empty(C)
+            _group_coeffs(sdy[bb], sdyxc[bb], gmean[bb], grstd[bb], Cg, w, R, train, correction, eps, eps_code,
+                          mc, rc, mdx, k)
+            _dx_rows(dy3[bb], x3[bb], dx3[bb], 0, R, w, mc, rc, mdx, k, 1)
+        else:
+            _expand(grstd[bb], Cg, rc)
+            _column_sums_dx(dy3[bb], x3[bb], dx3[bb], 0, R, w, mc, rc, sdy[bb], sdyxc[bb])
 
 
 @njit(**_PAR)
@@ -416,7 +439,12 @@ def cl_backward_split(dy3, x3, dx3, Cg, w, gmean, grstd, P, train, correction, e
         p = t - bb * P
         mc = np.empty(C)
         _expand(gmean[bb], Cg, mc)
-        _column_sums(dy3[bb], x3[bb], p * R // P, (p + 1) * R // P, mc, pa[t], pc[t])
+        if train:
+            _column_sums(dy3[bb], x3[bb], p * R // P, (p + 1) * R // P, mc, pa[t], pc[t])
+        else:
+            rc = np.empty(C)
+            _expand(grstd[bb], Cg, rc)
+            _column_sums_dx(dy3[bb], x3[bb], dx3[bb], p * R // P, (p + 1) * R // P, w, mc, rc, pa[t], pc[t])
     mc = np.empty((B, C))
     rc = np.empty((B, C))
     mdx = np.empty((B, C))
@@ -432,10 +460,11 @@ def cl_backward_split(dy3, x3, dx3, Cg, w, gmean, grstd, P, train, correction, e
             sdyxc[bb, c] = s2
         _group_coeffs(sdy[bb], sdyxc[bb], gmean[bb], grstd[bb], Cg, w, R, train, correction, eps, eps_code,
                       mc[bb], rc[bb], mdx[bb], k[bb])
-    for t in prange(B * P):
-        bb = t // P
-        p = t - bb * P
-        _dx_rows(dy3[bb], x3[bb], dx3[bb], p * R // P, (p + 1) * R // P, w, mc[bb], rc[bb], mdx[bb], k[bb], train)
+    if train:
+        for t in prange(B * P):
+            bb = t // P
+            p = t - bb * P
+            _dx_rows(dy3[bb], x3[bb], dx3[bb], p * R // P, (p + 1) * R // P, w, mc[bb], rc[bb], mdx[bb], k[bb], 1)
 
 
 # ------------------------------------------------------------------ per-channel constants (eval, frozen BN)
