@@ -212,8 +212,13 @@ def layer_norm_backward(dy, x, normalized_shape, mean, rstd, weight=None, bias=N
 
 
 # ------------------------------------------------------------------------------------------------ RMS norm
+_DTYPE_EPS = {np.dtype(np.float32): float(np.finfo(np.float32).eps), np.dtype(np.float64): float(np.finfo(np.float64).eps)}
+
+
 def _rms_eps(eps, x):
-    return float(np.finfo(x.dtype).eps) if eps is None else check_eps(eps)
+    if eps is None:  # dict lookup: np.finfo costs ~0.5 us per call
+        return _DTYPE_EPS[x.dtype] if x.dtype in _DTYPE_EPS else float(np.finfo(x.dtype).eps)
+    return check_eps(eps)
 
 
 def rms_norm_forward(x, normalized_shape, weight=None, *, eps=None, out=None, backend=None, **numerics):

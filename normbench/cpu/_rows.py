@@ -389,9 +389,18 @@ def _schedule(R, D):
     return "rows", T
 
 
+_CONST: dict = {}  # (D, dtype, fill) -> the read-only-by-convention stand-in for a weight or bias of None
+
+
 def _flat_param(p, D, dtype, fill):
     if p is None:
-        return np.full(D, fill, dtype)
+        key = (D, dtype, fill)
+        c = _CONST.get(key)
+        if c is None:  # kernels never write parameters; small ones are kept (RMS has no bias: every call)
+            c = np.full(D, fill, dtype)
+            if D <= 1 << 16 and len(_CONST) < 64:
+                _CONST[key] = c
+        return c
     return p if p.ndim == 1 else p.reshape(-1)
 
 
@@ -400,10 +409,20 @@ _F64 = np.dtype(np.float64)
 _EMPTY = {np.dtype(np.float32): np.empty(0, np.float32), _F64: np.empty(0, np.float64)}
 
 
-def _acc64(opts, dtype):
-    """opts.accumulator(dtype) == float64, without building a dtype (small calls are overhead-bound)."""
-    acc = opts.accumulate
-    return (acc or DEFAULT_ACCUMULATE[dtype]) == "float64"
+_CODES: dict = {}  # (id(opts), dtype) -> (opts, variance code, acc64, correction, eps code)
+
+
+def _codes(opts, dtype):
+    """The kernels' integer option codes for ``opts`` and inputs of ``dtype``, memoised per Numerics object
+    (small calls are overhead-bound; the entry holds opts itself, so an id is never reused while cached)."""
+    c = _CODES.get((id(opts), dtype))
+    if c is None or c[0] is not opts:
+        acc64 = (opts.accumulate or DEFAULT_ACCUMULATE[dtype]) == "float64"
+        c = (opts, opts.variance_code, acc64, opts.correction, opts.eps_code)
+        if len(_CODES) > 256:
+            _CODES.clear()
+        _CODES[(id(opts), dtype)] = c
+    return c
 
 
 def _flat(a):
@@ -437,7 +456,8 @@ def forward(x, normalized_shape, weight, bias, *, rms, eps, opts, out=None, resi
         if kind == "serial":
             S = 0
         fn = _forward_split if kind == "split" else (_forward_par if kind == "rows" else _forward_rows)
-        tail = (rms, opts.variance_code, _acc64(opts, dtype), opts.correction, float(eps), opts.eps_code)
+        _, algo, acc64, corr, eps_code = _codes(opts, dtype)
+        tail = (rms, algo, acc64, corr, float(eps), eps_code)
         if S:
             fn(xf, rf, float(alpha), fused, _flat(y), hf, w, b, mean, rstd, D, S, *tail)
         else:
@@ -466,7 +486,8 @@ def backward(dy, x, normalized_shape, mean, rstd, weight, *, rms, eps, opts, dx_
         w = _flat_param(weight, D, dtype, 1.0)
         meanf = np.zeros(R) if mean is None else _flat(_stat64(mean))
         rstdf = _flat(_stat64(rstd))
-        tail = (rms, _acc64(opts, dtype), opts.correction, float(eps), opts.eps_code, dwb[0], dwb[1])
+        _, _, acc64, corr, eps_code = _codes(opts, dtype)
+        tail = (rms, acc64, corr, float(eps), eps_code, dwb[0], dwb[1])
         head = (_flat(dy), _flat(x), w, _flat(dx), dresf, dhf, mode, float(alpha), meanf, rstdf, D)
         if kind == "split":
             _backward_split(*head, S, *tail)
