@@ -182,6 +182,31 @@ def test_parallel_rows_path_on_small_inputs(rng, monkeypatch):
         compare(family, args, 2e-5)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("schedule", ["serial", "rows"])
+def test_streaming_stores_fused_forward(dtype, schedule, rng, monkeypatch):
+    """Large fused forwards write h and y with streaming stores on the aligned middle of each row (scalar
+    ends); forced on here for small inputs: same results as ordinary stores, against the reference too,
+    and the fallback when h and y are not aligned alike (h_out offset by one value)."""
+    monkeypatch.setattr(_rows, "STREAM_MIN_BYTES", 0)
+    monkeypatch.setattr(_rows, "STREAM_MIN_ROW_BYTES", 0)
+    if schedule == "rows":
+        monkeypatch.setattr(_rows, "PARALLEL_MIN", 0)
+    for D in (3, 77, 300):  # shorter than, about, several times the 64-byte line
+        args = make((6, D), dtype, rng, offset=3.0)
+        for family in ("fused_layer", "fused_rms"):
+            compare(family, args, tolerance(dtype, None))
+        x, ns, w, b, dy, res, dh = args
+        y, h, m, r = nb.fused_add_norm_forward(x, res, ns, w, b, alpha=0.7)
+        buf = np.empty(x.size + 1, dtype)
+        h_out = buf[1:].reshape(x.shape)  # misaligned with respect to y by one value
+        y2, h2, m2, r2 = nb.fused_add_norm_forward(x, res, ns, w, b, alpha=0.7, h_out=h_out)
+        assert h2 is h_out
+        np.testing.assert_allclose(y2, y, rtol=0, atol=4 * np.finfo(dtype).eps * np.abs(y).max())
+        np.testing.assert_array_equal(h2, h)
+        np.testing.assert_allclose(r2, r, rtol=1e-12)
+
+
 @settings(max_examples=25, deadline=None)
 @given(R=st.integers(0, 40), D=st.integers(1, 300), f64=st.booleans(), fam=st.sampled_from(FAMILIES),
        seed=st.integers(0, 2**31 - 1))
