@@ -7,7 +7,9 @@ Two memory layouts cover every case, so each pass is written once:
   Batch norm ``(N, C, S)``: U=C, nr=N, L=S, run_stride=C*S, Cg=1, G=C.  Group norm ``(N, G, Cg, S)``: U=N*G,
   nr=1, L=Cg*S.  Instance norm: group norm with G=C.
   ``*_fused`` kernels run one unit per ``prange`` iteration: statistics, then the outputs while the unit's data
-  is cache-resident (x and dy read from memory once).  ``*_split`` kernels (fewer units than threads) spread
+  is cache-resident (x and dy read from memory once); with the default statistics the forward, and always
+  the backward, are software-pipelined (the next block's reduction runs in the sweep that writes this
+  block, so memory reads and writes overlap as in a copy).  ``*_split`` kernels (fewer units than threads) spread
   the sub-runs over the threads, merge the per-sub-run moments/sums, then write the outputs.
 * **Blocks of columns** (channels-last). ``x`` viewed as ``(B, R, C)``; statistics per (block, group of ``Cg``
   adjacent columns); per-column affine vectors. Batch norm ``(N, *sp, C)``: B=1, R=N*S, Cg=1.  Group norm:
@@ -19,7 +21,8 @@ Two memory layouts cover every case, so each pass is written once:
 Outputs are computed in float64 from float64 statistics ((x - mean) * scale + shift, never a folded
 x*scale + shift in the storage dtype on training paths, which loses the offset-data accuracy).  Backward
 reductions are float64 whatever ``accumulate`` says (``accumulate`` governs the statistics of the forward).
-Options arrive as runtime integer codes; kernels compile once per input dtype.
+Options arrive as runtime integer codes; kernels compile once per input dtype.  Inputs below ``PARALLEL_MIN``
+values run serial twins of the kernels (no thread-pool wake-up).
 """
 from __future__ import annotations
 
@@ -245,45 +248,94 @@ def cf_forward_split(xf, yf, U, nr, L, run_stride, S, Cg, G, w, b, algo, acc64, 
             _normalize_range(xf, yf, s0, s0 + S, mean_out[u], rstd_out[u] * w[ch], np.float64(b[ch]))
 
 
+@njit(**_SEQ)
+def _block_sums(dyf, xf, u0, u1, nr, L, run_stride, S, Cg, mean, sdy, sdyxc):
+    """Per (unit, sub-channel) sum(dy) and sum(dy*xc) of units u0:u1 into ``sdy``/``sdyxc``, run by run."""
+    for u in range(u0, u1):
+        for j in range(Cg):
+            sdy[u, j] = 0.0
+            sdyxc[u, j] = 0.0
+    for k in range(nr):
+        for u in range(u0, u1):
+            for j in range(Cg):
+                s0 = u * L + k * run_stride + j * S
+                a1, c1 = _sums_range(dyf, xf, s0, s0 + S, mean[u])
+                sdy[u, j] += a1
+                sdyxc[u, j] += c1
+
+
+@njit(**_SEQ)
+def _sums_dx_range(dyf, xf, dxf, nlo, clo, n, nmean, w, r, mdx, k, mean, train):
+    """One sweep: :func:`_sums_range` of ``nlo:nlo+n`` (around ``nmean``) and :func:`_dx_range` of ``clo:clo+n``."""
+    dyn = dyf[nlo:nlo + n]
+    xn = xf[nlo:nlo + n]
+    dyc = dyf[clo:clo + n]
+    xc = xf[clo:clo + n]
+    dx = dxf[clo:clo + n]
+    a = 0.0
+    c = 0.0
+    if train:
+        for i in range(0, n):
+            g = np.float64(dyn[i])
+            a += g
+            c += g * (xn[i] - nmean)
+            dx[i] = r * (w * dyc[i] - mdx) + k * (xc[i] - mean)
+    else:
+        for i in range(0, n):
+            g = np.float64(dyn[i])
+            a += g
+            c += g * (xn[i] - nmean)
+            dx[i] = r * (w * dyc[i])
+    return a, c
+
+
 @njit(**_PAR)
 def cf_backward_fused(dyf, xf, dxf, U, nr, L, run_stride, S, Cg, G, w, mean, rstd, train, correction, eps,
-                      eps_code, sdy, sdyxc, CB):
+                      eps_code, sdy, sdyxc, CB, T):
     """dx, and per (unit, sub-channel) sum(dy) and sum(dy*xc) into ``sdy``/``sdyxc`` (U, Cg) for dweight/dbias.
-    Blocks of CB units, run by run, as :func:`cf_forward_fused`."""
+    Blocks of CB units, run by run, as :func:`cf_forward_fused`, software-pipelined as
+    :func:`cf_forward_pipelined`: each of ``T`` tasks owns a contiguous range of blocks and sums block b+1 in
+    the sweep that writes block b's dx."""
     n = nr * L
-    for blk in prange((U + CB - 1) // CB):
-        u0 = blk * CB
-        u1 = min(u0 + CB, U)
-        for u in range(u0, u1):
-            for j in range(Cg):
-                sdy[u, j] = 0.0
-                sdyxc[u, j] = 0.0
-        for k in range(nr):
-            for u in range(u0, u1):
-                for j in range(Cg):
-                    s0 = u * L + k * run_stride + j * S
-                    a1, c1 = _sums_range(dyf, xf, s0, s0 + S, mean[u])
-                    sdy[u, j] += a1
-                    sdyxc[u, j] += c1
+    nb = (U + CB - 1) // CB
+    for t in prange(T):
+        b0 = t * nb // T
+        b1 = (t + 1) * nb // T
+        if b1 > b0:
+            _block_sums(dyf, xf, b0 * CB, min(b0 * CB + CB, U), nr, L, run_stride, S, Cg, mean, sdy, sdyxc)
         mdx = np.empty(CB)
         kk = np.empty(CB)
-        for u in range(u0, u1):
-            ch0 = (u % G) * Cg
-            tdy = 0.0
-            tdyxc = 0.0
-            for j in range(Cg):
-                tdy += w[ch0 + j] * sdy[u, j]
-                tdyxc += w[ch0 + j] * sdyxc[u, j]
-            m1, k1 = _coeffs(tdy, tdyxc, rstd[u], n, correction, eps, eps_code)
-            mdx[u - u0] = m1
-            kk[u - u0] = k1
-        for k in range(nr):
+        for blk in range(b0, b1):
+            u0 = blk * CB
+            u1 = min(u0 + CB, U)
+            v1 = min(u1 + CB, U) if blk + 1 < b1 else u1  # the next block's units: u1:v1 (none at the end)
             for u in range(u0, u1):
                 ch0 = (u % G) * Cg
+                tdy = 0.0
+                tdyxc = 0.0
                 for j in range(Cg):
-                    s0 = u * L + k * run_stride + j * S
-                    _dx_range(dyf, xf, dxf, s0, s0 + S, w[ch0 + j], rstd[u], mdx[u - u0], kk[u - u0], mean[u],
-                              train)
+                    tdy += w[ch0 + j] * sdy[u, j]
+                    tdyxc += w[ch0 + j] * sdyxc[u, j]
+                m1, k1 = _coeffs(tdy, tdyxc, rstd[u], n, correction, eps, eps_code)
+                mdx[u - u0] = m1
+                kk[u - u0] = k1
+            for v in range(u1, v1):
+                for j in range(Cg):
+                    sdy[v, j] = 0.0
+                    sdyxc[v, j] = 0.0
+            for k in range(nr):
+                for u in range(u0, u1):
+                    ch0 = (u % G) * Cg
+                    for j in range(Cg):
+                        s0 = u * L + k * run_stride + j * S
+                        if u + CB < v1:
+                            a1, c1 = _sums_dx_range(dyf, xf, dxf, s0 + CB * L, s0, S, mean[u + CB], w[ch0 + j],
+                                                    rstd[u], mdx[u - u0], kk[u - u0], mean[u], train)
+                            sdy[u + CB, j] += a1
+                            sdyxc[u + CB, j] += c1
+                        else:
+                            _dx_range(dyf, xf, dxf, s0, s0 + S, w[ch0 + j], rstd[u], mdx[u - u0], kk[u - u0],
+                                      mean[u], train)
 
 
 @njit(**_PAR)
@@ -663,6 +715,15 @@ PIPE_BYTES = 1 << 20  # pipelined blocks: re-read from cache one block after the
 #                        longer blocks measured 65% -> 50% of copy on batch norm (64, 128, 56, 56))
 
 
+def _pipe_block(lay, T, nbytes):
+    """Units per block of the pipelined kernels (``nbytes`` per value read): one where units are contiguous slabs
+    (nr == 1: measured 91% -> 99% of the limit against 10-unit blocks, group norm backward), else blocks of at
+    most PIPE_BYTES."""
+    if lay.nr == 1:
+        return 1
+    return max(1, min(PIPE_BYTES // (lay.nr * lay.L * nbytes), lay.U // T))
+
+
 def _unit_block(lay, T, itemsize):
     """Units per block: streams of >= STREAM_BYTES where runs are strided (nr > 1), every thread busy."""
     if lay.nr == 1:
@@ -694,7 +755,7 @@ def forward_stats(x, y, lay, weight, bias, opts, eps, write_y=True):
         args = (x.reshape(-1), y.reshape(-1), lay.U, lay.nr, lay.L, lay.run_stride, lay.S, lay.Cg, lay.G, w, b,
                 algo, acc64, corr, float(eps), ec, mean, m2, rstd, int(write_y))
         if lay.U >= T and write_y and algo == SHIFTED and acc64:  # the defaults
-            CB = max(1, min(PIPE_BYTES // (lay.nr * lay.L * x.itemsize), lay.U // T))
+            CB = _pipe_block(lay, T, x.itemsize)
             _pick(cf_forward_pipelined, serial)(*args[:11], corr, float(eps), ec, mean, m2, rstd, CB, T)
         elif lay.U >= T:
             _pick(cf_forward_fused, serial)(*args, _unit_block(lay, T, x.itemsize))
@@ -729,7 +790,8 @@ def backward_sums(dy, x, dx, lay, weight, mean, rstd, train, opts, eps):
         args = (dy.reshape(-1), x.reshape(-1), dx.reshape(-1), lay.U, lay.nr, lay.L, lay.run_stride, lay.S, lay.Cg,
                 lay.G, w, mean.reshape(-1), rstd.reshape(-1), int(train), corr, float(eps), ec, sdy, sdyxc)
         if lay.U >= T:
-            _pick(cf_backward_fused, serial)(*args, _unit_block(lay, T, x.itemsize))
+            CB = _pipe_block(lay, T, 2 * x.itemsize)  # dy and x
+            _pick(cf_backward_fused, serial)(*args, CB, T)
         else:
             cf_backward_split(*args)
         return sdy, sdyxc
