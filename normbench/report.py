@@ -137,8 +137,10 @@ def load_accuracy(path) -> pd.DataFrame:
 
 # ============================================================================================ tables
 def latest_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """The newest run document per machine tag."""
-    newest = runs.groupby("machine")["created"].transform("max")
+    """The newest measurement of each case, backend and pass per machine tag (runs may cover different subsets
+    of the matrix: each row's ratios come from its own run, where kernel and copy were timed side by side)."""
+    keys = ["machine", "case", "backend", "pass"]
+    newest = runs.groupby(keys)["created"].transform("max")
     return runs[runs["created"] == newest]
 
 
