@@ -433,9 +433,10 @@ def fused_add_norm_forward(x, residual, normalized_shape, weight=None, bias=None
 
 
 def fused_add_norm_backward(dy, h, normalized_shape, mean, rstd, weight=None, bias=None, *, alpha=1.0, norm="layer",
-                            dh=None, eps=1e-5, dx_out=None, backend=None, **numerics):
+                            dh=None, eps=1e-5, dx_out=None, dresidual_out=None, backend=None, **numerics):
     """Fused add + norm backward: ``dh_total = Norm_backward(dy) + dh``; returns
-    ``(dx, dresidual, dweight, dbias)`` with ``dx = dh_total`` and ``dresidual = alpha * dh_total``."""
+    ``(dx, dresidual, dweight, dbias)`` with ``dx = dh_total`` and ``dresidual = alpha * dh_total``.
+    ``dresidual_out=`` preallocates dresidual as ``dx_out=`` does dx (a fresh full-size output costs page faults)."""
     h = _checks.array("h", h, min_ndim=1)
     dy = _checks.array("dy", dy, min_ndim=1)
     if tuple(dy.shape) != tuple(h.shape):
@@ -454,8 +455,13 @@ def fused_add_norm_backward(dy, h, normalized_shape, mean, rstd, weight=None, bi
     opts = resolve(numerics)
     check_correction(opts, D, "row (normalized_shape)")
     backend = registry.pick_backend(dy, backend, "fused_add_norm")
-    dx_out = _checks.output("dx_out", dx_out, dy.shape, registry.output_dtype(backend, dy),
-                            _inputs(dy=dy, h=h, weight=weight, bias=bias, dh=dh))
+    inputs = _inputs(dy=dy, h=h, weight=weight, bias=bias, dh=dh)
+    dtype = registry.output_dtype(backend, dy)
+    dx_out = _checks.output("dx_out", dx_out, dy.shape, dtype, inputs)
+    dresidual_out = _checks.output("dresidual_out", dresidual_out, dy.shape, dtype, inputs)
+    if dx_out is not None and dresidual_out is not None and isinstance(dx_out, np.ndarray) and \
+            np.shares_memory(dx_out, dresidual_out):
+        raise ValueError("dx_out and dresidual_out share memory; they must be distinct arrays")
     impl = registry.implementation("fused_add_norm", backend, "backward")
     return impl(dy, h, shape, mean, rstd, weight, bias, alpha=alpha, norm=norm, dh=dh, eps=eps, opts=opts,
-                dx_out=dx_out)
+                dx_out=dx_out, dresidual_out=dresidual_out)

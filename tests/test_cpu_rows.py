@@ -390,3 +390,25 @@ def test_fused_backward_accepts_float64_h_from_the_reference(rng):
     ref = nb.fused_add_norm_backward(dy, h, ns, m, r, w, b, dh=dh, backend="reference")
     for g, rr in zip(got, ref):
         assert g.dtype == np.float32 and rel(g, rr) <= 2e-5
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("norm", ["layer", "rms"])
+def test_fused_backward_dresidual_out(backend, norm):
+    """dresidual_out= receives exactly what a freshly allocated dresidual holds; overlap with dx_out is refused."""
+    rng = np.random.default_rng(3)
+    x, res, dy = (rng.standard_normal((5, 33)).astype(np.float32) for _ in range(3))
+    w = rng.standard_normal(33).astype(np.float32)
+    b = None if norm == "rms" else rng.standard_normal(33).astype(np.float32)
+    y, h, mean, rstd = nb.fused_add_norm_forward(x, res, 33, w, b, alpha=0.7, norm=norm, backend=backend)
+    want = nb.fused_add_norm_backward(dy, h, 33, mean, rstd, w, b, alpha=0.7, norm=norm, backend=backend)
+    dtype = np.float64 if backend == "reference" else np.float32
+    dres_out, dx_out = np.zeros(x.shape, dtype), np.zeros(x.shape, dtype)
+    got = nb.fused_add_norm_backward(dy, h, 33, mean, rstd, w, b, alpha=0.7, norm=norm, backend=backend,
+                                     dx_out=dx_out, dresidual_out=dres_out)
+    assert got[0] is dx_out and got[1] is dres_out
+    np.testing.assert_array_equal(dres_out, want[1])
+    np.testing.assert_array_equal(dx_out, want[0])
+    with pytest.raises(ValueError, match="dresidual_out"):
+        nb.fused_add_norm_backward(dy, h, 33, mean, rstd, w, b, norm=norm, backend=backend,
+                                   dx_out=dx_out, dresidual_out=dx_out)

@@ -76,8 +76,10 @@ class Pass:
         if pass_ == "forward":
             self._fn = lambda: spec.run_forward(inputs, backend=backend, **kw)
         else:
-            dx_out = alloc()
-            self._fn = lambda: spec.run_backward(inputs, fwd_out, dy, backend=backend, dx_out=dx_out)
+            bkw = {"dx_out": alloc()}
+            if case.variant == "fused_add_norm":
+                bkw["dresidual_out"] = alloc()
+            self._fn = lambda: spec.run_backward(inputs, fwd_out, dy, backend=backend, **bkw)
         self()  # compiles (and warms) the timed pass
 
     def __call__(self):

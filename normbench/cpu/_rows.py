@@ -553,7 +553,7 @@ def forward(x, normalized_shape, weight, bias, *, rms, eps, opts, out=None, resi
 
 
 def backward(dy, x, normalized_shape, mean, rstd, weight, *, rms, eps, opts, dx_out=None, fused=False,
-             alpha=0.0, dh=None):
+             alpha=0.0, dh=None, dres_out=None):
     """Gradients of :func:`forward` w.r.t. its normalised input (x, or h when ``fused``): returns
     ``(dx, dresidual|None, dweight, dbias)``; dweight/dbias are always computed, in x's dtype."""
     D = math.prod(normalized_shape)
@@ -562,7 +562,7 @@ def backward(dy, x, normalized_shape, mean, rstd, weight, *, rms, eps, opts, dx_
     if x.dtype != dtype or not x.flags.c_contiguous:
         x = np.ascontiguousarray(x, dtype)  # h may arrive float64 from the reference backend
     dx = dx_out if dx_out is not None else np.empty(x.shape, dtype)
-    dres = np.empty(x.shape, dtype) if fused else None
+    dres = (dres_out if dres_out is not None else np.empty(x.shape, dtype)) if fused else None
     kind, S = _schedule(R, D)
     # float64 partial sums over many rows; the split schedule (few, long rows) accumulates in place in x's dtype
     dwb = np.empty((2, D), dtype) if kind == "split" and R else np.zeros((2, D))

@@ -19,7 +19,7 @@ def fused_add_norm_forward(x, residual, normalized_shape, weight, bias, *, alpha
 
 
 def fused_add_norm_backward(dy, h, normalized_shape, mean, rstd, weight, bias, *, alpha, norm, dh, eps, opts,
-                            dx_out=None):
+                            dx_out=None, dresidual_out=None):
     if norm == "rms":
         dh_total, dweight = rms_norm_backward(dy, h, normalized_shape, rstd, weight, eps=eps, opts=opts)
         dbias = None
@@ -29,4 +29,4 @@ def fused_add_norm_backward(dy, h, normalized_shape, mean, rstd, weight, bias, *
     if dh is not None:
         dh_total = dh_total + wide(dh)
     dx = finish(dh_total, dx_out)
-    return dx, finish(alpha * dh_total, None), dweight, dbias  # float64 (dh_total is extended when dh is given)
+    return dx, finish(alpha * dh_total, dresidual_out), dweight, dbias  # float64 (dh_total is extended when dh is given)
