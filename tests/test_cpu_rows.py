@@ -202,7 +202,9 @@ def test_streaming_stores_fused_forward(dtype, schedule, rng, monkeypatch):
         h_out = buf[1:].reshape(x.shape)  # misaligned with respect to y by one value
         y2, h2, m2, r2 = nb.fused_add_norm_forward(x, res, ns, w, b, alpha=0.7, h_out=h_out)
         assert h2 is h_out
-        np.testing.assert_allclose(y2, y, rtol=0, atol=4 * np.finfo(dtype).eps * np.abs(y).max())
+        # Each is within 4 units of the oracle (compare above), so they agree within 8: not bit for bit, as the
+        # streamed row is summed in three address-dependent pieces (docs/cpu-rowwise.md, "Determinism").
+        np.testing.assert_allclose(y2, y, rtol=0, atol=8 * np.finfo(dtype).eps * np.abs(y).max())
         np.testing.assert_array_equal(h2, h)
         np.testing.assert_allclose(r2, r, rtol=1e-12)
 
