@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import normbench as nb
-from normbench.cpu import _rows
+from normbench.cpu import _rows, _stream
 from normbench.cpu import lrn as cpu_lrn
 
 OPTIONS = [dict(eps_placement=e, correction=c, variance=v, accumulate=a)
@@ -184,29 +184,39 @@ def test_parallel_rows_path_on_small_inputs(rng, monkeypatch):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("schedule", ["serial", "rows"])
-def test_streaming_stores_fused_forward(dtype, schedule, rng, monkeypatch):
-    """Large fused forwards write h and y with streaming stores on the aligned middle of each row (scalar
-    ends); forced on here for small inputs: same results as ordinary stores, against the reference too,
-    and the fallback when h and y are not aligned alike (h_out offset by one value)."""
-    monkeypatch.setattr(_rows, "STREAM_MIN_BYTES", 0)
-    monkeypatch.setattr(_rows, "STREAM_MIN_ROW_BYTES", 0)
+def test_streaming_stores(dtype, schedule, rng, monkeypatch):
+    """Outputs of at least STREAM_MIN_BYTES whose rows all start on a 64-byte line are written with streaming
+    stores (forced on here for small inputs): correct against the reference, and bit for bit the results of
+    ordinary stores, which misaligned out= arrays and rows that are not whole lines (D = 77) take."""
+    monkeypatch.setattr(_stream, "STREAM_MIN_BYTES", 0)
     if schedule == "rows":
         monkeypatch.setattr(_rows, "PARALLEL_MIN", 0)
-    for D in (3, 77, 300):  # shorter than, about, several times the 64-byte line
+    used = []
+    real = _rows.streamable
+    monkeypatch.setattr(_rows, "streamable", lambda *a: used.append(real(*a)) or used[-1])
+
+    def misaligned(like):
+        return np.empty(like.size + 1, dtype)[1:].reshape(like.shape)  # 4 or 8 bytes off a 16-byte boundary
+
+    for D in (16, 48, 77):
         args = make((6, D), dtype, rng, offset=3.0)
-        for family in ("fused_layer", "fused_rms"):
+        for family in FAMILIES:
             compare(family, args, tolerance(dtype, None))
         x, ns, w, b, dy, res, dh = args
+        y, m, r = nb.layer_norm_forward(x, ns, w, b)
+        np.testing.assert_array_equal(nb.layer_norm_forward(x, ns, w, b, out=misaligned(x))[0], y)
+        dx = nb.layer_norm_backward(dy, x, ns, m, r, w, b)[0]
+        np.testing.assert_array_equal(nb.layer_norm_backward(dy, x, ns, m, r, w, b, dx_out=misaligned(x))[0], dx)
         y, h, m, r = nb.fused_add_norm_forward(x, res, ns, w, b, alpha=0.7)
-        buf = np.empty(x.size + 1, dtype)
-        h_out = buf[1:].reshape(x.shape)  # misaligned with respect to y by one value
-        y2, h2, m2, r2 = nb.fused_add_norm_forward(x, res, ns, w, b, alpha=0.7, h_out=h_out)
-        assert h2 is h_out
-        # Each is within 4 units of the oracle (compare above), so they agree within 8: not bit for bit, as the
-        # streamed row is summed in three address-dependent pieces (docs/cpu-rowwise.md, "Determinism").
-        np.testing.assert_allclose(y2, y, rtol=0, atol=8 * np.finfo(dtype).eps * np.abs(y).max())
+        y2, h2, _, _ = nb.fused_add_norm_forward(x, res, ns, w, b, alpha=0.7, h_out=misaligned(x))
+        np.testing.assert_array_equal(y2, y)
         np.testing.assert_array_equal(h2, h)
-        np.testing.assert_allclose(r2, r, rtol=1e-12)
+        dx, dres = nb.fused_add_norm_backward(dy, h, ns, m, r, w, b, alpha=0.7, dh=dh)[:2]
+        dx2, dres2 = nb.fused_add_norm_backward(dy, h, ns, m, r, w, b, alpha=0.7, dh=dh,
+                                                dresidual_out=misaligned(x))[:2]
+        np.testing.assert_array_equal(dx2, dx)
+        np.testing.assert_array_equal(dres2, dres)
+    assert True in used and False in used
 
 
 @settings(max_examples=25, deadline=None)

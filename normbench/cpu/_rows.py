@@ -20,12 +20,11 @@ import math
 
 import numba
 import numpy as np
-from llvmlite import ir
-from numba import njit, prange, types
-from numba.extending import intrinsic
+from numba import njit, prange
 
 from ..numerics import DEFAULT_ACCUMULATE
 from ._moments import FASTMATH, NAIVE, SHIFTED, chan_merge, row_stats, rstd_from_m2
+from ._stream import new_output, stream, streamable
 
 #: rows x D below this many values run serially
 PARALLEL_MIN = 1 << 15
@@ -33,45 +32,9 @@ PARALLEL_MIN = 1 << 15
 SPLIT_MIN = 1 << 16
 
 MODE_PLAIN, MODE_FUSED, MODE_FUSED_DH = 0, 1, 2
-#: fused add + norm forwards whose outputs are at least this large write h and y with non-temporal
-#: (streaming) stores: they skip the read-for-ownership of every output line (13 -> 17 GB/s per core on a
-#: copy; the fused forward went from 0.69 to 0.79 of a copy, 1 and 2 threads).  Smaller outputs are likely
-#: re-read from cache by the caller.  Not used elsewhere: the plain forward measured *slower* with them
-#: (27 vs 14 ms on (8192, 2048), 1 thread, aligned or not), for reasons not understood.
-STREAM_MIN_BYTES = 16 << 20
-#: ... and rows of at least this many bytes: a row's unaligned ends take ordinary stores, and on short rows
-#: that split cost more than it saved ((262144, 128): 0.38 -> 0.20 of a copy with streaming stores)
-STREAM_MIN_ROW_BYTES = 4096
-ALIGN = 64  # bytes: streaming stores are issued on whole, aligned 64-byte lines
-
-
-@intrinsic
-def _stream(typingctx, arr, idx, val):
-    """``arr[idx] = val`` as a non-temporal store declared 32-byte aligned: the caller passes a view whose data
-    starts on an ALIGN boundary and indices 0..16k-1, so the vectorised stores really are aligned (an
-    unaligned streaming store faults)."""
-    def codegen(context, builder, sig, args):
-        a, i, v = args
-        aty = sig.args[0]
-        ary = context.make_array(aty)(context, builder, a)
-        v = context.cast(builder, v, sig.args[2], aty.dtype)
-        st = builder.store(v, builder.gep(ary.data, [i], inbounds=True))
-        st.align = 32
-        st.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
-        return context.get_dummy_value()
-
-    return types.void(arr, types.intp, val), codegen
-
-
-@njit(cache=True)
-def _aligned_span(a, b, n):
-    """(h0, m): ``a[h0:h0 + m]`` and ``b[h0:h0 + m]`` start on an ALIGN boundary and m is a multiple of 16
-    values; m = 0 when b is not aligned as a is (then everything takes ordinary stores)."""
-    off = a.ctypes.data % ALIGN
-    h0 = min(n, ((ALIGN - off) % ALIGN) // a.itemsize)
-    if b.ctypes.data % ALIGN != off:
-        return 0, 0
-    return h0, (n - h0) // 16 * 16
+# Loops that may stream (``nt``) are written twice, once per store kind, with the branch outside the loop: a
+# store chosen inside the loop was merged by LLVM into one store carrying the streaming store's alignment,
+# which faulted on unaligned outputs.
 
 
 # ----------------------------------------------------------------------------------------------- forward
@@ -108,31 +71,6 @@ def _write_y(x, r, alpha, fused, y, h, lo, hi, j0, mean, rstd, w, b):
         bs = b[j0:j0 + n]
         for j in range(n):
             ys[j] = (np.float64(xs[j]) - mean) * rstd * ws[j] + bs[j]
-
-
-@njit(fastmath=FASTMATH, cache=True)
-def _fwd_stream(xs, rc, hs, xn, rn, ys, ws, bs, n, alpha, shift, m, rs, stream):
-    """The pipelined fused forward loop (see below) on one range of a row, with streaming stores of h and y
-    when ``stream`` (views aligned by _aligned_span); returns the sums of the next row's range."""
-    s = 0.0
-    s2 = 0.0
-    if stream:
-        for j in range(n):
-            d = np.float64(xn[j]) + alpha * np.float64(rn[j]) - shift
-            s += d
-            s2 += d * d
-            v = np.float64(xs[j]) + alpha * np.float64(rc[j])
-            _stream(hs, j, v)
-            _stream(ys, j, (v - m) * rs * ws[j] + bs[j])
-    else:
-        for j in range(n):
-            d = np.float64(xn[j]) + alpha * np.float64(rn[j]) - shift
-            s += d
-            s2 += d * d
-            v = np.float64(xs[j]) + alpha * np.float64(rc[j])
-            hs[j] = v
-            ys[j] = (v - m) * rs * ws[j] + bs[j]
-    return s, s2
 
 
 @njit(fastmath=FASTMATH, cache=True)
@@ -204,39 +142,39 @@ def _forward_rows_pipelined(x, r, alpha, fused, y, h, w, b, mean, rstd, D, r0, r
         s = 0.0
         s2 = 0.0
         xn = x[nxt:nxt + D]
-        h0, mid = _aligned_span(ys, h[lo:lo + D], D) if nt and fused else (0, 0)
-        if mid:  # streaming stores on the aligned middle, ordinary ones on both ends
+        if fused:
             rc = r[lo:lo + D]
             hs = h[lo:lo + D]
             rn = r[nxt:nxt + D]
-            e = h0 + mid
-            s, s2 = _fwd_stream(xs[:h0], rc[:h0], hs[:h0], xn[:h0], rn[:h0], ys[:h0], ws[:h0], bs[:h0], h0, alpha,
-                                shift, m, rs, False)
-            ds, ds2 = _fwd_stream(xs[h0:e], rc[h0:e], hs[h0:e], xn[h0:e], rn[h0:e], ys[h0:e], ws[h0:e], bs[h0:e],
-                                  mid, alpha, shift, m, rs, True)
-            s += ds
-            s2 += ds2
-            ds, ds2 = _fwd_stream(xs[e:], rc[e:], hs[e:], xn[e:], rn[e:], ys[e:], ws[e:], bs[e:], D - e, alpha,
-                                  shift, m, rs, False)
-            s += ds
-            s2 += ds2
-        elif fused:
-            rc = r[lo:lo + D]
-            hs = h[lo:lo + D]
-            rn = r[nxt:nxt + D]
-            for j in range(D):
-                d = np.float64(xn[j]) + alpha * np.float64(rn[j]) - shift
-                s += d
-                s2 += d * d
-                v = np.float64(xs[j]) + alpha * np.float64(rc[j])
-                hs[j] = v
-                ys[j] = (v - m) * rs * ws[j] + bs[j]
+            if nt:  # the same loop with streaming stores (see _stream.py)
+                for j in range(D):
+                    d = np.float64(xn[j]) + alpha * np.float64(rn[j]) - shift
+                    s += d
+                    s2 += d * d
+                    v = np.float64(xs[j]) + alpha * np.float64(rc[j])
+                    stream(hs, j, v)
+                    stream(ys, j, (v - m) * rs * ws[j] + bs[j])
+            else:
+                for j in range(D):
+                    d = np.float64(xn[j]) + alpha * np.float64(rn[j]) - shift
+                    s += d
+                    s2 += d * d
+                    v = np.float64(xs[j]) + alpha * np.float64(rc[j])
+                    hs[j] = v
+                    ys[j] = (v - m) * rs * ws[j] + bs[j]
         else:
-            for j in range(D):
-                d = np.float64(xn[j]) - shift
-                s += d
-                s2 += d * d
-                ys[j] = (np.float64(xs[j]) - m) * rs * ws[j] + bs[j]
+            if nt:  # the same loop with streaming stores (see _stream.py)
+                for j in range(D):
+                    d = np.float64(xn[j]) - shift
+                    s += d
+                    s2 += d * d
+                    stream(ys, j, (np.float64(xs[j]) - m) * rs * ws[j] + bs[j])
+            else:
+                for j in range(D):
+                    d = np.float64(xn[j]) - shift
+                    s += d
+                    s2 += d * d
+                    ys[j] = (np.float64(xs[j]) - m) * rs * ws[j] + bs[j]
         m, q = _finish_sums(shift, s, s2, D, rms)
 
 
@@ -361,10 +299,10 @@ def _write_dx(dy, x, w, dx, dres, dh, mode, alpha, lo, hi, j0, mean, rs, k, c0, 
 
 @njit(fastmath=FASTMATH, cache=True)
 def _backward_rows(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, r0, r1, rms, acc64, corr, eps, eps_code,
-                   dwp, dbp):
+                   dwp, dbp, nt):
     if acc64:
         _backward_rows_pipelined(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, r0, r1, rms, corr, eps,
-                                 eps_code, dwp, dbp)
+                                 eps_code, dwp, dbp, nt)
         return
     for row in range(r0, r1):
         lo = row * D
@@ -377,7 +315,7 @@ def _backward_rows(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, r0, r1, r
 
 @njit(fastmath=FASTMATH, cache=True)
 def _backward_rows_pipelined(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, r0, r1, rms, corr, eps, eps_code,
-                             dwp, dbp):
+                             dwp, dbp, nt):
     """The float64 backward software-pipelined as the forward: the loop writing dx of row i (from cache)
     also sums row i + 1 (from memory)."""
     ws = w[:D]
@@ -402,41 +340,66 @@ def _backward_rows_pipelined(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D,
         sa = 0.0
         sb = 0.0
         if mode == MODE_PLAIN:
-            for j in range(D):
-                gn = np.float64(dyn[j]) * np.float64(ws[j])
-                sa += gn
-                sb += gn * (np.float64(xn[j]) - mn)
-                g = np.float64(dys[j])
-                xc = np.float64(xs[j]) - m
-                dxs[j] = rs * ws[j] * g + k * xc + c0
-                dwq[j] += g * xc * rs
-                dbq[j] += g
+            if nt:  # the same loop with streaming stores (see _stream.py)
+                for j in range(D):
+                    gn = np.float64(dyn[j]) * np.float64(ws[j])
+                    sa += gn
+                    sb += gn * (np.float64(xn[j]) - mn)
+                    g = np.float64(dys[j])
+                    xc = np.float64(xs[j]) - m
+                    stream(dxs, j, rs * ws[j] * g + k * xc + c0)
+                    dwq[j] += g * xc * rs
+                    dbq[j] += g
+            else:
+                for j in range(D):
+                    gn = np.float64(dyn[j]) * np.float64(ws[j])
+                    sa += gn
+                    sb += gn * (np.float64(xn[j]) - mn)
+                    g = np.float64(dys[j])
+                    xc = np.float64(xs[j]) - m
+                    dxs[j] = rs * ws[j] * g + k * xc + c0
+                    dwq[j] += g * xc * rs
+                    dbq[j] += g
         else:
             drs = dres[lo:lo + D]
             dhs = dh[lo:lo + D] if mode == MODE_FUSED_DH else dys
             dhf = 1.0 if mode == MODE_FUSED_DH else 0.0
-            for j in range(D):
-                gn = np.float64(dyn[j]) * np.float64(ws[j])
-                sa += gn
-                sb += gn * (np.float64(xn[j]) - mn)
-                g = np.float64(dys[j])
-                xc = np.float64(xs[j]) - m
-                v = rs * ws[j] * g + k * xc + c0 + dhf * dhs[j]
-                dxs[j] = v
-                drs[j] = alpha * v
-                dwq[j] += g * xc * rs
-                dbq[j] += g
+            if nt:  # the same loop with streaming stores (see _stream.py)
+                for j in range(D):
+                    gn = np.float64(dyn[j]) * np.float64(ws[j])
+                    sa += gn
+                    sb += gn * (np.float64(xn[j]) - mn)
+                    g = np.float64(dys[j])
+                    xc = np.float64(xs[j]) - m
+                    v = rs * ws[j] * g + k * xc + c0 + dhf * dhs[j]
+                    stream(dxs, j, v)
+                    stream(drs, j, alpha * v)
+                    dwq[j] += g * xc * rs
+                    dbq[j] += g
+            else:
+                for j in range(D):
+                    gn = np.float64(dyn[j]) * np.float64(ws[j])
+                    sa += gn
+                    sb += gn * (np.float64(xn[j]) - mn)
+                    g = np.float64(dys[j])
+                    xc = np.float64(xs[j]) - m
+                    v = rs * ws[j] * g + k * xc + c0 + dhf * dhs[j]
+                    dxs[j] = v
+                    drs[j] = alpha * v
+                    dwq[j] += g * xc * rs
+                    dbq[j] += g
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _backward_par(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, T, rms, acc64, corr, eps, eps_code, dw, db):
+def _backward_par(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, T, rms, acc64, corr, eps, eps_code, dw, db,
+                  nt):
     R = mean.size
     nch = min(R, T)  # one contiguous chunk of rows, and one partial buffer, per thread
     dwp = np.zeros((nch, D))
     dbp = np.zeros((nch, D))
     for c in prange(nch):
         _backward_rows(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, c * R // nch, (c + 1) * R // nch,
-                       rms, acc64, corr, eps, eps_code, dwp[c], dbp[c])
+                       rms, acc64, corr, eps, eps_code, dwp[c], dbp[c], nt)
     for j in range(D):
         dw[j] = 0.0
         db[j] = 0.0
@@ -536,8 +499,8 @@ def forward(x, normalized_shape, weight, bias, *, rms, eps, opts, out=None, resi
     R = x.size // D
     dtype = x.dtype
     fused = residual is not None
-    y = out if out is not None else np.empty(x.shape, dtype)
-    h = (h_out if h_out is not None else np.empty(x.shape, dtype)) if fused else None
+    y = out if out is not None else new_output(x.shape, dtype)
+    h = (h_out if h_out is not None else new_output(x.shape, dtype)) if fused else None
     mean = np.empty(R)
     rstd = np.empty(R)
     if R:
@@ -559,7 +522,7 @@ def forward(x, normalized_shape, weight, bias, *, rms, eps, opts, out=None, resi
         if kind == "split":
             fn(xf, rf, float(alpha), fused, _flat(y), hf, w, b, mean, rstd, D, S, *tail)
         else:
-            nt = fused and y.nbytes >= STREAM_MIN_BYTES and D * y.itemsize >= STREAM_MIN_ROW_BYTES
+            nt = streamable(y, D, h) if fused else streamable(y, D)
             if S:
                 fn(xf, rf, float(alpha), fused, _flat(y), hf, w, b, mean, rstd, D, S, *tail, nt)
             else:
@@ -576,8 +539,8 @@ def backward(dy, x, normalized_shape, mean, rstd, weight, *, rms, eps, opts, dx_
     dtype = dy.dtype
     if x.dtype != dtype or not x.flags.c_contiguous:
         x = np.ascontiguousarray(x, dtype)  # h may arrive float64 from the reference backend
-    dx = dx_out if dx_out is not None else np.empty(x.shape, dtype)
-    dres = (dres_out if dres_out is not None else np.empty(x.shape, dtype)) if fused else None
+    dx = dx_out if dx_out is not None else new_output(x.shape, dtype)
+    dres = (dres_out if dres_out is not None else new_output(x.shape, dtype)) if fused else None
     kind, S = _schedule(R, D)
     # float64 partial sums over many rows; the split schedule (few, long rows) accumulates in place in x's dtype
     # (calloc'd: untouched pages read as the shared zero page, so no zeroing pass over rows as long as x)
@@ -592,12 +555,13 @@ def backward(dy, x, normalized_shape, mean, rstd, weight, *, rms, eps, opts, dx_
         _, _, acc64, corr, eps_code = _codes(opts, dtype)
         tail = (rms, acc64, corr, float(eps), eps_code, dwb[0], dwb[1])
         head = (_flat(dy), _flat(x), w, _flat(dx), dresf, dhf, mode, float(alpha), meanf, rstdf, D)
+        nt = streamable(dx, D, dres) if fused else streamable(dx, D)
         if kind == "split":
             _backward_split(*head, S, *tail)
         elif kind == "serial":
-            _backward_rows(*head, 0, R, *tail)
+            _backward_rows(*head, 0, R, *tail, nt)
         else:
-            _backward_par(*head, S, *tail)
+            _backward_par(*head, S, *tail, nt)
     shape = tuple(normalized_shape)
     dwb = dwb.astype(dtype, copy=False)
     dw, db = dwb[0], dwb[1]
