@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import normbench as nb
 from normbench import functional as F
-from normbench.cpu import _channel
+from normbench.cpu import _channel, _stream
 
 from nbtest import torch_or_skip
 
@@ -499,3 +499,91 @@ def test_torch_parity(rng, shape, axis):
     yt = TF.batch_norm(to_torch(x), trm, trv, torch.from_numpy(w), torch.from_numpy(b), training=False, eps=1e-5)
     y = nb.batch_norm_forward(x, w, b, rm, rv, training=False, axis=axis, backend="cpu")[0]
     np.testing.assert_allclose(y, ours(yt), rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ streaming stores
+# Shapes whose every written segment is a whole number of 64-byte lines (channels-first runs of S values, rows of
+# C or C*S columns), so that with the size threshold lowered they take streaming stores: the fused/pipelined and
+# split units, channels-last fused and split blocks, short slabs as columns, (N, C) rows, 3d.
+STREAM_CASES = [
+    ((3, 16, 4, 4), 1),
+    ((3, 16, 4, 4), -1),
+    ((1, 16, 4, 4), -1),    # one block: channels-last split group norm
+    ((4, 1, 16), 1),        # one unit: channels-first split
+    ((4, 4, 2, 2), 1),      # short slabs: rows of C*S = 16 columns
+    ((8, 16), 1),
+    ((2, 16, 2, 4, 4), 1),
+]
+
+
+def _all_channel_ops(x, dy, axis, new, backend="cpu"):
+    """Every channel-statistics forward and backward output (y, dx, statistics, dweight, dbias), with out= and
+    dx_out= from ``new(shape, dtype)`` (None: let the function allocate)."""
+    C = x.shape[1] if axis == 1 else x.shape[-1]
+    rng = np.random.default_rng(7)
+    w, b = affine(rng, C, x.dtype)
+    rm, rv = rng.standard_normal(C).astype(x.dtype), (0.5 + rng.random(C)).astype(x.dtype)
+    o = (lambda: None) if new is None else (lambda: new(x.shape, x.dtype))
+    kw = dict(axis=axis, backend=backend)
+    res = []
+    for training in (True, False):
+        f = nb.batch_norm_forward(x, w, b, rm.copy(), rv.copy(), training=training, out=o(), **kw)
+        g = nb.batch_norm_backward(dy, x, w, b, f[1], f[2], training=training, dx_out=o(), **kw)
+        res += [*f, *g]
+    res.append(nb.frozen_batch_norm_forward(x, w, b, rm, rv, out=o(), **kw))
+    res.append(nb.frozen_batch_norm_backward(dy, w, rv, dx_out=o(), **kw))
+    if x.ndim > 2:
+        G = C // 4 if C % 4 == 0 else 1
+        f = nb.group_norm_forward(x, G, w, b, out=o(), **kw)
+        g = nb.group_norm_backward(dy, x, G, f[1], f[2], w, b, dx_out=o(), **kw)
+        res += [*f, *g]
+        for use in (True, False):
+            f = nb.instance_norm_forward(x, w, b, rm.copy(), rv.copy(), use_input_stats=use, out=o(), **kw)
+            g = nb.instance_norm_backward(dy, x, f[1], f[2], w, b, use_input_stats=use, dx_out=o(), **kw)
+            res += [*f, *g]
+    return res
+
+
+def _misaligned(shape, dtype):
+    """An out= array whose data is 4 bytes off a 64-byte line (it must take ordinary stores)."""
+    n = int(np.prod(shape))
+    return _stream.aligned_empty((n + 1,), dtype)[1:].reshape(shape)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,axis", STREAM_CASES)
+def test_streaming_stores_identical(rng, schedule, monkeypatch, dtype, shape, axis):
+    """Streaming stores forced on tiny outputs (threshold 0): results bit-identical to ordinary stores (default
+    threshold; and a misaligned out=, which must fall back to ordinary stores) and correct against the reference;
+    outputs the kernels allocate are 64-byte aligned."""
+    x = (rng.standard_normal(phys(shape, axis)) + 0.5).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    plain = _all_channel_ops(x, dy, axis, _stream.aligned_empty)  # below the threshold: ordinary stores
+    ref = _all_channel_ops(x, dy, axis, None, backend="reference")
+    calls = []
+
+    def spy(a, *args):
+        calls.append(_stream.streamable.__wrapped__(a, *args))
+        return calls[-1]
+
+    spy.__wrapped__ = _stream.streamable
+    monkeypatch.setattr(_stream, "STREAM_MIN_BYTES", 0)
+    monkeypatch.setattr(_stream, "streamable", spy)
+    streamed = _all_channel_ops(x, dy, axis, _stream.aligned_empty)
+    assert any(calls), "no sweep took streaming stores"
+    calls.clear()
+    allocated = _all_channel_ops(x, dy, axis, None)
+    assert any(calls)
+    calls.clear()
+    misaligned = _all_channel_ops(x, dy, axis, _misaligned)
+    assert calls and not any(calls)
+    for a, s, k, m, r in zip(plain, streamed, allocated, misaligned, ref):
+        assert (a is None) == (r is None)
+        if a is None:
+            continue
+        np.testing.assert_array_equal(s, a)
+        np.testing.assert_array_equal(k, a)
+        np.testing.assert_array_equal(m, a)
+        if a.shape == x.shape:  # y, dx: against the reference (a value of O(1) terms, hence the scale)
+            assert k.ctypes.data % _stream.ALIGN == 0
+            close(s, r, dtype, 64, scale=max(8.0, float(np.abs(r).max())))

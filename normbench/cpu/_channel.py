@@ -33,7 +33,9 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from . import _stream
 from ._moments import FASTMATH, SHIFTED, chan_merge, column_moments, range_moments, rstd_from_m2
+from ._stream import stream
 
 _PAR = dict(parallel=True, fastmath=FASTMATH, cache=True)
 _SEQ = dict(fastmath=FASTMATH, cache=True)
@@ -53,14 +55,32 @@ def _coeffs(tdy, tdyxc, r, n, correction, eps, eps_code):
     return mdx, k
 
 
+# Output formulas, written once for both store kinds.  Loops that may stream (``nt``: streaming stores, see
+# :mod:`._stream`) are written twice, plain and streaming, with the branch outside the loop (a store chosen
+# inside a loop can be merged by LLVM into one store carrying the streaming store's alignment); they stream only
+# where every segment they write starts on a 64-byte boundary and runs from index 0 of a view starting there.
+@njit(inline="always", **_SEQ)
+def _yv(x, mean, scale, shift):
+    return (x - mean) * scale + shift
+
+
+@njit(inline="always", **_SEQ)
+def _dxv(dy, x, w, r, mdx, k, mean):
+    return r * (w * dy - mdx) + k * (x - mean)
+
+
 # Loops index views re-based at a literal 0: LLVM then proves indices non-negative and drops Numba's
 # negative-index wraparound, which otherwise blocks vectorisation (measured 5-7x slower).
 @njit(**_SEQ)
-def _normalize_range(xf, yf, lo, hi, mean, scale, shift):
+def _normalize_range(xf, yf, lo, hi, mean, scale, shift, nt):
     x = xf[lo:hi]
     y = yf[lo:hi]
-    for i in range(0, hi - lo):
-        y[i] = (x[i] - mean) * scale + shift
+    if nt:
+        for i in range(0, hi - lo):
+            stream(y, i, _yv(x[i], mean, scale, shift))
+    else:
+        for i in range(0, hi - lo):
+            y[i] = _yv(x[i], mean, scale, shift)
 
 
 @njit(**_SEQ)
@@ -78,16 +98,22 @@ def _sums_range(dyf, xf, lo, hi, mean):
 
 
 @njit(**_SEQ)
-def _dx_range(dyf, xf, dxf, lo, hi, w, r, mdx, k, mean, train):
+def _dx_range(dyf, xf, dxf, lo, hi, w, r, mdx, k, mean, train, nt):
     """dx = r*(w*dy - mdx) + k*(x - mean) (training) or r*(w*dy) (running statistics are constants).
     dxhat - mean(dxhat) is formed before scaling by r: exact w*dy for float32 data, and exactly 0 where it
     should be (one value per group)."""
     x = xf[lo:hi]
     dy = dyf[lo:hi]
     dx = dxf[lo:hi]
-    if train:
+    if train and nt:
         for i in range(0, hi - lo):
-            dx[i] = r * (w * dy[i] - mdx) + k * (x[i] - mean)
+            stream(dx, i, _dxv(dy[i], x[i], w, r, mdx, k, mean))
+    elif train:
+        for i in range(0, hi - lo):
+            dx[i] = _dxv(dy[i], x[i], w, r, mdx, k, mean)
+    elif nt:
+        for i in range(0, hi - lo):
+            stream(dx, i, r * (w * dy[i]))
     else:
         for i in range(0, hi - lo):
             dx[i] = r * (w * dy[i])
@@ -129,7 +155,7 @@ def _block_stats(xf, u0, u1, nr, L, run_stride, algo, acc64, n, correction, eps,
 
 @njit(**_PAR)
 def cf_forward_fused(xf, yf, U, nr, L, run_stride, S, Cg, G, w, b, algo, acc64, correction, eps, eps_code,
-                     mean_out, m2_out, rstd_out, write_y, CB):
+                     mean_out, m2_out, rstd_out, write_y, nt, CB):
     """One block of ``CB`` consecutive units per iteration, visited run by run (k outer) so that memory is
     read in streams of CB*L values (short strided runs starve the hardware prefetcher: measured 2x slower)."""
     n = nr * L
@@ -145,27 +171,35 @@ def cf_forward_fused(xf, yf, U, nr, L, run_stride, S, Cg, G, w, b, algo, acc64, 
                     r = rstd_out[u]
                     for j in range(Cg):
                         s0 = u * L + k * run_stride + j * S
-                        _normalize_range(xf, yf, s0, s0 + S, mean_out[u], r * w[ch0 + j], np.float64(b[ch0 + j]))
+                        _normalize_range(xf, yf, s0, s0 + S, mean_out[u], r * w[ch0 + j], np.float64(b[ch0 + j]),
+                                         nt)
 
 
 @njit(**_SEQ)
-def _shifted_normalize(xf, yf, nlo, clo, n, K, s, s2, mean, scale, shift):
+def _shifted_normalize(xf, yf, nlo, clo, n, K, s, s2, mean, scale, shift, nt):
     """One sweep: the SHIFTED sums of ``_moments.range_moments`` (float64 accumulator) of ``x[nlo:nlo+n]``
     around ``K``, added to ``s``/``s2``, and ``y = (x - mean) * scale + shift`` on ``clo:clo+n``."""
     xn = xf[nlo:nlo + n]
     xc = xf[clo:clo + n]
     yc = yf[clo:clo + n]
-    for i in range(0, n):
-        d = np.float64(xn[i]) - K
-        s += d
-        s2 += d * d
-        yc[i] = (xc[i] - mean) * scale + shift
+    if nt:
+        for i in range(0, n):
+            d = np.float64(xn[i]) - K
+            s += d
+            s2 += d * d
+            stream(yc, i, _yv(xc[i], mean, scale, shift))
+    else:
+        for i in range(0, n):
+            d = np.float64(xn[i]) - K
+            s += d
+            s2 += d * d
+            yc[i] = _yv(xc[i], mean, scale, shift)
     return s, s2
 
 
 @njit(**_PAR)
 def cf_forward_pipelined(xf, yf, U, nr, L, run_stride, S, Cg, G, w, b, correction, eps, eps_code, mean_out, m2_out,
-                         rstd_out, CB, T):
+                         rstd_out, nt, CB, T):
     """:func:`cf_forward_fused` for the default statistics (SHIFTED, float64 accumulator), software-pipelined:
     each of ``T`` tasks owns a contiguous range of blocks of ``CB`` units and computes block b+1's statistics in
     the sweep that writes block b's outputs, so memory reads and writes overlap as in a copy (measured 79% ->
@@ -202,7 +236,7 @@ def cf_forward_pipelined(xf, yf, U, nr, L, run_stride, S, Cg, G, w, b, correctio
                         for j in range(Cg):
                             s0 = lo + j * S
                             s, s2 = _shifted_normalize(xf, yf, s0 + CB * L, s0, S, K, s, s2, mu, r * w[ch0 + j],
-                                                       np.float64(b[ch0 + j]))
+                                                       np.float64(b[ch0 + j]), nt)
                         q = s2 - s * (s / L)
                         if q < 0:  # NaN stays NaN
                             q = 0.0
@@ -213,7 +247,7 @@ def cf_forward_pipelined(xf, yf, U, nr, L, run_stride, S, Cg, G, w, b, correctio
                     else:
                         for j in range(Cg):
                             s0 = u * L + k * run_stride + j * S
-                            _normalize_range(xf, yf, s0, s0 + S, mu, r * w[ch0 + j], np.float64(b[ch0 + j]))
+                            _normalize_range(xf, yf, s0, s0 + S, mu, r * w[ch0 + j], np.float64(b[ch0 + j]), nt)
             for v in range(u1, v1):
                 mean_out[v] = mean[v - u1]
                 m2_out[v] = m2[v - u1]
@@ -222,7 +256,7 @@ def cf_forward_pipelined(xf, yf, U, nr, L, run_stride, S, Cg, G, w, b, correctio
 
 @njit(**_PAR)
 def cf_forward_split(xf, yf, U, nr, L, run_stride, S, Cg, G, w, b, algo, acc64, correction, eps, eps_code,
-                     mean_out, m2_out, rstd_out, write_y):
+                     mean_out, m2_out, rstd_out, write_y, nt):
     n = nr * L
     T = U * nr * Cg
     tm = np.empty(T)
@@ -245,7 +279,7 @@ def cf_forward_split(xf, yf, U, nr, L, run_stride, S, Cg, G, w, b, algo, acc64, 
         for t in prange(T):
             u, j, s0 = _subrun(t, nr, L, run_stride, S, Cg)
             ch = (u % G) * Cg + j
-            _normalize_range(xf, yf, s0, s0 + S, mean_out[u], rstd_out[u] * w[ch], np.float64(b[ch]))
+            _normalize_range(xf, yf, s0, s0 + S, mean_out[u], rstd_out[u] * w[ch], np.float64(b[ch]), nt)
 
 
 @njit(**_SEQ)
@@ -265,7 +299,7 @@ def _block_sums(dyf, xf, u0, u1, nr, L, run_stride, S, Cg, mean, sdy, sdyxc):
 
 
 @njit(**_SEQ)
-def _sums_dx_range(dyf, xf, dxf, nlo, clo, n, nmean, w, r, mdx, k, mean, train):
+def _sums_dx_range(dyf, xf, dxf, nlo, clo, n, nmean, w, r, mdx, k, mean, train, nt):
     """One sweep: :func:`_sums_range` of ``nlo:nlo+n`` (around ``nmean``) and :func:`_dx_range` of ``clo:clo+n``."""
     dyn = dyf[nlo:nlo + n]
     xn = xf[nlo:nlo + n]
@@ -274,12 +308,24 @@ def _sums_dx_range(dyf, xf, dxf, nlo, clo, n, nmean, w, r, mdx, k, mean, train):
     dx = dxf[clo:clo + n]
     a = 0.0
     c = 0.0
-    if train:
+    if train and nt:
         for i in range(0, n):
             g = np.float64(dyn[i])
             a += g
             c += g * (xn[i] - nmean)
-            dx[i] = r * (w * dyc[i] - mdx) + k * (xc[i] - mean)
+            stream(dx, i, _dxv(dyc[i], xc[i], w, r, mdx, k, mean))
+    elif train:
+        for i in range(0, n):
+            g = np.float64(dyn[i])
+            a += g
+            c += g * (xn[i] - nmean)
+            dx[i] = _dxv(dyc[i], xc[i], w, r, mdx, k, mean)
+    elif nt:
+        for i in range(0, n):
+            g = np.float64(dyn[i])
+            a += g
+            c += g * (xn[i] - nmean)
+            stream(dx, i, r * (w * dyc[i]))
     else:
         for i in range(0, n):
             g = np.float64(dyn[i])
@@ -291,7 +337,7 @@ def _sums_dx_range(dyf, xf, dxf, nlo, clo, n, nmean, w, r, mdx, k, mean, train):
 
 @njit(**_PAR)
 def cf_backward_fused(dyf, xf, dxf, U, nr, L, run_stride, S, Cg, G, w, mean, rstd, train, correction, eps,
-                      eps_code, sdy, sdyxc, CB, T):
+                      eps_code, sdy, sdyxc, nt, CB, T):
     """dx, and per (unit, sub-channel) sum(dy) and sum(dy*xc) into ``sdy``/``sdyxc`` (U, Cg) for dweight/dbias.
     Blocks of CB units, run by run, as :func:`cf_forward_fused`, software-pipelined as
     :func:`cf_forward_pipelined`: each of ``T`` tasks owns a contiguous range of blocks and sums block b+1 in
@@ -330,17 +376,17 @@ def cf_backward_fused(dyf, xf, dxf, U, nr, L, run_stride, S, Cg, G, w, mean, rst
                         s0 = u * L + k * run_stride + j * S
                         if u + CB < v1:
                             a1, c1 = _sums_dx_range(dyf, xf, dxf, s0 + CB * L, s0, S, mean[u + CB], w[ch0 + j],
-                                                    rstd[u], mdx[u - u0], kk[u - u0], mean[u], train)
+                                                    rstd[u], mdx[u - u0], kk[u - u0], mean[u], train, nt)
                             sdy[u + CB, j] += a1
                             sdyxc[u + CB, j] += c1
                         else:
                             _dx_range(dyf, xf, dxf, s0, s0 + S, w[ch0 + j], rstd[u], mdx[u - u0], kk[u - u0],
-                                      mean[u], train)
+                                      mean[u], train, nt)
 
 
 @njit(**_PAR)
 def cf_backward_split(dyf, xf, dxf, U, nr, L, run_stride, S, Cg, G, w, mean, rstd, train, correction, eps,
-                      eps_code, sdy, sdyxc):
+                      eps_code, sdy, sdyxc, nt):
     n = nr * L
     T = U * nr * Cg
     ta = np.empty(T)
@@ -371,7 +417,7 @@ def cf_backward_split(dyf, xf, dxf, U, nr, L, run_stride, S, Cg, G, w, mean, rst
         kk[u] = k1
     for t in prange(T):
         u, j, s0 = _subrun(t, nr, L, run_stride, S, Cg)
-        _dx_range(dyf, xf, dxf, s0, s0 + S, w[(u % G) * Cg + j], rstd[u], mdx[u], kk[u], mean[u], train)
+        _dx_range(dyf, xf, dxf, s0, s0 + S, w[(u % G) * Cg + j], rstd[u], mdx[u], kk[u], mean[u], train, nt)
 
 
 # --------------------------------------------------------------------------- blocks of columns (channels-last)
@@ -401,19 +447,23 @@ def _fold(gmean, grstd, Cg, w, b, mc, sc, sh):
 
 
 @njit(**_SEQ)
-def _normalize_rows(x2, y2, r0, r1, mc, sc, sh):
+def _normalize_rows(x2, y2, r0, r1, mc, sc, sh, nt):
     C = x2.shape[1]
     xf = x2[r0:r1].reshape(-1)
     yf = y2[r0:r1].reshape(-1)
     for r in range(r1 - r0):  # 1-D row views: 2-D indexing measured 10% slower writing to memory
         x = xf[r * C:(r + 1) * C]
         y = yf[r * C:(r + 1) * C]
-        for c in range(0, C):
-            y[c] = (x[c] - mc[c]) * sc[c] + sh[c]
+        if nt:
+            for c in range(0, C):
+                stream(y, c, _yv(x[c], mc[c], sc[c], sh[c]))
+        else:
+            for c in range(0, C):
+                y[c] = _yv(x[c], mc[c], sc[c], sh[c])
 
 
 @njit(**_PAR)
-def cl_forward_fused(x3, y3, Cg, w, b, algo, acc64, correction, eps, eps_code, gmean, gm2, grstd, write_y):
+def cl_forward_fused(x3, y3, Cg, w, b, algo, acc64, correction, eps, eps_code, gmean, gm2, grstd, write_y, nt):
     B, R, C = x3.shape
     for bb in prange(B):
         cm = np.empty(C)
@@ -424,7 +474,7 @@ def cl_forward_fused(x3, y3, Cg, w, b, algo, acc64, correction, eps, eps_code, g
             sc = np.empty(C)
             sh = np.empty(C)
             _fold(gmean[bb], grstd[bb], Cg, w, b, cm, sc, sh)
-            _normalize_rows(x3[bb], y3[bb], 0, R, cm, sc, sh)
+            _normalize_rows(x3[bb], y3[bb], 0, R, cm, sc, sh, nt)
 
 
 @njit(**_SEQ)
@@ -436,7 +486,8 @@ def _column_stats(x2, r0, r1, algo, acc64, cm, cq):
 
 
 @njit(**_PAR)
-def cl_forward_split(x3, y3, Cg, w, b, P, algo, acc64, correction, eps, eps_code, gmean, gm2, grstd, write_y):
+def cl_forward_split(x3, y3, Cg, w, b, P, algo, acc64, correction, eps, eps_code, gmean, gm2, grstd, write_y,
+                     nt):
     B, R, C = x3.shape
     pm = np.empty((B * P, C))
     pq = np.empty((B * P, C))
@@ -465,7 +516,7 @@ def cl_forward_split(x3, y3, Cg, w, b, P, algo, acc64, correction, eps, eps_code
             sc = np.empty(C)
             sh = np.empty(C)
             _fold(gmean[bb], grstd[bb], Cg, w, b, mc, sc, sh)
-            _normalize_rows(x3[bb], y3[bb], p * R // P, (p + 1) * R // P, mc, sc, sh)
+            _normalize_rows(x3[bb], y3[bb], p * R // P, (p + 1) * R // P, mc, sc, sh, nt)
 
 
 @njit(**_SEQ)
@@ -517,7 +568,7 @@ def _group_coeffs(sdy, sdyxc, gmean, grstd, Cg, w, rows, train, correction, eps,
 
 
 @njit(**_SEQ)
-def _dx_rows(dy2, x2, dx2, r0, r1, w, mc, rc, mdx, k, train):
+def _dx_rows(dy2, x2, dx2, r0, r1, w, mc, rc, mdx, k, train, nt):
     """Rows r0:r1 of dx, as :func:`_dx_range` with per-column coefficients."""
     C = x2.shape[1]
     dyf = dy2[r0:r1].reshape(-1)
@@ -527,9 +578,15 @@ def _dx_rows(dy2, x2, dx2, r0, r1, w, mc, rc, mdx, k, train):
         dy = dyf[r * C:(r + 1) * C]
         x = xf[r * C:(r + 1) * C]
         dx = dxf[r * C:(r + 1) * C]
-        if train:
+        if train and nt:
             for c in range(0, C):
-                dx[c] = rc[c] * (w[c] * dy[c] - mdx[c]) + k[c] * (x[c] - mc[c])
+                stream(dx, c, _dxv(dy[c], x[c], w[c], rc[c], mdx[c], k[c], mc[c]))
+        elif train:
+            for c in range(0, C):
+                dx[c] = _dxv(dy[c], x[c], w[c], rc[c], mdx[c], k[c], mc[c])
+        elif nt:
+            for c in range(0, C):
+                stream(dx, c, rc[c] * (w[c] * dy[c]))
         else:
             for c in range(0, C):
                 dx[c] = rc[c] * (w[c] * dy[c])
@@ -542,7 +599,7 @@ def _expand(gmean, Cg, mc):
 
 
 @njit(**_SEQ)
-def _column_sums_dx(dy2, x2, dx2, r0, r1, w, mc, rc, sdy, sdyxc):
+def _column_sums_dx(dy2, x2, dx2, r0, r1, w, mc, rc, sdy, sdyxc, nt):
     """:func:`_column_sums` and, in the same sweep, the evaluation-mode ``dx = r*(w*dy)`` (dx needs no sums
     there: dy is read once instead of twice)."""
     C = x2.shape[1]
@@ -551,35 +608,63 @@ def _column_sums_dx(dy2, x2, dx2, r0, r1, w, mc, rc, sdy, sdyxc):
         sdyxc[c] = 0.0
     dy2 = dy2[r0:r1]
     x2 = x2[r0:r1]
-    dx2 = dx2[r0:r1]
+    dxf = dx2[r0:r1].reshape(-1)
     n = r1 - r0
     r = 0
-    while r + 4 <= n:  # four rows per sweep, as _column_sums
-        for c in range(C):
-            g0 = np.float64(dy2[r, c])
-            g1 = np.float64(dy2[r + 1, c])
-            g2 = np.float64(dy2[r + 2, c])
-            g3 = np.float64(dy2[r + 3, c])
-            m = mc[c]
-            f = rc[c] * w[c]
-            sdy[c] += (g0 + g1) + (g2 + g3)
-            sdyxc[c] += (g0 * (x2[r, c] - m) + g1 * (x2[r + 1, c] - m)) + (g2 * (x2[r + 2, c] - m)
-                                                                            + g3 * (x2[r + 3, c] - m))
-            dx2[r, c] = f * g0
-            dx2[r + 1, c] = f * g1
-            dx2[r + 2, c] = f * g2
-            dx2[r + 3, c] = f * g3
+    while r + 4 <= n:  # four rows per sweep, as _column_sums; dx through 1-D row views (streamable)
+        d0 = dxf[r * C:(r + 1) * C]
+        d1 = dxf[(r + 1) * C:(r + 2) * C]
+        d2 = dxf[(r + 2) * C:(r + 3) * C]
+        d3 = dxf[(r + 3) * C:(r + 4) * C]
+        if nt:
+            for c in range(0, C):
+                g0 = np.float64(dy2[r, c])
+                g1 = np.float64(dy2[r + 1, c])
+                g2 = np.float64(dy2[r + 2, c])
+                g3 = np.float64(dy2[r + 3, c])
+                m = mc[c]
+                f = rc[c] * w[c]
+                sdy[c] += (g0 + g1) + (g2 + g3)
+                sdyxc[c] += (g0 * (x2[r, c] - m) + g1 * (x2[r + 1, c] - m)) + (g2 * (x2[r + 2, c] - m)
+                                                                                + g3 * (x2[r + 3, c] - m))
+                stream(d0, c, f * g0)
+                stream(d1, c, f * g1)
+                stream(d2, c, f * g2)
+                stream(d3, c, f * g3)
+        else:
+            for c in range(0, C):
+                g0 = np.float64(dy2[r, c])
+                g1 = np.float64(dy2[r + 1, c])
+                g2 = np.float64(dy2[r + 2, c])
+                g3 = np.float64(dy2[r + 3, c])
+                m = mc[c]
+                f = rc[c] * w[c]
+                sdy[c] += (g0 + g1) + (g2 + g3)
+                sdyxc[c] += (g0 * (x2[r, c] - m) + g1 * (x2[r + 1, c] - m)) + (g2 * (x2[r + 2, c] - m)
+                                                                                + g3 * (x2[r + 3, c] - m))
+                d0[c] = f * g0
+                d1[c] = f * g1
+                d2[c] = f * g2
+                d3[c] = f * g3
         r += 4
     for r in range(r, n):
-        for c in range(C):
-            g = np.float64(dy2[r, c])
-            sdy[c] += g
-            sdyxc[c] += g * (x2[r, c] - mc[c])
-            dx2[r, c] = rc[c] * (w[c] * g)
+        d = dxf[r * C:(r + 1) * C]
+        if nt:
+            for c in range(0, C):
+                g = np.float64(dy2[r, c])
+                sdy[c] += g
+                sdyxc[c] += g * (x2[r, c] - mc[c])
+                stream(d, c, rc[c] * (w[c] * g))
+        else:
+            for c in range(0, C):
+                g = np.float64(dy2[r, c])
+                sdy[c] += g
+                sdyxc[c] += g * (x2[r, c] - mc[c])
+                d[c] = rc[c] * (w[c] * g)
 
 
 @njit(**_PAR)
-def cl_backward_fused(dy3, x3, dx3, Cg, w, gmean, grstd, train, correction, eps, eps_code, sdy, sdyxc):
+def cl_backward_fused(dy3, x3, dx3, Cg, w, gmean, grstd, train, correction, eps, eps_code, sdy, sdyxc, nt):
     B, R, C = x3.shape
     for bb in prange(B):
         mc = np.empty(C)
@@ -591,14 +676,14 @@ def cl_backward_fused(dy3, x3, dx3, Cg, w, gmean, grstd, train, correction, eps,
             k = np.empty(C)
             _group_coeffs(sdy[bb], sdyxc[bb], gmean[bb], grstd[bb], Cg, w, R, train, correction, eps, eps_code,
                           mc, rc, mdx, k)
-            _dx_rows(dy3[bb], x3[bb], dx3[bb], 0, R, w, mc, rc, mdx, k, 1)
+            _dx_rows(dy3[bb], x3[bb], dx3[bb], 0, R, w, mc, rc, mdx, k, 1, nt)
         else:
             _expand(grstd[bb], Cg, rc)
-            _column_sums_dx(dy3[bb], x3[bb], dx3[bb], 0, R, w, mc, rc, sdy[bb], sdyxc[bb])
+            _column_sums_dx(dy3[bb], x3[bb], dx3[bb], 0, R, w, mc, rc, sdy[bb], sdyxc[bb], nt)
 
 
 @njit(**_PAR)
-def cl_backward_split(dy3, x3, dx3, Cg, w, gmean, grstd, P, train, correction, eps, eps_code, sdy, sdyxc):
+def cl_backward_split(dy3, x3, dx3, Cg, w, gmean, grstd, P, train, correction, eps, eps_code, sdy, sdyxc, nt):
     B, R, C = x3.shape
     pa = np.empty((B * P, C))
     pc = np.empty((B * P, C))
@@ -612,7 +697,7 @@ def cl_backward_split(dy3, x3, dx3, Cg, w, gmean, grstd, P, train, correction, e
         else:
             rc = np.empty(C)
             _expand(grstd[bb], Cg, rc)
-            _column_sums_dx(dy3[bb], x3[bb], dx3[bb], p * R // P, (p + 1) * R // P, w, mc, rc, pa[t], pc[t])
+            _column_sums_dx(dy3[bb], x3[bb], dx3[bb], p * R // P, (p + 1) * R // P, w, mc, rc, pa[t], pc[t], nt)
     mc = np.empty((B, C))
     rc = np.empty((B, C))
     mdx = np.empty((B, C))
@@ -632,12 +717,13 @@ def cl_backward_split(dy3, x3, dx3, Cg, w, gmean, grstd, P, train, correction, e
         for t in prange(B * P):
             bb = t // P
             p = t - bb * P
-            _dx_rows(dy3[bb], x3[bb], dx3[bb], p * R // P, (p + 1) * R // P, w, mc[bb], rc[bb], mdx[bb], k[bb], 1)
+            _dx_rows(dy3[bb], x3[bb], dx3[bb], p * R // P, (p + 1) * R // P, w, mc[bb], rc[bb], mdx[bb], k[bb], 1,
+                     nt)
 
 
 # ------------------------------------------------------------------ per-channel constants (eval, frozen BN)
 @njit(**_PAR)
-def affine_cf(xf, yf, C, S, scale, shift):
+def affine_cf(xf, yf, C, S, scale, shift, nt):
     """y = x*scale[c] + shift[c] on (N, C, S) flattened, one (n, c) slab per iteration."""
     for t in prange(xf.shape[0] // S):
         c = t % C
@@ -645,22 +731,32 @@ def affine_cf(xf, yf, C, S, scale, shift):
         sh = shift[c]
         x = xf[t * S:(t + 1) * S]
         y = yf[t * S:(t + 1) * S]
-        for i in range(0, S):
-            y[i] = x[i] * sc + sh
+        if nt:
+            for i in range(0, S):
+                stream(y, i, x[i] * sc + sh)
+        else:
+            for i in range(0, S):
+                y[i] = x[i] * sc + sh
 
 
 @njit(**_PAR)
-def affine_cl(x2, y2, scale, shift, P):
-    """y = x*scale[c] + shift[c] on (R, C), rows cut into P chunks."""
+def affine_cl(x2, y2, scale, shift, P, nt):
+    """y = x*scale[c] + shift[c] on (R, C), rows cut into P chunks, through 1-D row views."""
     R, C = x2.shape
     for p in prange(P):
         r0 = p * R // P
         r1 = (p + 1) * R // P
-        x = x2[r0:r1]
-        y = y2[r0:r1]
+        xf = x2[r0:r1].reshape(-1)
+        yf = y2[r0:r1].reshape(-1)
         for r in range(0, r1 - r0):
-            for c in range(C):
-                y[r, c] = x[r, c] * scale[c] + shift[c]
+            x = xf[r * C:(r + 1) * C]
+            y = yf[r * C:(r + 1) * C]
+            if nt:
+                for c in range(0, C):
+                    stream(y, c, x[c] * scale[c] + shift[c])
+            else:
+                for c in range(0, C):
+                    y[c] = x[c] * scale[c] + shift[c]
 
 
 # ------------------------------------------------------------------------------------- Python-side planning
@@ -771,6 +867,13 @@ def _chunks(lay, T):
     return max(1, min(lay.R, -(-T // lay.B)))
 
 
+def _nt(out, lay):
+    """Whether the sweep writing ``out`` takes streaming stores: every segment it writes (a channels-first run of S
+    values, a channels-last row of ``cols``) starts on a 64-byte line (:func:`._stream.streamable`; read at call
+    time)."""
+    return int(_stream.streamable(out, lay.S if lay.kind == "cf" else lay.cols))
+
+
 def _param(p, C, dtype, fill):
     return np.full(C, fill, dtype) if p is None else p
 
@@ -783,15 +886,16 @@ def forward_stats(x, y, lay, weight, bias, opts, eps, write_y=True):
     b = _param(bias, C, x.dtype, 0.0)
     algo, acc64, corr, ec = _codes(opts, x)
     serial, T = _threads(x)
+    nt = int(write_y and y is not None and y is not x and _nt(y, lay))
     if y is None:
         y = x  # not written
     if lay.kind == "cf":
         mean, m2, rstd = np.empty(lay.U), np.empty(lay.U), np.empty(lay.U)
         args = (x.reshape(-1), y.reshape(-1), lay.U, lay.nr, lay.L, lay.run_stride, lay.S, lay.Cg, lay.G, w, b,
-                algo, acc64, corr, float(eps), ec, mean, m2, rstd, int(write_y))
+                algo, acc64, corr, float(eps), ec, mean, m2, rstd, int(write_y), nt)
         if lay.U >= T and write_y and algo == SHIFTED and acc64:  # the defaults
             CB = _pipe_block(lay, T, x.itemsize)
-            _pick(cf_forward_pipelined, serial)(*args[:11], corr, float(eps), ec, mean, m2, rstd, CB, T)
+            _pick(cf_forward_pipelined, serial)(*args[:11], corr, float(eps), ec, mean, m2, rstd, nt, CB, T)
         elif lay.U >= T:
             _pick(cf_forward_fused, serial)(*args, _unit_block(lay, T, x.itemsize))
         else:
@@ -804,10 +908,10 @@ def forward_stats(x, y, lay, weight, bias, opts, eps, write_y=True):
     mean, m2, rstd = np.empty((lay.B, G)), np.empty((lay.B, G)), np.empty((lay.B, G))
     if lay.B >= T:
         _pick(cl_forward_fused, serial)(x3, y3, lay.Cg, w, b, algo, acc64, corr, float(eps), ec, mean, m2, rstd,
-                                        int(write_y))
+                                        int(write_y), nt)
     else:
         cl_forward_split(x3, y3, lay.Cg, w, b, _chunks(lay, T), algo, acc64, corr, float(eps), ec, mean, m2, rstd,
-                         int(write_y))
+                         int(write_y), nt)
     return mean, m2, rstd
 
 
@@ -818,6 +922,7 @@ def backward_sums(dy, x, dx, lay, weight, mean, rstd, train, opts, eps):
     w = _param(weight, C, np.float64, 1.0).astype(np.float64)  # w*dy exact in float64 for float32 data
     _, _, corr, ec = _codes(opts, x)
     serial, T = _threads(x)
+    nt = _nt(dx, lay)
     mean = np.ascontiguousarray(mean, np.float64)
     rstd = np.ascontiguousarray(rstd, np.float64)
     if lay.kind == "cf":
@@ -826,9 +931,9 @@ def backward_sums(dy, x, dx, lay, weight, mean, rstd, train, opts, eps):
                 lay.G, w, mean.reshape(-1), rstd.reshape(-1), int(train), corr, float(eps), ec, sdy, sdyxc)
         if lay.U >= T:
             CB = _pipe_block(lay, T, 2 * x.itemsize)  # dy and x
-            _pick(cf_backward_fused, serial)(*args, CB, T)
+            _pick(cf_backward_fused, serial)(*args, nt, CB, T)
         else:
-            cf_backward_split(*args)
+            cf_backward_split(*args, nt)
         return sdy, sdyxc
     if lay.rep > 1:
         w = np.repeat(w, lay.rep)
@@ -838,9 +943,9 @@ def backward_sums(dy, x, dx, lay, weight, mean, rstd, train, opts, eps):
     sdy, sdyxc = np.empty((lay.B, lay.cols)), np.empty((lay.B, lay.cols))
     args = (dy.reshape(shape), x.reshape(shape), dx.reshape(shape), lay.Cg, w, mean, rstd)
     if lay.B >= T:
-        _pick(cl_backward_fused, serial)(*args, int(train), corr, float(eps), ec, sdy, sdyxc)
+        _pick(cl_backward_fused, serial)(*args, int(train), corr, float(eps), ec, sdy, sdyxc, nt)
     else:
-        cl_backward_split(*args, _chunks(lay, T), int(train), corr, float(eps), ec, sdy, sdyxc)
+        cl_backward_split(*args, _chunks(lay, T), int(train), corr, float(eps), ec, sdy, sdyxc, nt)
     return sdy, sdyxc
 
 
@@ -852,11 +957,15 @@ def apply_affine(x, y, axis, scale, shift):
     scale = np.ascontiguousarray(scale, np.float64)
     shift = np.ascontiguousarray(shift, np.float64)
     serial, T = _threads(x)
+    # streaming stores where every slab (channels-first) or row (channels-last) starts on a line
     if axis == 1 and S >= SMALL_S:
-        _pick(affine_cf, serial)(x.reshape(-1), y.reshape(-1), C, S, scale, shift)
+        nt = int(y is not x and _stream.streamable(y, S))
+        _pick(affine_cf, serial)(x.reshape(-1), y.reshape(-1), C, S, scale, shift, nt)
     elif axis == 1:  # short slabs: rows of C*S columns
+        nt = int(y is not x and _stream.streamable(y, C * S))
         _pick(affine_cl, serial)(x.reshape(N, C * S), y.reshape(N, C * S), np.repeat(scale, S), np.repeat(shift, S),
-                                 min(N, T))
+                                 min(N, T), nt)
     else:
-        _pick(affine_cl, serial)(x.reshape(-1, C), y.reshape(-1, C), scale, shift, min(N * S, T))
+        nt = int(y is not x and _stream.streamable(y, C))
+        _pick(affine_cl, serial)(x.reshape(-1, C), y.reshape(-1, C), scale, shift, min(N * S, T), nt)
     return y

@@ -13,6 +13,7 @@ import numpy as np
 from ..numerics import DEFAULT, rstd_from_var
 from ..reference.batch import update_running
 from ._channel import apply_affine, backward_sums, batch_layout, forward_stats
+from ._stream import aligned_empty
 
 
 def _C(x, axis):
@@ -29,7 +30,7 @@ def channel_moments(x, axis):
 
 def batch_norm_forward(x, weight, bias, running_mean, running_var, *, training, momentum, eps, axis, opts, out=None):
     C = _C(x, axis)
-    y = out if out is not None else np.empty_like(x)
+    y = out if out is not None else aligned_empty(x.shape, x.dtype)
     if training:
         mean, m2, rstd = forward_stats(x, y, batch_layout(x, axis), weight, bias, opts, eps)
         mean, m2, rstd = mean.reshape(C), m2.reshape(C), rstd.reshape(C)
@@ -52,7 +53,7 @@ def fold_running(running_mean, running_var, weight, bias, eps, opts):
 
 def batch_norm_backward(dy, x, weight, bias, save_mean, save_invstd, *, training, eps, axis, opts, dx_out=None):
     C = _C(x, axis)
-    dx = dx_out if dx_out is not None else np.empty_like(x)
+    dx = dx_out if dx_out is not None else aligned_empty(x.shape, x.dtype)
     lay = batch_layout(x, axis)
     shape = (lay.U,) if lay.kind == "cf" else (1, C)
     sdy, sdyxc = backward_sums(dy, x, dx, lay, weight, save_mean.reshape(shape), save_invstd.reshape(shape),
@@ -67,12 +68,12 @@ def _frozen_scale(weight, running_var, eps):
 
 
 def frozen_batch_norm_forward(x, weight, bias, running_mean, running_var, *, eps, axis, out=None):
-    y = out if out is not None else np.empty_like(x)
+    y = out if out is not None else aligned_empty(x.shape, x.dtype)
     scale = _frozen_scale(weight, running_var, eps)
     return apply_affine(x, y, axis, scale, bias - running_mean * scale)
 
 
 def frozen_batch_norm_backward(dy, weight, running_var, *, eps, axis, dx_out=None):
-    dx = dx_out if dx_out is not None else np.empty_like(dy)
+    dx = dx_out if dx_out is not None else aligned_empty(dy.shape, dy.dtype)
     scale = _frozen_scale(weight, running_var, eps)
     return apply_affine(dy, dx, axis, scale, np.zeros_like(scale))

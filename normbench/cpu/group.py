@@ -12,6 +12,7 @@ import numpy as np
 
 from ..reference.batch import update_running
 from ._channel import apply_affine, backward_sums, forward_stats, group_layout
+from ._stream import aligned_empty
 from .batch import fold_running
 
 
@@ -22,7 +23,7 @@ def _dims(x, axis):
 
 def _group_forward(x, G, weight, bias, eps, axis, opts, out):
     N, C = _dims(x, axis)
-    y = out if out is not None else np.empty_like(x)
+    y = out if out is not None else aligned_empty(x.shape, x.dtype)
     if x.size == 0:
         nan = np.full((N, G), np.nan)
         return y, nan, nan.copy(), nan.copy()
@@ -32,7 +33,7 @@ def _group_forward(x, G, weight, bias, eps, axis, opts, out):
 
 def _group_backward(dy, x, G, mean, rstd, weight, bias, eps, axis, opts, dx_out, train):
     N, C = _dims(x, axis)
-    dx = dx_out if dx_out is not None else np.empty_like(x)
+    dx = dx_out if dx_out is not None else aligned_empty(x.shape, x.dtype)
     if x.size == 0:
         zeros = np.zeros(C, x.dtype)
         return dx, None if weight is None else zeros, None if bias is None else zeros.copy()
@@ -64,7 +65,7 @@ def instance_norm_forward(x, weight, bias, running_mean, running_var, *, use_inp
             S = x.size // (N * C)
             update_running(running_mean, running_var, mean.mean(axis=0), (m2 / (S - 1)).mean(axis=0), momentum)
         return y, mean, rstd
-    y = out if out is not None else np.empty_like(x)
+    y = out if out is not None else aligned_empty(x.shape, x.dtype)
     mean, rstd, scale, shift = fold_running(running_mean, running_var, weight, bias, eps, opts)
     apply_affine(x, y, axis, scale, shift)
     return y, np.broadcast_to(mean, (N, C)).copy(), np.broadcast_to(rstd, (N, C)).copy()
