@@ -21,6 +21,9 @@ Two memory layouts cover every case, so each pass is written once:
 Outputs are computed in float64 from float64 statistics ((x - mean) * scale + shift, never a folded
 x*scale + shift in the storage dtype on training paths, which loses the offset-data accuracy).  Backward
 reductions are float64 whatever ``accumulate`` says (``accumulate`` governs the statistics of the forward).
+Large outputs (y, dx) are written with streaming stores (:mod:`._stream`) where every run (channels-first: S
+values) or row (channels-last: ``cols`` values) starts on a 64-byte line, decided per call by :func:`_nt`; the
+loops are then the same loops with another store instruction, so results do not depend on it.
 Options arrive as runtime integer codes; kernels compile once per input dtype.  Inputs below ``PARALLEL_MIN``
 values run serial twins of the kernels (no thread-pool wake-up).
 """
