@@ -297,6 +297,9 @@ def _write_dx(dy, x, w, dx, dres, dh, mode, alpha, lo, hi, j0, mean, rs, k, c0, 
 @njit(fastmath=FASTMATH, cache=True)
 def _backward_rows(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, r0, r1, rms, acc64, corr, eps, eps_code,
                    dwp, dbp, nt):
+    if acc64 and mode == MODE_PLAIN:
+        _backward_row_pairs(dy, x, w, dx, mean, rstd, D, r0, r1, rms, corr, eps, eps_code, dwp, dbp, nt)
+        return
     if acc64:
         _backward_rows_pipelined(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, r0, r1, rms, corr, eps,
                                  eps_code, dwp, dbp, nt)
@@ -308,6 +311,84 @@ def _backward_rows(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, r0, r1, r
         sa, sb = _grad_sums(dy, x, w, lo, lo + D, 0, m, acc64)
         k, c0 = _dx_coefficients(sa, sb, rs, D, corr, eps, eps_code, rms)
         _write_dx(dy, x, w, dx, dres, dh, mode, alpha, lo, lo + D, 0, m, rs, k, c0, dwp, dbp)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _backward_row_pairs(dy, x, w, dx, mean, rstd, D, r0, r1, rms, corr, eps, eps_code, dwp, dbp, nt):
+    """The layer/RMS (not fused) float64 backward two rows at a time, pipelined as _backward_rows_pipelined: the
+    loop writing dx of rows i and i + 1 also sums rows i + 2 and i + 3.  The dweight/dbias partials are loaded and
+    stored once per two rows and the per-row work is shared (one core, from cache: 0.66 -> 0.xx ns per value)."""
+    ws = w[:D]
+    dwq = dwp[:D]
+    dbq = dbp[:D]
+    n = np.uint64(D)
+    row = r0
+    sa0, sb0 = _grad_sums(dy, x, w, row * D, row * D + D, 0, mean[row], True)
+    sa1 = 0.0
+    sb1 = 0.0
+    if row + 1 < r1:
+        sa1, sb1 = _grad_sums(dy, x, w, row * D + D, row * D + 2 * D, 0, mean[row + 1], True)
+    while row + 3 < r1:
+        m0 = mean[row]
+        m1 = mean[row + 1]
+        m2 = mean[row + 2]
+        m3 = mean[row + 3]
+        r0s = rstd[row]
+        r1s = rstd[row + 1]
+        k0, c0 = _dx_coefficients(sa0, sb0, r0s, D, corr, eps, eps_code, rms)
+        k1, c1 = _dx_coefficients(sa1, sb1, r1s, D, corr, eps, eps_code, rms)
+        a0 = np.uint64(row * D)  # unsigned offsets, not per-row views: see _forward_rows_pipelined
+        a1 = a0 + n
+        a2 = a1 + n
+        a3 = a2 + n
+        sa0 = 0.0
+        sb0 = 0.0
+        sa1 = 0.0
+        sb1 = 0.0
+        if nt:  # the same loop with streaming stores (see _stream.py)
+            for j in range(n):
+                wj = np.float64(ws[j])
+                g2 = np.float64(dy[a2 + j]) * wj
+                sa0 += g2
+                sb0 += g2 * (np.float64(x[a2 + j]) - m2)
+                g3 = np.float64(dy[a3 + j]) * wj
+                sa1 += g3
+                sb1 += g3 * (np.float64(x[a3 + j]) - m3)
+                g0 = np.float64(dy[a0 + j])
+                xc0 = np.float64(x[a0 + j]) - m0
+                g1 = np.float64(dy[a1 + j])
+                xc1 = np.float64(x[a1 + j]) - m1
+                stream(dx, a0 + j, r0s * wj * g0 + k0 * xc0 + c0)
+                stream(dx, a1 + j, r1s * wj * g1 + k1 * xc1 + c1)
+                dwq[j] += g0 * xc0 * r0s + g1 * xc1 * r1s
+                dbq[j] += g0 + g1
+        else:
+            for j in range(n):
+                wj = np.float64(ws[j])
+                g2 = np.float64(dy[a2 + j]) * wj
+                sa0 += g2
+                sb0 += g2 * (np.float64(x[a2 + j]) - m2)
+                g3 = np.float64(dy[a3 + j]) * wj
+                sa1 += g3
+                sb1 += g3 * (np.float64(x[a3 + j]) - m3)
+                g0 = np.float64(dy[a0 + j])
+                xc0 = np.float64(x[a0 + j]) - m0
+                g1 = np.float64(dy[a1 + j])
+                xc1 = np.float64(x[a1 + j]) - m1
+                dx[a0 + j] = r0s * wj * g0 + k0 * xc0 + c0
+                dx[a1 + j] = r1s * wj * g1 + k1 * xc1 + c1
+                dwq[j] += g0 * xc0 * r0s + g1 * xc1 * r1s
+                dbq[j] += g0 + g1
+        row += 2
+    for t in range(row, r1):  # the last one to three rows, one at a time
+        if t == row:
+            sa, sb = sa0, sb0
+        elif t == row + 1:
+            sa, sb = sa1, sb1
+        else:
+            sa, sb = _grad_sums(dy, x, w, t * D, t * D + D, 0, mean[t], True)
+        k, c = _dx_coefficients(sa, sb, rstd[t], D, corr, eps, eps_code, rms)
+        _write_dx(dy, x, w, dx, dx, dx, MODE_PLAIN, 0.0, t * D, t * D + D, 0, mean[t], rstd[t], k, c, dwp, dbp)
 
 
 @njit(fastmath=FASTMATH, cache=True)
