@@ -36,9 +36,18 @@ PARALLEL_MIN = 1 << 15
 SPLIT_MIN = 1 << 16
 
 MODE_PLAIN, MODE_FUSED, MODE_FUSED_DH = 0, 1, 2
-# Loops that may stream (``nt``) are written twice, once per store kind, with the branch outside the loop: a
-# store chosen inside the loop was merged by LLVM into one store carrying the streaming store's alignment,
-# which faulted on unaligned outputs.
+
+
+@njit(inline="always", cache=True)
+def _put(a, j, v, nt):
+    """``a[j] = v``, a streaming store when ``nt``.  ``nt`` must reach the loop as a compile-time constant (the
+    ``if nt: f(..., True) else: f(..., False)`` dispatch in _forward_rows/_backward_rows compiles each kernel
+    once per store kind): a store chosen at run time inside a loop was merged by LLVM into one store carrying
+    the streaming store's alignment, which faulted on unaligned outputs."""
+    if nt:
+        stream(a, j, v)
+    else:
+        a[j] = v
 
 
 # ----------------------------------------------------------------------------------------------- forward
@@ -81,8 +90,12 @@ def _write_y(x, r, alpha, fused, y, h, lo, hi, j0, mean, rstd, w, b):
 def _forward_rows(x, r, alpha, fused, y, h, w, b, mean, rstd, D, r0, r1, rms, algo, acc64, corr, eps, eps_code,
                   nt):
     if acc64 and (rms or algo == SHIFTED or algo == NAIVE):
-        _forward_rows_pipelined(x, r, alpha, fused, y, h, w, b, mean, rstd, D, r0, r1, rms, algo, corr, eps,
-                                eps_code, nt)
+        if nt:  # a literal each way: see _put
+            _forward_rows_pipelined(x, r, alpha, fused, y, h, w, b, mean, rstd, D, r0, r1, rms, algo, corr, eps,
+                                    eps_code, True)
+        else:
+            _forward_rows_pipelined(x, r, alpha, fused, y, h, w, b, mean, rstd, D, r0, r1, rms, algo, corr, eps,
+                                    eps_code, False)
         return
     for row in range(r0, r1):
         lo = row * D
@@ -148,34 +161,19 @@ def _forward_rows_pipelined(x, r, alpha, fused, y, h, w, b, mean, rstd, D, r0, r
         # row in the backward), and an unsigned index has no negative-index wraparound to stop vectorisation
         c = np.uint64(lo)
         if fused:
-            if nt:  # the same loop with streaming stores (see _stream.py)
-                for j in range(n):
-                    d = np.float64(x[c + n + j]) + alpha * np.float64(r[c + n + j]) - shift
-                    s += d
-                    s2 += d * d
-                    v = np.float64(x[c + j]) + alpha * np.float64(r[c + j])
-                    stream(h, c + j, v)
-                    stream(y, c + j, (v - m) * rs * ws[j] + bs[j])
-            else:
-                for j in range(n):
-                    d = np.float64(x[c + n + j]) + alpha * np.float64(r[c + n + j]) - shift
-                    s += d
-                    s2 += d * d
-                    v = np.float64(x[c + j]) + alpha * np.float64(r[c + j])
-                    h[c + j] = v
-                    y[c + j] = (v - m) * rs * ws[j] + bs[j]
-        elif nt:  # the same loop with streaming stores (see _stream.py)
             for j in range(n):
-                d = np.float64(x[c + n + j]) - shift
+                d = np.float64(x[c + n + j]) + alpha * np.float64(r[c + n + j]) - shift
                 s += d
                 s2 += d * d
-                stream(y, c + j, (np.float64(x[c + j]) - m) * rs * ws[j] + bs[j])
+                v = np.float64(x[c + j]) + alpha * np.float64(r[c + j])
+                _put(h, c + j, v, nt)
+                _put(y, c + j, (v - m) * rs * ws[j] + bs[j], nt)
         else:
             for j in range(n):
                 d = np.float64(x[c + n + j]) - shift
                 s += d
                 s2 += d * d
-                y[c + j] = (np.float64(x[c + j]) - m) * rs * ws[j] + bs[j]
+                _put(y, c + j, (np.float64(x[c + j]) - m) * rs * ws[j] + bs[j], nt)
         m, q = _finish_sums(shift, s, s2, D, rms)
 
 
@@ -301,12 +299,19 @@ def _write_dx(dy, x, w, dx, dres, dh, mode, alpha, lo, hi, j0, mean, rs, k, c0, 
 @njit(fastmath=FASTMATH, cache=True)
 def _backward_rows(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, r0, r1, rms, acc64, corr, eps, eps_code,
                    dwp, dbp, nt):
-    if acc64 and mode == MODE_PLAIN:  # layer / RMS norm
-        _backward_row_pairs(dy, x, w, dx, mean, rstd, D, r0, r1, rms, corr, eps, eps_code, dwp, dbp, nt)
+    if acc64 and mode == MODE_PLAIN:  # layer / RMS norm; nt a literal each way: see _put
+        if nt:
+            _backward_row_pairs(dy, x, w, dx, mean, rstd, D, r0, r1, rms, corr, eps, eps_code, dwp, dbp, True)
+        else:
+            _backward_row_pairs(dy, x, w, dx, mean, rstd, D, r0, r1, rms, corr, eps, eps_code, dwp, dbp, False)
         return
     if acc64:
-        _backward_rows_pipelined(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, r0, r1, rms, corr, eps,
-                                 eps_code, dwp, dbp, nt)
+        if nt:
+            _backward_rows_pipelined(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, r0, r1, rms, corr, eps,
+                                     eps_code, dwp, dbp, True)
+        else:
+            _backward_rows_pipelined(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, r0, r1, rms, corr, eps,
+                                     eps_code, dwp, dbp, False)
         return
     for row in range(r0, r1):
         lo = row * D
@@ -350,40 +355,22 @@ def _backward_row_pairs(dy, x, w, dx, mean, rstd, D, r0, r1, rms, corr, eps, eps
         sb0 = 0.0
         sa1 = 0.0
         sb1 = 0.0
-        if nt:  # the same loop with streaming stores (see _stream.py)
-            for j in range(n):
-                wj = np.float64(ws[j])
-                g2 = np.float64(dy[a2 + j]) * wj
-                sa0 += g2
-                sb0 += g2 * (np.float64(x[a2 + j]) - m2)
-                g3 = np.float64(dy[a3 + j]) * wj
-                sa1 += g3
-                sb1 += g3 * (np.float64(x[a3 + j]) - m3)
-                g0 = np.float64(dy[a0 + j])
-                xc0 = np.float64(x[a0 + j]) - m0
-                g1 = np.float64(dy[a1 + j])
-                xc1 = np.float64(x[a1 + j]) - m1
-                stream(dx, a0 + j, r0s * wj * g0 + k0 * xc0 + c0)
-                stream(dx, a1 + j, r1s * wj * g1 + k1 * xc1 + c1)
-                dwq[j] += g0 * xc0 * r0s + g1 * xc1 * r1s
-                dbq[j] += g0 + g1
-        else:
-            for j in range(n):
-                wj = np.float64(ws[j])
-                g2 = np.float64(dy[a2 + j]) * wj
-                sa0 += g2
-                sb0 += g2 * (np.float64(x[a2 + j]) - m2)
-                g3 = np.float64(dy[a3 + j]) * wj
-                sa1 += g3
-                sb1 += g3 * (np.float64(x[a3 + j]) - m3)
-                g0 = np.float64(dy[a0 + j])
-                xc0 = np.float64(x[a0 + j]) - m0
-                g1 = np.float64(dy[a1 + j])
-                xc1 = np.float64(x[a1 + j]) - m1
-                dx[a0 + j] = r0s * wj * g0 + k0 * xc0 + c0
-                dx[a1 + j] = r1s * wj * g1 + k1 * xc1 + c1
-                dwq[j] += g0 * xc0 * r0s + g1 * xc1 * r1s
-                dbq[j] += g0 + g1
+        for j in range(n):
+            wj = np.float64(ws[j])
+            g2 = np.float64(dy[a2 + j]) * wj
+            sa0 += g2
+            sb0 += g2 * (np.float64(x[a2 + j]) - m2)
+            g3 = np.float64(dy[a3 + j]) * wj
+            sa1 += g3
+            sb1 += g3 * (np.float64(x[a3 + j]) - m3)
+            g0 = np.float64(dy[a0 + j])
+            xc0 = np.float64(x[a0 + j]) - m0
+            g1 = np.float64(dy[a1 + j])
+            xc1 = np.float64(x[a1 + j]) - m1
+            _put(dx, a0 + j, r0s * wj * g0 + k0 * xc0 + c0, nt)
+            _put(dx, a1 + j, r1s * wj * g1 + k1 * xc1 + c1, nt)
+            dwq[j] += g0 * xc0 * r0s + g1 * xc1 * r1s
+            dbq[j] += g0 + g1
         row += 2
     for t in range(row, r1):  # the last one to three rows, one at a time
         if t == row:
@@ -422,30 +409,17 @@ def _backward_rows_pipelined(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D,
         sb = 0.0
         dhs = dh if mode == MODE_FUSED_DH else dy
         dhf = 1.0 if mode == MODE_FUSED_DH else 0.0
-        if nt:  # the same loop with streaming stores (see _stream.py)
-            for j in range(n):
-                gn = np.float64(dy[b + j]) * np.float64(ws[j])
-                sa += gn
-                sb += gn * (np.float64(x[b + j]) - mn)
-                g = np.float64(dy[a + j])
-                xc = np.float64(x[a + j]) - m
-                v = rs * ws[j] * g + k * xc + c0 + dhf * dhs[a + j]
-                stream(dx, a + j, v)
-                stream(dres, a + j, alpha * v)
-                dwq[j] += g * xc * rs
-                dbq[j] += g
-        else:
-            for j in range(n):
-                gn = np.float64(dy[b + j]) * np.float64(ws[j])
-                sa += gn
-                sb += gn * (np.float64(x[b + j]) - mn)
-                g = np.float64(dy[a + j])
-                xc = np.float64(x[a + j]) - m
-                v = rs * ws[j] * g + k * xc + c0 + dhf * dhs[a + j]
-                dx[a + j] = v
-                dres[a + j] = alpha * v
-                dwq[j] += g * xc * rs
-                dbq[j] += g
+        for j in range(n):
+            gn = np.float64(dy[b + j]) * np.float64(ws[j])
+            sa += gn
+            sb += gn * (np.float64(x[b + j]) - mn)
+            g = np.float64(dy[a + j])
+            xc = np.float64(x[a + j]) - m
+            v = rs * ws[j] * g + k * xc + c0 + dhf * dhs[a + j]
+            _put(dx, a + j, v, nt)
+            _put(dres, a + j, alpha * v, nt)
+            dwq[j] += g * xc * rs
+            dbq[j] += g
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
