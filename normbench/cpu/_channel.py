@@ -38,7 +38,7 @@ from numba import njit, prange
 
 from . import _stream
 from ._moments import FASTMATH, SHIFTED, chan_merge, column_moments, range_moments, rstd_from_m2
-from ._stream import stream
+from ._stream import _put
 
 _PAR = dict(parallel=True, fastmath=FASTMATH, cache=True)
 _SEQ = dict(fastmath=FASTMATH, cache=True)
@@ -58,10 +58,12 @@ def _coeffs(tdy, tdyxc, r, n, correction, eps, eps_code):
     return mdx, k
 
 
-# Output formulas, written once for both store kinds.  Loops that may stream (``nt``: streaming stores, see
-# :mod:`._stream`) are written twice, plain and streaming, with the branch outside the loop (a store chosen
-# inside a loop can be merged by LLVM into one store carrying the streaming store's alignment); they stream only
-# where every segment they write starts on a 64-byte boundary and runs from index 0 of a view starting there.
+# Output formulas, written once for both store kinds.  Loops that may stream store through ``_put(a, i, v, nt)``
+# (:mod:`._stream`), with ``nt`` a compile-time literal: the kernels called from Python get it as a run-time
+# int and pass it on as ``if nt: f(..., True) else: f(..., False)``, so each helper below is compiled once per
+# store kind (a store chosen at run time inside a loop can be merged by LLVM into one store carrying the
+# streaming store's alignment).  They stream only where every segment they write starts on a 64-byte boundary
+# and runs from index 0 of a view starting there.
 @njit(inline="always", **_SEQ)
 def _yv(x, mean, scale, shift):
     return (x - mean) * scale + shift
@@ -78,12 +80,8 @@ def _dxv(dy, x, w, r, mdx, k, mean):
 def _normalize_range(xf, yf, lo, hi, mean, scale, shift, nt):
     x = xf[lo:hi]
     y = yf[lo:hi]
-    if nt:
-        for i in range(0, hi - lo):
-            stream(y, i, _yv(x[i], mean, scale, shift))
-    else:
-        for i in range(0, hi - lo):
-            y[i] = _yv(x[i], mean, scale, shift)
+    for i in range(0, hi - lo):
+        _put(y, i, _yv(x[i], mean, scale, shift), nt)
 
 
 @njit(**_SEQ)
@@ -108,18 +106,12 @@ def _dx_range(dyf, xf, dxf, lo, hi, w, r, mdx, k, mean, train, nt):
     x = xf[lo:hi]
     dy = dyf[lo:hi]
     dx = dxf[lo:hi]
-    if train and nt:
+    if train:
         for i in range(0, hi - lo):
-            stream(dx, i, _dxv(dy[i], x[i], w, r, mdx, k, mean))
-    elif train:
-        for i in range(0, hi - lo):
-            dx[i] = _dxv(dy[i], x[i], w, r, mdx, k, mean)
-    elif nt:
-        for i in range(0, hi - lo):
-            stream(dx, i, r * (w * dy[i]))
+            _put(dx, i, _dxv(dy[i], x[i], w, r, mdx, k, mean), nt)
     else:
         for i in range(0, hi - lo):
-            dx[i] = r * (w * dy[i])
+            _put(dx, i, r * (w * dy[i]), nt)
 
 
 @njit(**_SEQ)
@@ -174,8 +166,12 @@ def cf_forward_fused(xf, yf, U, nr, L, run_stride, S, Cg, G, w, b, algo, acc64, 
                     r = rstd_out[u]
                     for j in range(Cg):
                         s0 = u * L + k * run_stride + j * S
-                        _normalize_range(xf, yf, s0, s0 + S, mean_out[u], r * w[ch0 + j], np.float64(b[ch0 + j]),
-                                         nt)
+                        sc = r * w[ch0 + j]
+                        sh = np.float64(b[ch0 + j])
+                        if nt:  # a literal each way (see the note above _yv)
+                            _normalize_range(xf, yf, s0, s0 + S, mean_out[u], sc, sh, True)
+                        else:
+                            _normalize_range(xf, yf, s0, s0 + S, mean_out[u], sc, sh, False)
 
 
 @njit(**_SEQ)
@@ -185,18 +181,11 @@ def _shifted_normalize(xf, yf, nlo, clo, n, K, s, s2, mean, scale, shift, nt):
     xn = xf[nlo:nlo + n]
     xc = xf[clo:clo + n]
     yc = yf[clo:clo + n]
-    if nt:
-        for i in range(0, n):
-            d = np.float64(xn[i]) - K
-            s += d
-            s2 += d * d
-            stream(yc, i, _yv(xc[i], mean, scale, shift))
-    else:
-        for i in range(0, n):
-            d = np.float64(xn[i]) - K
-            s += d
-            s2 += d * d
-            yc[i] = _yv(xc[i], mean, scale, shift)
+    for i in range(0, n):
+        d = np.float64(xn[i]) - K
+        s += d
+        s2 += d * d
+        _put(yc, i, _yv(xc[i], mean, scale, shift), nt)
     return s, s2
 
 
@@ -238,8 +227,12 @@ def cf_forward_pipelined(xf, yf, U, nr, L, run_stride, S, Cg, G, w, b, correctio
                         s2 = 0.0
                         for j in range(Cg):
                             s0 = lo + j * S
-                            s, s2 = _shifted_normalize(xf, yf, s0 + CB * L, s0, S, K, s, s2, mu, r * w[ch0 + j],
-                                                       np.float64(b[ch0 + j]), nt)
+                            sc = r * w[ch0 + j]
+                            sh = np.float64(b[ch0 + j])
+                            if nt:  # a literal each way (see the note above _yv)
+                                s, s2 = _shifted_normalize(xf, yf, s0 + CB * L, s0, S, K, s, s2, mu, sc, sh, True)
+                            else:
+                                s, s2 = _shifted_normalize(xf, yf, s0 + CB * L, s0, S, K, s, s2, mu, sc, sh, False)
                         q = s2 - s * (s / L)
                         if q < 0:  # NaN stays NaN
                             q = 0.0
@@ -250,7 +243,12 @@ def cf_forward_pipelined(xf, yf, U, nr, L, run_stride, S, Cg, G, w, b, correctio
                     else:
                         for j in range(Cg):
                             s0 = u * L + k * run_stride + j * S
-                            _normalize_range(xf, yf, s0, s0 + S, mu, r * w[ch0 + j], np.float64(b[ch0 + j]), nt)
+                            sc = r * w[ch0 + j]
+                            sh = np.float64(b[ch0 + j])
+                            if nt:
+                                _normalize_range(xf, yf, s0, s0 + S, mu, sc, sh, True)
+                            else:
+                                _normalize_range(xf, yf, s0, s0 + S, mu, sc, sh, False)
             for v in range(u1, v1):
                 mean_out[v] = mean[v - u1]
                 m2_out[v] = m2[v - u1]
@@ -282,7 +280,12 @@ def cf_forward_split(xf, yf, U, nr, L, run_stride, S, Cg, G, w, b, algo, acc64, 
         for t in prange(T):
             u, j, s0 = _subrun(t, nr, L, run_stride, S, Cg)
             ch = (u % G) * Cg + j
-            _normalize_range(xf, yf, s0, s0 + S, mean_out[u], rstd_out[u] * w[ch], np.float64(b[ch]), nt)
+            sc = rstd_out[u] * w[ch]
+            sh = np.float64(b[ch])
+            if nt:  # a literal each way (see the note above _yv)
+                _normalize_range(xf, yf, s0, s0 + S, mean_out[u], sc, sh, True)
+            else:
+                _normalize_range(xf, yf, s0, s0 + S, mean_out[u], sc, sh, False)
 
 
 @njit(**_SEQ)
@@ -311,30 +314,18 @@ def _sums_dx_range(dyf, xf, dxf, nlo, clo, n, nmean, w, r, mdx, k, mean, train, 
     dx = dxf[clo:clo + n]
     a = 0.0
     c = 0.0
-    if train and nt:
+    if train:
         for i in range(0, n):
             g = np.float64(dyn[i])
             a += g
             c += g * (xn[i] - nmean)
-            stream(dx, i, _dxv(dyc[i], xc[i], w, r, mdx, k, mean))
-    elif train:
-        for i in range(0, n):
-            g = np.float64(dyn[i])
-            a += g
-            c += g * (xn[i] - nmean)
-            dx[i] = _dxv(dyc[i], xc[i], w, r, mdx, k, mean)
-    elif nt:
-        for i in range(0, n):
-            g = np.float64(dyn[i])
-            a += g
-            c += g * (xn[i] - nmean)
-            stream(dx, i, r * (w * dyc[i]))
+            _put(dx, i, _dxv(dyc[i], xc[i], w, r, mdx, k, mean), nt)
     else:
         for i in range(0, n):
             g = np.float64(dyn[i])
             a += g
             c += g * (xn[i] - nmean)
-            dx[i] = r * (w * dyc[i])
+            _put(dx, i, r * (w * dyc[i]), nt)
     return a, c
 
 
@@ -375,16 +366,27 @@ def cf_backward_fused(dyf, xf, dxf, U, nr, L, run_stride, S, Cg, G, w, mean, rst
             for k in range(nr):
                 for u in range(u0, u1):
                     ch0 = (u % G) * Cg
+                    r = rstd[u]
+                    m = mean[u]
+                    md = mdx[u - u0]
+                    ku = kk[u - u0]
                     for j in range(Cg):
                         s0 = u * L + k * run_stride + j * S
+                        wj = w[ch0 + j]
                         if u + CB < v1:
-                            a1, c1 = _sums_dx_range(dyf, xf, dxf, s0 + CB * L, s0, S, mean[u + CB], w[ch0 + j],
-                                                    rstd[u], mdx[u - u0], kk[u - u0], mean[u], train, nt)
+                            nm = mean[u + CB]
+                            if nt:  # a literal each way (see the note above _yv)
+                                a1, c1 = _sums_dx_range(dyf, xf, dxf, s0 + CB * L, s0, S, nm, wj, r, md, ku, m, train,
+                                                        True)
+                            else:
+                                a1, c1 = _sums_dx_range(dyf, xf, dxf, s0 + CB * L, s0, S, nm, wj, r, md, ku, m, train,
+                                                        False)
                             sdy[u + CB, j] += a1
                             sdyxc[u + CB, j] += c1
+                        elif nt:
+                            _dx_range(dyf, xf, dxf, s0, s0 + S, wj, r, md, ku, m, train, True)
                         else:
-                            _dx_range(dyf, xf, dxf, s0, s0 + S, w[ch0 + j], rstd[u], mdx[u - u0], kk[u - u0],
-                                      mean[u], train, nt)
+                            _dx_range(dyf, xf, dxf, s0, s0 + S, wj, r, md, ku, m, train, False)
 
 
 @njit(**_PAR)
@@ -420,7 +422,11 @@ def cf_backward_split(dyf, xf, dxf, U, nr, L, run_stride, S, Cg, G, w, mean, rst
         kk[u] = k1
     for t in prange(T):
         u, j, s0 = _subrun(t, nr, L, run_stride, S, Cg)
-        _dx_range(dyf, xf, dxf, s0, s0 + S, w[(u % G) * Cg + j], rstd[u], mdx[u], kk[u], mean[u], train, nt)
+        wj = w[(u % G) * Cg + j]
+        if nt:  # a literal each way (see the note above _yv)
+            _dx_range(dyf, xf, dxf, s0, s0 + S, wj, rstd[u], mdx[u], kk[u], mean[u], train, True)
+        else:
+            _dx_range(dyf, xf, dxf, s0, s0 + S, wj, rstd[u], mdx[u], kk[u], mean[u], train, False)
 
 
 # --------------------------------------------------------------------------- blocks of columns (channels-last)
@@ -457,12 +463,8 @@ def _normalize_rows(x2, y2, r0, r1, mc, sc, sh, nt):
     for r in range(r1 - r0):  # 1-D row views: 2-D indexing measured 10% slower writing to memory
         x = xf[r * C:(r + 1) * C]
         y = yf[r * C:(r + 1) * C]
-        if nt:
-            for c in range(0, C):
-                stream(y, c, _yv(x[c], mc[c], sc[c], sh[c]))
-        else:
-            for c in range(0, C):
-                y[c] = _yv(x[c], mc[c], sc[c], sh[c])
+        for c in range(0, C):
+            _put(y, c, _yv(x[c], mc[c], sc[c], sh[c]), nt)
 
 
 @njit(**_PAR)
@@ -477,7 +479,10 @@ def cl_forward_fused(x3, y3, Cg, w, b, algo, acc64, correction, eps, eps_code, g
             sc = np.empty(C)
             sh = np.empty(C)
             _fold(gmean[bb], grstd[bb], Cg, w, b, cm, sc, sh)
-            _normalize_rows(x3[bb], y3[bb], 0, R, cm, sc, sh, nt)
+            if nt:  # a literal each way (see the note above _yv)
+                _normalize_rows(x3[bb], y3[bb], 0, R, cm, sc, sh, True)
+            else:
+                _normalize_rows(x3[bb], y3[bb], 0, R, cm, sc, sh, False)
 
 
 @njit(**_SEQ)
@@ -519,7 +524,10 @@ def cl_forward_split(x3, y3, Cg, w, b, P, algo, acc64, correction, eps, eps_code
             sc = np.empty(C)
             sh = np.empty(C)
             _fold(gmean[bb], grstd[bb], Cg, w, b, mc, sc, sh)
-            _normalize_rows(x3[bb], y3[bb], p * R // P, (p + 1) * R // P, mc, sc, sh, nt)
+            if nt:  # a literal each way (see the note above _yv)
+                _normalize_rows(x3[bb], y3[bb], p * R // P, (p + 1) * R // P, mc, sc, sh, True)
+            else:
+                _normalize_rows(x3[bb], y3[bb], p * R // P, (p + 1) * R // P, mc, sc, sh, False)
 
 
 @njit(**_SEQ)
@@ -581,18 +589,12 @@ def _dx_rows(dy2, x2, dx2, r0, r1, w, mc, rc, mdx, k, train, nt):
         dy = dyf[r * C:(r + 1) * C]
         x = xf[r * C:(r + 1) * C]
         dx = dxf[r * C:(r + 1) * C]
-        if train and nt:
+        if train:
             for c in range(0, C):
-                stream(dx, c, _dxv(dy[c], x[c], w[c], rc[c], mdx[c], k[c], mc[c]))
-        elif train:
-            for c in range(0, C):
-                dx[c] = _dxv(dy[c], x[c], w[c], rc[c], mdx[c], k[c], mc[c])
-        elif nt:
-            for c in range(0, C):
-                stream(dx, c, rc[c] * (w[c] * dy[c]))
+                _put(dx, c, _dxv(dy[c], x[c], w[c], rc[c], mdx[c], k[c], mc[c]), nt)
         else:
             for c in range(0, C):
-                dx[c] = rc[c] * (w[c] * dy[c])
+                _put(dx, c, rc[c] * (w[c] * dy[c]), nt)
 
 
 @njit(**_SEQ)
@@ -619,51 +621,28 @@ def _column_sums_dx(dy2, x2, dx2, r0, r1, w, mc, rc, sdy, sdyxc, nt):
         d1 = dxf[(r + 1) * C:(r + 2) * C]
         d2 = dxf[(r + 2) * C:(r + 3) * C]
         d3 = dxf[(r + 3) * C:(r + 4) * C]
-        if nt:
-            for c in range(0, C):
-                g0 = np.float64(dy2[r, c])
-                g1 = np.float64(dy2[r + 1, c])
-                g2 = np.float64(dy2[r + 2, c])
-                g3 = np.float64(dy2[r + 3, c])
-                m = mc[c]
-                f = rc[c] * w[c]
-                sdy[c] += (g0 + g1) + (g2 + g3)
-                sdyxc[c] += (g0 * (x2[r, c] - m) + g1 * (x2[r + 1, c] - m)) + (g2 * (x2[r + 2, c] - m)
-                                                                                + g3 * (x2[r + 3, c] - m))
-                stream(d0, c, f * g0)
-                stream(d1, c, f * g1)
-                stream(d2, c, f * g2)
-                stream(d3, c, f * g3)
-        else:
-            for c in range(0, C):
-                g0 = np.float64(dy2[r, c])
-                g1 = np.float64(dy2[r + 1, c])
-                g2 = np.float64(dy2[r + 2, c])
-                g3 = np.float64(dy2[r + 3, c])
-                m = mc[c]
-                f = rc[c] * w[c]
-                sdy[c] += (g0 + g1) + (g2 + g3)
-                sdyxc[c] += (g0 * (x2[r, c] - m) + g1 * (x2[r + 1, c] - m)) + (g2 * (x2[r + 2, c] - m)
-                                                                                + g3 * (x2[r + 3, c] - m))
-                d0[c] = f * g0
-                d1[c] = f * g1
-                d2[c] = f * g2
-                d3[c] = f * g3
+        for c in range(0, C):
+            g0 = np.float64(dy2[r, c])
+            g1 = np.float64(dy2[r + 1, c])
+            g2 = np.float64(dy2[r + 2, c])
+            g3 = np.float64(dy2[r + 3, c])
+            m = mc[c]
+            f = rc[c] * w[c]
+            sdy[c] += (g0 + g1) + (g2 + g3)
+            sdyxc[c] += (g0 * (x2[r, c] - m) + g1 * (x2[r + 1, c] - m)) + (g2 * (x2[r + 2, c] - m)
+                                                                            + g3 * (x2[r + 3, c] - m))
+            _put(d0, c, f * g0, nt)
+            _put(d1, c, f * g1, nt)
+            _put(d2, c, f * g2, nt)
+            _put(d3, c, f * g3, nt)
         r += 4
     for r in range(r, n):
         d = dxf[r * C:(r + 1) * C]
-        if nt:
-            for c in range(0, C):
-                g = np.float64(dy2[r, c])
-                sdy[c] += g
-                sdyxc[c] += g * (x2[r, c] - mc[c])
-                stream(d, c, rc[c] * (w[c] * g))
-        else:
-            for c in range(0, C):
-                g = np.float64(dy2[r, c])
-                sdy[c] += g
-                sdyxc[c] += g * (x2[r, c] - mc[c])
-                d[c] = rc[c] * (w[c] * g)
+        for c in range(0, C):
+            g = np.float64(dy2[r, c])
+            sdy[c] += g
+            sdyxc[c] += g * (x2[r, c] - mc[c])
+            _put(d, c, rc[c] * (w[c] * g), nt)
 
 
 @njit(**_PAR)
@@ -679,10 +658,16 @@ def cl_backward_fused(dy3, x3, dx3, Cg, w, gmean, grstd, train, correction, eps,
             k = np.empty(C)
             _group_coeffs(sdy[bb], sdyxc[bb], gmean[bb], grstd[bb], Cg, w, R, train, correction, eps, eps_code,
                           mc, rc, mdx, k)
-            _dx_rows(dy3[bb], x3[bb], dx3[bb], 0, R, w, mc, rc, mdx, k, 1, nt)
+            if nt:  # a literal each way (see the note above _yv)
+                _dx_rows(dy3[bb], x3[bb], dx3[bb], 0, R, w, mc, rc, mdx, k, 1, True)
+            else:
+                _dx_rows(dy3[bb], x3[bb], dx3[bb], 0, R, w, mc, rc, mdx, k, 1, False)
         else:
             _expand(grstd[bb], Cg, rc)
-            _column_sums_dx(dy3[bb], x3[bb], dx3[bb], 0, R, w, mc, rc, sdy[bb], sdyxc[bb], nt)
+            if nt:
+                _column_sums_dx(dy3[bb], x3[bb], dx3[bb], 0, R, w, mc, rc, sdy[bb], sdyxc[bb], True)
+            else:
+                _column_sums_dx(dy3[bb], x3[bb], dx3[bb], 0, R, w, mc, rc, sdy[bb], sdyxc[bb], False)
 
 
 @njit(**_PAR)
@@ -700,7 +685,12 @@ def cl_backward_split(dy3, x3, dx3, Cg, w, gmean, grstd, P, train, correction, e
         else:
             rc = np.empty(C)
             _expand(grstd[bb], Cg, rc)
-            _column_sums_dx(dy3[bb], x3[bb], dx3[bb], p * R // P, (p + 1) * R // P, w, mc, rc, pa[t], pc[t], nt)
+            r0 = p * R // P
+            r1 = (p + 1) * R // P
+            if nt:  # a literal each way (see the note above _yv)
+                _column_sums_dx(dy3[bb], x3[bb], dx3[bb], r0, r1, w, mc, rc, pa[t], pc[t], True)
+            else:
+                _column_sums_dx(dy3[bb], x3[bb], dx3[bb], r0, r1, w, mc, rc, pa[t], pc[t], False)
     mc = np.empty((B, C))
     rc = np.empty((B, C))
     mdx = np.empty((B, C))
@@ -720,46 +710,55 @@ def cl_backward_split(dy3, x3, dx3, Cg, w, gmean, grstd, P, train, correction, e
         for t in prange(B * P):
             bb = t // P
             p = t - bb * P
-            _dx_rows(dy3[bb], x3[bb], dx3[bb], p * R // P, (p + 1) * R // P, w, mc[bb], rc[bb], mdx[bb], k[bb], 1,
-                     nt)
+            r0 = p * R // P
+            r1 = (p + 1) * R // P
+            if nt:
+                _dx_rows(dy3[bb], x3[bb], dx3[bb], r0, r1, w, mc[bb], rc[bb], mdx[bb], k[bb], 1, True)
+            else:
+                _dx_rows(dy3[bb], x3[bb], dx3[bb], r0, r1, w, mc[bb], rc[bb], mdx[bb], k[bb], 1, False)
 
 
 # ------------------------------------------------------------------ per-channel constants (eval, frozen BN)
+@njit(**_SEQ)
+def _affine_slab(xf, yf, lo, hi, sc, sh, nt):
+    x = xf[lo:hi]
+    y = yf[lo:hi]
+    for i in range(0, hi - lo):
+        _put(y, i, x[i] * sc + sh, nt)
+
+
 @njit(**_PAR)
 def affine_cf(xf, yf, C, S, scale, shift, nt):
     """y = x*scale[c] + shift[c] on (N, C, S) flattened, one (n, c) slab per iteration."""
     for t in prange(xf.shape[0] // S):
         c = t % C
-        sc = scale[c]
-        sh = shift[c]
-        x = xf[t * S:(t + 1) * S]
-        y = yf[t * S:(t + 1) * S]
-        if nt:
-            for i in range(0, S):
-                stream(y, i, x[i] * sc + sh)
+        if nt:  # a literal each way (see the note above _yv)
+            _affine_slab(xf, yf, t * S, (t + 1) * S, scale[c], shift[c], True)
         else:
-            for i in range(0, S):
-                y[i] = x[i] * sc + sh
+            _affine_slab(xf, yf, t * S, (t + 1) * S, scale[c], shift[c], False)
+
+
+@njit(**_SEQ)
+def _affine_rows(x2, y2, r0, r1, scale, shift, nt):
+    C = x2.shape[1]
+    xf = x2[r0:r1].reshape(-1)
+    yf = y2[r0:r1].reshape(-1)
+    for r in range(0, r1 - r0):  # 1-D row views, as _normalize_rows
+        x = xf[r * C:(r + 1) * C]
+        y = yf[r * C:(r + 1) * C]
+        for c in range(0, C):
+            _put(y, c, x[c] * scale[c] + shift[c], nt)
 
 
 @njit(**_PAR)
 def affine_cl(x2, y2, scale, shift, P, nt):
-    """y = x*scale[c] + shift[c] on (R, C), rows cut into P chunks, through 1-D row views."""
-    R, C = x2.shape
+    """y = x*scale[c] + shift[c] on (R, C), rows cut into P chunks."""
+    R = x2.shape[0]
     for p in prange(P):
-        r0 = p * R // P
-        r1 = (p + 1) * R // P
-        xf = x2[r0:r1].reshape(-1)
-        yf = y2[r0:r1].reshape(-1)
-        for r in range(0, r1 - r0):
-            x = xf[r * C:(r + 1) * C]
-            y = yf[r * C:(r + 1) * C]
-            if nt:
-                for c in range(0, C):
-                    stream(y, c, x[c] * scale[c] + shift[c])
-            else:
-                for c in range(0, C):
-                    y[c] = x[c] * scale[c] + shift[c]
+        if nt:  # a literal each way (see the note above _yv)
+            _affine_rows(x2, y2, p * R // P, (p + 1) * R // P, scale, shift, True)
+        else:
+            _affine_rows(x2, y2, p * R // P, (p + 1) * R // P, scale, shift, False)
 
 
 # ------------------------------------------------------------------------------------- Python-side planning

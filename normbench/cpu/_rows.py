@@ -28,7 +28,7 @@ from numba import njit, prange
 
 from ..numerics import DEFAULT_ACCUMULATE
 from ._moments import FASTMATH, NAIVE, SHIFTED, chan_merge, row_stats, rstd_from_m2
-from ._stream import new_output, stream, streamable
+from ._stream import _put, new_output, streamable
 
 #: rows x D below this many values run serially
 PARALLEL_MIN = 1 << 15
@@ -36,18 +36,6 @@ PARALLEL_MIN = 1 << 15
 SPLIT_MIN = 1 << 16
 
 MODE_PLAIN, MODE_FUSED, MODE_FUSED_DH = 0, 1, 2
-
-
-@njit(inline="always", cache=True)
-def _put(a, j, v, nt):
-    """``a[j] = v``, a streaming store when ``nt``.  ``nt`` must reach the loop as a compile-time constant (the
-    ``if nt: f(..., True) else: f(..., False)`` dispatch in _forward_rows/_backward_rows compiles each kernel
-    once per store kind): a store chosen at run time inside a loop was merged by LLVM into one store carrying
-    the streaming store's alignment, which faulted on unaligned outputs."""
-    if nt:
-        stream(a, j, v)
-    else:
-        a[j] = v
 
 
 # ----------------------------------------------------------------------------------------------- forward
@@ -90,7 +78,7 @@ def _write_y(x, r, alpha, fused, y, h, lo, hi, j0, mean, rstd, w, b):
 def _forward_rows(x, r, alpha, fused, y, h, w, b, mean, rstd, D, r0, r1, rms, algo, acc64, corr, eps, eps_code,
                   nt):
     if acc64 and (rms or algo == SHIFTED or algo == NAIVE):
-        if nt:  # a literal each way: see _put
+        if nt:  # a literal each way: see _stream._put
             _forward_rows_pipelined(x, r, alpha, fused, y, h, w, b, mean, rstd, D, r0, r1, rms, algo, corr, eps,
                                     eps_code, True)
         else:
@@ -299,7 +287,7 @@ def _write_dx(dy, x, w, dx, dres, dh, mode, alpha, lo, hi, j0, mean, rs, k, c0, 
 @njit(fastmath=FASTMATH, cache=True)
 def _backward_rows(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, r0, r1, rms, acc64, corr, eps, eps_code,
                    dwp, dbp, nt):
-    if acc64 and mode == MODE_PLAIN:  # layer / RMS norm; nt a literal each way: see _put
+    if acc64 and mode == MODE_PLAIN:  # layer / RMS norm; nt a literal each way: see _stream._put
         if nt:
             _backward_row_pairs(dy, x, w, dx, mean, rstd, D, r0, r1, rms, corr, eps, eps_code, dwp, dbp, True)
         else:

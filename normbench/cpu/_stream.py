@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.extending import intrinsic
 
 ALIGN = 64  # bytes: a cache line
@@ -40,6 +40,18 @@ def stream(typingctx, arr, idx, val):
         return context.get_dummy_value()
 
     return types.void(arr, types.intp, val), codegen
+
+
+@njit(inline="always", cache=True)
+def _put(a, j, v, nt):
+    """``a[j] = v``, a streaming store when ``nt``.  ``nt`` must reach the loop as a compile-time constant: callers
+    holding a run-time flag dispatch ``if nt: f(..., True) else: f(..., False)`` so that each kernel is compiled
+    once per store kind (a store chosen at run time inside a loop was merged by LLVM into one store carrying the
+    streaming store's alignment, which faulted on unaligned outputs)."""
+    if nt:
+        stream(a, j, v)
+    else:
+        a[j] = v
 
 
 def aligned_empty(shape, dtype) -> np.ndarray:
