@@ -5,4 +5,5 @@ import pytest
 
 def torch_or_skip():
     """PyTorch is an optional peer: tests that compare with it skip with this reason where it is absent."""
-    return pytest.importorskip("torch", reason="PyTorch not installed (pip install torch==2.13.0, the CPU build)")
+    return pytest.importorskip("torch", reason="optional peer PyTorch is not installed "
+                                              "(pip install 'normbench[peers]': torch==2.13.0, the CPU build)")

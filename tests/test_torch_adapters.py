@@ -3,8 +3,9 @@ parity with the torch.nn modules over several optimizer steps in train and eval,
 across the two implementations."""
 import numpy as np
 import pytest
+from nbtest import torch_or_skip
 
-torch = pytest.importorskip("torch", reason="PyTorch not installed (pip install torch==2.13.0, the CPU build)")
+torch = torch_or_skip()
 import torch.nn as tnn  # noqa: E402
 
 import normbench.torch as nt  # noqa: E402

@@ -1,12 +1,8 @@
-import time, numpy as np, sys
+import numpy as np
 import normbench as nb
 from normbench.bandwidth import _parallel_copy
-def tmin(fn, n=5):
-    fn(); best = 1e9
-    for _ in range(n):
-        t = time.thread_time(); fn(); best = min(best, time.thread_time() - t)
-    return best
-shape = tuple(int(v) for v in sys.argv[1].split("x")); D = shape[-1]
+from _timing import shape_arg, tmin
+shape = shape_arg(); D = shape[-1]
 rng = np.random.default_rng(0)
 x = rng.standard_normal(shape, dtype=np.float32); dy = rng.standard_normal(shape, dtype=np.float32)
 w = np.ones(D, np.float32); b = np.zeros(D, np.float32); out = np.zeros_like(x); dxo = np.zeros_like(x)

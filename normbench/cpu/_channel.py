@@ -78,6 +78,15 @@ def _dxv(dy, x, w, r, mdx, k, mean):
 # negative-index wraparound, which otherwise blocks vectorisation (measured 5-7x slower).
 @njit(**_SEQ)
 def _normalize_range(xf, yf, lo, hi, mean, scale, shift, nt):
+    """y = (x - mean) * scale + shift on ``lo:hi``; ``nt`` at run time (the literal dispatch is made here once)."""
+    if nt:
+        _normalize_loop(xf, yf, lo, hi, mean, scale, shift, True)
+    else:
+        _normalize_loop(xf, yf, lo, hi, mean, scale, shift, False)
+
+
+@njit(**_SEQ)
+def _normalize_loop(xf, yf, lo, hi, mean, scale, shift, nt):
     x = xf[lo:hi]
     y = yf[lo:hi]
     for i in range(0, hi - lo):
@@ -168,10 +177,7 @@ def cf_forward_fused(xf, yf, U, nr, L, run_stride, S, Cg, G, w, b, algo, acc64, 
                         s0 = u * L + k * run_stride + j * S
                         sc = r * w[ch0 + j]
                         sh = np.float64(b[ch0 + j])
-                        if nt:  # a literal each way (see the note above _yv)
-                            _normalize_range(xf, yf, s0, s0 + S, mean_out[u], sc, sh, True)
-                        else:
-                            _normalize_range(xf, yf, s0, s0 + S, mean_out[u], sc, sh, False)
+                        _normalize_range(xf, yf, s0, s0 + S, mean_out[u], sc, sh, nt)
 
 
 @njit(**_SEQ)
@@ -245,10 +251,7 @@ def cf_forward_pipelined(xf, yf, U, nr, L, run_stride, S, Cg, G, w, b, correctio
                             s0 = u * L + k * run_stride + j * S
                             sc = r * w[ch0 + j]
                             sh = np.float64(b[ch0 + j])
-                            if nt:
-                                _normalize_range(xf, yf, s0, s0 + S, mu, sc, sh, True)
-                            else:
-                                _normalize_range(xf, yf, s0, s0 + S, mu, sc, sh, False)
+                            _normalize_range(xf, yf, s0, s0 + S, mu, sc, sh, nt)
             for v in range(u1, v1):
                 mean_out[v] = mean[v - u1]
                 m2_out[v] = m2[v - u1]
@@ -282,10 +285,7 @@ def cf_forward_split(xf, yf, U, nr, L, run_stride, S, Cg, G, w, b, algo, acc64, 
             ch = (u % G) * Cg + j
             sc = rstd_out[u] * w[ch]
             sh = np.float64(b[ch])
-            if nt:  # a literal each way (see the note above _yv)
-                _normalize_range(xf, yf, s0, s0 + S, mean_out[u], sc, sh, True)
-            else:
-                _normalize_range(xf, yf, s0, s0 + S, mean_out[u], sc, sh, False)
+            _normalize_range(xf, yf, s0, s0 + S, mean_out[u], sc, sh, nt)
 
 
 @njit(**_SEQ)
@@ -457,6 +457,15 @@ def _fold(gmean, grstd, Cg, w, b, mc, sc, sh):
 
 @njit(**_SEQ)
 def _normalize_rows(x2, y2, r0, r1, mc, sc, sh, nt):
+    """Rows r0:r1 of y, per-column coefficients; ``nt`` at run time (the literal dispatch is made here once)."""
+    if nt:
+        _normalize_rows_loop(x2, y2, r0, r1, mc, sc, sh, True)
+    else:
+        _normalize_rows_loop(x2, y2, r0, r1, mc, sc, sh, False)
+
+
+@njit(**_SEQ)
+def _normalize_rows_loop(x2, y2, r0, r1, mc, sc, sh, nt):
     C = x2.shape[1]
     xf = x2[r0:r1].reshape(-1)
     yf = y2[r0:r1].reshape(-1)
@@ -479,10 +488,7 @@ def cl_forward_fused(x3, y3, Cg, w, b, algo, acc64, correction, eps, eps_code, g
             sc = np.empty(C)
             sh = np.empty(C)
             _fold(gmean[bb], grstd[bb], Cg, w, b, cm, sc, sh)
-            if nt:  # a literal each way (see the note above _yv)
-                _normalize_rows(x3[bb], y3[bb], 0, R, cm, sc, sh, True)
-            else:
-                _normalize_rows(x3[bb], y3[bb], 0, R, cm, sc, sh, False)
+            _normalize_rows(x3[bb], y3[bb], 0, R, cm, sc, sh, nt)
 
 
 @njit(**_SEQ)
@@ -524,10 +530,7 @@ def cl_forward_split(x3, y3, Cg, w, b, P, algo, acc64, correction, eps, eps_code
             sc = np.empty(C)
             sh = np.empty(C)
             _fold(gmean[bb], grstd[bb], Cg, w, b, mc, sc, sh)
-            if nt:  # a literal each way (see the note above _yv)
-                _normalize_rows(x3[bb], y3[bb], p * R // P, (p + 1) * R // P, mc, sc, sh, True)
-            else:
-                _normalize_rows(x3[bb], y3[bb], p * R // P, (p + 1) * R // P, mc, sc, sh, False)
+            _normalize_rows(x3[bb], y3[bb], p * R // P, (p + 1) * R // P, mc, sc, sh, nt)
 
 
 @njit(**_SEQ)
