@@ -108,8 +108,10 @@ def channel_axis(axis, x) -> int:
 
 def normalized_shape(value, x) -> tuple:
     """normalized_shape: an int or a tuple of ints equal to x's trailing dimensions."""
-    if type(value) is int:  # the common call, without the generator below (small calls are overhead-bound)
+    if type(value) is int:  # the common calls, without the generator below (small calls are overhead-bound)
         shape = (value,)
+    elif type(value) is tuple and len(value) == 1 and type(value[0]) is int:
+        shape = value
     else:
         shape = (value,) if isinstance(value, (int, np.integer)) else value
         try:

@@ -32,6 +32,14 @@ def _inputs(**arrays):
     return {k: v for k, v in arrays.items() if v is not None}
 
 
+def _output(name, out, backend, like, **inputs):
+    """A preallocated output checked against ``like`` (shape; dtype per backend) and the inputs; None when not
+    given (tested first: small calls are overhead-bound). Inputs given as None are skipped by the overlap check."""
+    if out is None:
+        return None
+    return _checks.output(name, out, like.shape, registry.output_dtype(backend, like), inputs)
+
+
 # --------------------------------------------------------------------------------------------- batch norm
 class BatchArgs(NamedTuple):
     """Validated batch-norm forward arguments (see :func:`batch_norm_args`)."""
@@ -92,9 +100,8 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, *, training=T
                              f"{tuple(x.shape)} (axis={axis})")
         check_correction(a.opts, n, "channel")
     backend = registry.pick_backend(x, backend, "batch_norm")
-    out = _checks.output("out", out, x.shape, registry.output_dtype(backend, x),
-                         _inputs(x=x, weight=a.weight, bias=a.bias, running_mean=a.running_mean,
-                                 running_var=a.running_var))
+    out = _output("out", out, backend, x, x=x, weight=a.weight, bias=a.bias,
+                  running_mean=a.running_mean, running_var=a.running_var)
     if n == 0:  # empty batch: empty output, running statistics untouched (as PyTorch)
         y = out if out is not None else np.empty(x.shape, registry.output_dtype(backend, x))
         if training:
@@ -121,8 +128,7 @@ def batch_norm_backward(dy, x, weight, bias, save_mean, save_invstd, *, training
     if training:
         check_correction(opts, n, "channel")
     backend = registry.pick_backend(x, backend, "batch_norm")
-    dx_out = _checks.output("dx_out", dx_out, x.shape, registry.output_dtype(backend, x),
-                            _inputs(dy=dy, x=x, weight=weight, bias=bias))
+    dx_out = _output("dx_out", dx_out, backend, x, dy=dy, x=x, weight=weight, bias=bias)
     if n == 0:
         return _empty_backward(x, C, weight, bias, backend, dx_out)
     impl = registry.implementation("batch_norm", backend, "backward")
@@ -148,8 +154,8 @@ def frozen_batch_norm_forward(x, weight, bias, running_mean, running_var, *, eps
     running_var = _checks.param("running_var", running_var, (C,), x, required=True)
     eps = check_eps(eps)
     backend = registry.pick_backend(x, backend, "frozen_batch_norm")
-    out = _checks.output("out", out, x.shape, registry.output_dtype(backend, x),
-                         _inputs(x=x, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var))
+    out = _output("out", out, backend, x, x=x, weight=weight, bias=bias,
+                  running_mean=running_mean, running_var=running_var)
     impl = registry.implementation("frozen_batch_norm", backend, "forward")
     return impl(x, weight, bias, running_mean, running_var, eps=eps, axis=kaxis, out=out)
 
@@ -162,8 +168,7 @@ def frozen_batch_norm_backward(dy, weight, running_var, *, eps=1e-5, axis=1, dx_
     running_var = _checks.param("running_var", running_var, (C,), dy, required=True)
     eps = check_eps(eps)
     backend = registry.pick_backend(dy, backend, "frozen_batch_norm")
-    dx_out = _checks.output("dx_out", dx_out, dy.shape, registry.output_dtype(backend, dy),
-                            _inputs(dy=dy, weight=weight, running_var=running_var))
+    dx_out = _output("dx_out", dx_out, backend, dy, dy=dy, weight=weight, running_var=running_var)
     impl = registry.implementation("frozen_batch_norm", backend, "backward")
     return impl(dy, weight, running_var, eps=eps, axis=kaxis, dx_out=dx_out)
 
@@ -186,7 +191,7 @@ def layer_norm_forward(x, normalized_shape, weight=None, bias=None, *, eps=1e-5,
     opts = resolve(numerics)
     check_correction(opts, D, "row (normalized_shape)")
     backend = registry.pick_backend(x, backend, "layer_norm")
-    out = _checks.output("out", out, x.shape, registry.output_dtype(backend, x), _inputs(x=x, weight=weight, bias=bias))
+    out = _output("out", out, backend, x, x=x, weight=weight, bias=bias)
     impl = registry.implementation("layer_norm", backend, "forward")
     return impl(x, shape, weight, bias, eps=eps, opts=opts, out=out)
 
@@ -205,8 +210,7 @@ def layer_norm_backward(dy, x, normalized_shape, mean, rstd, weight=None, bias=N
     opts = resolve(numerics)
     check_correction(opts, D, "row (normalized_shape)")
     backend = registry.pick_backend(x, backend, "layer_norm")
-    dx_out = _checks.output("dx_out", dx_out, x.shape, registry.output_dtype(backend, x),
-                            _inputs(dy=dy, x=x, weight=weight, bias=bias))
+    dx_out = _output("dx_out", dx_out, backend, x, dy=dy, x=x, weight=weight, bias=bias)
     impl = registry.implementation("layer_norm", backend, "backward")
     return impl(dy, x, shape, mean, rstd, weight, bias, eps=eps, opts=opts, dx_out=dx_out)
 
@@ -231,7 +235,7 @@ def rms_norm_forward(x, normalized_shape, weight=None, *, eps=None, out=None, ba
     opts = resolve(numerics)
     check_correction(opts, D, "row (normalized_shape)")
     backend = registry.pick_backend(x, backend, "rms_norm")
-    out = _checks.output("out", out, x.shape, registry.output_dtype(backend, x), _inputs(x=x, weight=weight))
+    out = _output("out", out, backend, x, x=x, weight=weight)
     impl = registry.implementation("rms_norm", backend, "forward")
     return impl(x, shape, weight, eps=eps, opts=opts, out=out)
 
@@ -248,8 +252,7 @@ def rms_norm_backward(dy, x, normalized_shape, rstd, weight=None, *, eps=None, d
     opts = resolve(numerics)
     check_correction(opts, D, "row (normalized_shape)")
     backend = registry.pick_backend(x, backend, "rms_norm")
-    dx_out = _checks.output("dx_out", dx_out, x.shape, registry.output_dtype(backend, x),
-                            _inputs(dy=dy, x=x, weight=weight))
+    dx_out = _output("dx_out", dx_out, backend, x, dy=dy, x=x, weight=weight)
     impl = registry.implementation("rms_norm", backend, "backward")
     return impl(dy, x, shape, rstd, weight, eps=eps, opts=opts, dx_out=dx_out)
 
@@ -275,7 +278,7 @@ def group_norm_forward(x, num_groups, weight=None, bias=None, *, eps=1e-5, axis=
     opts = resolve(numerics)
     check_correction(opts, n, "group")
     backend = registry.pick_backend(x, backend, "group_norm")
-    out = _checks.output("out", out, x.shape, registry.output_dtype(backend, x), _inputs(x=x, weight=weight, bias=bias))
+    out = _output("out", out, backend, x, x=x, weight=weight, bias=bias)
     if x.size == 0:  # empty batch (N = 0): empty output, as PyTorch
         y = out if out is not None else np.empty(x.shape, registry.output_dtype(backend, x))
         return y, np.full((x.shape[0], G), np.nan), np.full((x.shape[0], G), np.nan)
@@ -297,8 +300,7 @@ def group_norm_backward(dy, x, num_groups, mean, rstd, weight=None, bias=None, *
     opts = resolve(numerics)
     check_correction(opts, n, "group")
     backend = registry.pick_backend(x, backend, "group_norm")
-    dx_out = _checks.output("dx_out", dx_out, x.shape, registry.output_dtype(backend, x),
-                            _inputs(dy=dy, x=x, weight=weight, bias=bias))
+    dx_out = _output("dx_out", dx_out, backend, x, dy=dy, x=x, weight=weight, bias=bias)
     if x.size == 0:
         return _empty_backward(x, C, weight, bias, backend, dx_out)
     impl = registry.implementation("group_norm", backend, "backward")
@@ -329,8 +331,8 @@ def instance_norm_forward(x, weight=None, bias=None, running_mean=None, running_
     elif running_mean is None:
         raise ValueError("use_input_stats=False needs running_mean and running_var")
     backend = registry.pick_backend(x, backend, "instance_norm")
-    out = _checks.output("out", out, x.shape, registry.output_dtype(backend, x),
-                         _inputs(x=x, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var))
+    out = _output("out", out, backend, x, x=x, weight=weight, bias=bias,
+                  running_mean=running_mean, running_var=running_var)
     if x.size == 0:
         y = out if out is not None else np.empty(x.shape, registry.output_dtype(backend, x))
         return y, np.full((x.shape[0], C), np.nan), np.full((x.shape[0], C), np.nan)
@@ -355,8 +357,7 @@ def instance_norm_backward(dy, x, mean, rstd, weight=None, bias=None, *, use_inp
     if use_input_stats:
         check_correction(opts, S, "instance-channel")
     backend = registry.pick_backend(x, backend, "instance_norm")
-    dx_out = _checks.output("dx_out", dx_out, x.shape, registry.output_dtype(backend, x),
-                            _inputs(dy=dy, x=x, weight=weight, bias=bias))
+    dx_out = _output("dx_out", dx_out, backend, x, dy=dy, x=x, weight=weight, bias=bias)
     if x.size == 0:
         return _empty_backward(x, C, weight, bias, backend, dx_out)
     impl = registry.implementation("instance_norm", backend, "backward")
@@ -377,7 +378,7 @@ def local_response_norm_forward(x, size, *, alpha=1e-4, beta=0.75, k=1.0, out=No
     size, alpha, beta, k = _lrn_setup(x, size, alpha, beta, k)
     opts = resolve(numerics)
     backend = registry.pick_backend(x, backend, "local_response_norm")
-    out = _checks.output("out", out, x.shape, registry.output_dtype(backend, x), _inputs(x=x))
+    out = _output("out", out, backend, x, x=x)
     impl = registry.implementation("local_response_norm", backend, "forward")
     return impl(x, size, alpha=alpha, beta=beta, k=k, opts=opts, out=out)
 
@@ -392,8 +393,7 @@ def local_response_norm_backward(dy, x, y, scale, size, *, alpha=1e-4, beta=0.75
     size, alpha, beta, k = _lrn_setup(x, size, alpha, beta, k)
     opts = resolve(numerics)
     backend = registry.pick_backend(x, backend, "local_response_norm")
-    dx_out = _checks.output("dx_out", dx_out, x.shape, registry.output_dtype(backend, x),
-                            _inputs(dy=dy, x=x, y=y, scale=scale))
+    dx_out = _output("dx_out", dx_out, backend, x, dy=dy, x=x, y=y, scale=scale)
     impl = registry.implementation("local_response_norm", backend, "backward")
     return impl(dy, x, y, scale, size, alpha=alpha, beta=beta, k=k, opts=opts, dx_out=dx_out)
 

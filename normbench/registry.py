@@ -74,14 +74,21 @@ def has_backend(variant: str, backend: str) -> bool:
     return module is not None and hasattr(module, spec.forward_name) and hasattr(module, spec.backward_name)
 
 
+_IMPLEMENTATIONS: dict = {}  # (variant, backend, which) -> function, once found (every call asks)
+
+
 def implementation(variant: str, backend: str, which: str):
     """The backend's function for ``variant``'s "forward" or "backward" pass."""
+    fn = _IMPLEMENTATIONS.get((variant, backend, which))
+    if fn is not None:
+        return fn
     spec = VARIANTS[variant]
     name = spec.forward_name if which == "forward" else spec.backward_name
     module = _backend_module(backend, spec.family)
     fn = getattr(module, name, None) if module is not None else None
     if fn is None:
         raise NotImplementedError(f"backend {backend!r} does not implement {name}")
+    _IMPLEMENTATIONS[variant, backend, which] = fn
     return fn
 
 

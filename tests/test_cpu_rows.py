@@ -174,6 +174,29 @@ def test_split_path_many_rows_uneven_pieces(rng, monkeypatch):
         compare(family, args, 2e-5, variance="welford", correction=1, eps_placement="outside")
 
 
+@pytest.mark.parametrize("R", [1, 4])
+def test_split_path_parameter_gradients_only_where_wanted(R, rng, monkeypatch):
+    """The split backward writes dweight/dbias into fresh arrays (the first row assigns, later rows add): each is
+    None exactly where its parameter is, and the other matches the reference."""
+    monkeypatch.setattr(_rows, "_schedule", lambda R, D: ("split", 3))
+    x, ns, w, b, dy, _, _ = make((R, 133), np.float32, rng, offset=5.0)
+    for ww, bb in ((w, None), (None, b), (None, None), (w, b)):
+        y, m, r = nb.layer_norm_forward(x, ns, ww, bb)
+        got = nb.layer_norm_backward(dy, x, ns, m, r, ww, bb)
+        ref = nb.layer_norm_backward(dy, x, ns, m, r, ww, bb, backend="reference")
+        for g, gr in zip(got, ref):
+            assert (g is None) == (gr is None)
+            if g is not None:
+                assert rel(g, gr) <= 2e-5
+        y, r = nb.rms_norm_forward(x, ns, ww)
+        got = nb.rms_norm_backward(dy, x, ns, r, ww)
+        ref = nb.rms_norm_backward(dy, x, ns, r, ww, backend="reference")
+        assert (got[1] is None) == (ww is None)
+        for g, gr in zip(got, ref):
+            if g is not None:
+                assert rel(g, gr) <= 2e-5
+
+
 def test_parallel_rows_path_on_small_inputs(rng, monkeypatch):
     monkeypatch.setattr(_rows, "PARALLEL_MIN", 0)
     assert _rows._schedule(7, 33)[0] == "rows"
@@ -183,7 +206,7 @@ def test_parallel_rows_path_on_small_inputs(rng, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("schedule", ["serial", "rows"])
+@pytest.mark.parametrize("schedule", ["serial", "rows", "split"])
 def test_streaming_stores(dtype, schedule, rng, monkeypatch):
     """Outputs of at least STREAM_MIN_BYTES whose rows all start on a 64-byte line are written with streaming
     stores (forced on here for small inputs): correct against the reference, and bit for bit the results of
@@ -191,6 +214,8 @@ def test_streaming_stores(dtype, schedule, rng, monkeypatch):
     monkeypatch.setattr(_stream, "STREAM_MIN_BYTES", 0)
     if schedule == "rows":
         monkeypatch.setattr(_rows, "PARALLEL_MIN", 0)
+    elif schedule == "split":  # pieces on 16-value boundaries; dweight/dbias streamed too
+        monkeypatch.setattr(_rows, "_schedule", lambda R, D: ("split", 3))
     used = []
     real = _rows.streamable
     monkeypatch.setattr(_rows, "streamable", lambda *a: used.append(real(*a)) or used[-1])

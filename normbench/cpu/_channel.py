@@ -464,16 +464,44 @@ def _normalize_rows(x2, y2, r0, r1, mc, sc, sh, nt):
         _normalize_rows_loop(x2, y2, r0, r1, mc, sc, sh, False)
 
 
+#: values per tile of rows in the channels-last output loops: per-column coefficient vectors are repeated this
+#: long so that short rows (C = 64: 64 values) run as one long vectorised loop per tile instead of one short
+#: loop per row (GN (8,56,56,64) forward's write sweep, one core: 53 -> 45 us a block; 10 to 20% on the
+#: backward's); results are the same to the bit (the same formula per value)
+TILE = 1024
+
+
+@njit(**_SEQ)
+def _tile_rows(C):
+    """Rows per tile for rows of C values: at least one."""
+    return max(1, TILE // C)
+
+
+@njit(**_SEQ)
+def _tiled(v, K):
+    """``v`` repeated K times (the per-column coefficients of K consecutive rows, flattened)."""
+    C = v.shape[0]
+    t = np.empty(K * C)
+    for r in range(K):
+        for c in range(C):
+            t[r * C + c] = v[c]
+    return t
+
+
 @njit(**_SEQ)
 def _normalize_rows_loop(x2, y2, r0, r1, mc, sc, sh, nt):
     C = x2.shape[1]
+    K = _tile_rows(C)
+    tm, ts, th = _tiled(mc, K), _tiled(sc, K), _tiled(sh, K)
     xf = x2[r0:r1].reshape(-1)
     yf = y2[r0:r1].reshape(-1)
-    for r in range(r1 - r0):  # 1-D row views: 2-D indexing measured 10% slower writing to memory
-        x = xf[r * C:(r + 1) * C]
-        y = yf[r * C:(r + 1) * C]
-        for c in range(0, C):
-            _put(y, c, _yv(x[c], mc[c], sc[c], sh[c]), nt)
+    n = r1 - r0
+    for r in range(0, n, K):  # 1-D views of K rows: 2-D indexing measured 10% slower writing to memory
+        m = min(K, n - r) * C
+        x = xf[r * C:r * C + m]
+        y = yf[r * C:r * C + m]
+        for i in range(0, m):
+            _put(y, i, _yv(x[i], tm[i], ts[i], th[i]), nt)
 
 
 @njit(**_PAR)
@@ -585,19 +613,24 @@ def _group_coeffs(sdy, sdyxc, gmean, grstd, Cg, w, rows, train, correction, eps,
 def _dx_rows(dy2, x2, dx2, r0, r1, w, mc, rc, mdx, k, train, nt):
     """Rows r0:r1 of dx, as :func:`_dx_range` with per-column coefficients."""
     C = x2.shape[1]
+    K = _tile_rows(C)  # tiles of K rows, as _normalize_rows_loop
+    tw, tr, tm = _tiled(w, K), _tiled(rc, K), _tiled(mc, K)
+    tmdx, tk = _tiled(mdx, K), _tiled(k, K)
     dyf = dy2[r0:r1].reshape(-1)
     xf = x2[r0:r1].reshape(-1)
     dxf = dx2[r0:r1].reshape(-1)
-    for r in range(r1 - r0):  # 1-D row views, as _normalize_rows
-        dy = dyf[r * C:(r + 1) * C]
-        x = xf[r * C:(r + 1) * C]
-        dx = dxf[r * C:(r + 1) * C]
+    n = r1 - r0
+    for r in range(0, n, K):
+        m = min(K, n - r) * C
+        dy = dyf[r * C:r * C + m]
+        x = xf[r * C:r * C + m]
+        dx = dxf[r * C:r * C + m]
         if train:
-            for c in range(0, C):
-                _put(dx, c, _dxv(dy[c], x[c], w[c], rc[c], mdx[c], k[c], mc[c]), nt)
+            for i in range(0, m):
+                _put(dx, i, _dxv(dy[i], x[i], tw[i], tr[i], tmdx[i], tk[i], tm[i]), nt)
         else:
-            for c in range(0, C):
-                _put(dx, c, rc[c] * (w[c] * dy[c]), nt)
+            for i in range(0, m):
+                _put(dx, i, tr[i] * (tw[i] * dy[i]), nt)
 
 
 @njit(**_SEQ)
@@ -744,13 +777,17 @@ def affine_cf(xf, yf, C, S, scale, shift, nt):
 @njit(**_SEQ)
 def _affine_rows(x2, y2, r0, r1, scale, shift, nt):
     C = x2.shape[1]
+    K = _tile_rows(C)  # tiles of K rows, as _normalize_rows_loop
+    ts, th = _tiled(scale, K), _tiled(shift, K)
     xf = x2[r0:r1].reshape(-1)
     yf = y2[r0:r1].reshape(-1)
-    for r in range(0, r1 - r0):  # 1-D row views, as _normalize_rows
-        x = xf[r * C:(r + 1) * C]
-        y = yf[r * C:(r + 1) * C]
-        for c in range(0, C):
-            _put(y, c, x[c] * scale[c] + shift[c], nt)
+    n = r1 - r0
+    for r in range(0, n, K):
+        m = min(K, n - r) * C
+        x = xf[r * C:r * C + m]
+        y = yf[r * C:r * C + m]
+        for i in range(0, m):
+            _put(y, i, x[i] * ts[i] + th[i], nt)
 
 
 @njit(**_PAR)

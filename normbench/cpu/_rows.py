@@ -28,7 +28,7 @@ from numba import njit, prange
 
 from ..numerics import DEFAULT_ACCUMULATE
 from ._moments import FASTMATH, NAIVE, SHIFTED, chan_merge, row_stats, rstd_from_m2
-from ._stream import _put, new_output, streamable
+from ._stream import _put, aligned_empty, new_output, streamable
 
 #: rows x D below this many values run serially
 PARALLEL_MIN = 1 << 15
@@ -244,44 +244,35 @@ def _dx_coefficients(sa, sb, rs, D, corr, eps, eps_code, rms):
 
 
 @njit(fastmath=FASTMATH, cache=True)
-def _write_dx(dy, x, w, dx, dres, dh, mode, alpha, lo, hi, j0, mean, rs, k, c0, dwp, dbp):
-    """dx on the range (+ dh, and dresidual = alpha * dx for fused add + norm); accumulates the dweight and
-    dbias contributions into dwp/dbp (float64, indexed from j0) in the same pass."""
-    n = hi - lo
-    dys = dy[lo:hi]
-    xs = x[lo:hi]
-    dxs = dx[lo:hi]
-    ws = w[j0:j0 + n]
-    dwq = dwp[j0:j0 + n]
-    dbq = dbp[j0:j0 + n]
+def _write_dx(dy, x, w, dx, dres, dh, mode, alpha, lo, hi, j0, mean, rs, k, c0, dwp, dbp, nt):
+    """dx on the range (+ dh, and dresidual = alpha * dx for fused add + norm), through streaming stores when
+    ``nt`` (a literal); adds the dweight and dbias terms to dwp/dbp (indexed from j0) in the same pass, unless
+    they are None (the branches are then compiled out)."""
+    n = np.uint64(hi - lo)
+    a = np.uint64(lo)  # unsigned offsets: see _forward_rows_pipelined
+    q = np.uint64(j0)
     if mode == MODE_PLAIN:
         for j in range(n):
-            g = np.float64(dys[j])
-            xc = np.float64(xs[j]) - mean
-            dxs[j] = rs * ws[j] * g + k * xc + c0
-            dwq[j] += g * xc * rs
-            dbq[j] += g
-    elif mode == MODE_FUSED:
-        drs = dres[lo:hi]
-        for j in range(n):
-            g = np.float64(dys[j])
-            xc = np.float64(xs[j]) - mean
-            v = rs * ws[j] * g + k * xc + c0
-            dxs[j] = v
-            drs[j] = alpha * v
-            dwq[j] += g * xc * rs
-            dbq[j] += g
+            g = np.float64(dy[a + j])
+            xc = np.float64(x[a + j]) - mean
+            _put(dx, a + j, rs * w[q + j] * g + k * xc + c0, nt)
+            if dwp is not None:
+                dwp[q + j] += g * xc * rs
+            if dbp is not None:
+                dbp[q + j] += g
     else:
-        drs = dres[lo:hi]
-        dhs = dh[lo:hi]
+        dhs = dh if mode == MODE_FUSED_DH else dy  # dhf = 0: the term vanishes without a third loop
+        dhf = 1.0 if mode == MODE_FUSED_DH else 0.0
         for j in range(n):
-            g = np.float64(dys[j])
-            xc = np.float64(xs[j]) - mean
-            v = rs * ws[j] * g + k * xc + c0 + dhs[j]
-            dxs[j] = v
-            drs[j] = alpha * v
-            dwq[j] += g * xc * rs
-            dbq[j] += g
+            g = np.float64(dy[a + j])
+            xc = np.float64(x[a + j]) - mean
+            v = rs * w[q + j] * g + k * xc + c0 + dhf * dhs[a + j]
+            _put(dx, a + j, v, nt)
+            _put(dres, a + j, alpha * v, nt)
+            if dwp is not None:
+                dwp[q + j] += g * xc * rs
+            if dbp is not None:
+                dbp[q + j] += g
 
 
 @njit(fastmath=FASTMATH, cache=True)
@@ -307,7 +298,7 @@ def _backward_rows(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, r0, r1, r
         rs = rstd[row]
         sa, sb = _grad_sums(dy, x, w, lo, lo + D, 0, m, acc64)
         k, c0 = _dx_coefficients(sa, sb, rs, D, corr, eps, eps_code, rms)
-        _write_dx(dy, x, w, dx, dres, dh, mode, alpha, lo, lo + D, 0, m, rs, k, c0, dwp, dbp)
+        _write_dx(dy, x, w, dx, dres, dh, mode, alpha, lo, lo + D, 0, m, rs, k, c0, dwp, dbp, False)
 
 
 @njit(fastmath=FASTMATH, cache=True)
@@ -368,7 +359,8 @@ def _backward_row_pairs(dy, x, w, dx, mean, rstd, D, r0, r1, rms, corr, eps, eps
         else:
             sa, sb = _grad_sums(dy, x, w, t * D, t * D + D, 0, mean[t], True)
         k, c = _dx_coefficients(sa, sb, rstd[t], D, corr, eps, eps_code, rms)
-        _write_dx(dy, x, w, dx, dx, dx, MODE_PLAIN, 0.0, t * D, t * D + D, 0, mean[t], rstd[t], k, c, dwp, dbp)
+        _write_dx(dy, x, w, dx, dx, dx, MODE_PLAIN, 0.0, t * D, t * D + D, 0, mean[t], rstd[t], k, c, dwp, dbp,
+                  nt)
 
 
 @njit(fastmath=FASTMATH, cache=True)
@@ -388,7 +380,7 @@ def _backward_rows_pipelined(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D,
         rs = rstd[row]
         k, c0 = _dx_coefficients(sa, sb, rs, D, corr, eps, eps_code, rms)
         if row + 1 == r1:
-            _write_dx(dy, x, w, dx, dres, dh, mode, alpha, lo, lo + D, 0, m, rs, k, c0, dwp, dbp)
+            _write_dx(dy, x, w, dx, dres, dh, mode, alpha, lo, lo + D, 0, m, rs, k, c0, dwp, dbp, nt)
             break
         mn = mean[row + 1]
         a = np.uint64(lo)  # unsigned offsets, not per-row views: see _forward_rows_pipelined
@@ -429,27 +421,103 @@ def _backward_par(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, T, rms, ac
             db[j] += dbp[c, j]
 
 
+@njit(cache=True)
+def _piece(s, S, D):
+    """Columns [j0, j1) of piece s of S of a split row: boundaries on multiples of 16 values, so every piece of
+    an aligned array starts on a 64-byte line (streaming stores)."""
+    j0 = (s * D // S) // 16 * 16
+    j1 = D if s + 1 == S else ((s + 1) * D // S) // 16 * 16
+    return j0, j1
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _piece_sums(dy, x, w, dw, db, lo, hi, j0, mean, rs, acc64, nt):
+    """:func:`_grad_sums` on a piece of a split row that also *assigns* the row's dweight and dbias terms
+    (g * xc * rs and g; None: not wanted) to dw/db from j0, through streaming stores when ``nt``.  The split
+    backward runs it on the first row, so the fresh pages of dw/db (as long as the row) are written once, while
+    x and dy are read for the sums, and never read first."""
+    n = np.uint64(hi - lo)
+    a = np.uint64(lo)
+    q = np.uint64(j0)
+    if acc64:
+        sa = 0.0
+        sb = 0.0
+        for j in range(n):
+            g = np.float64(dy[a + j])
+            xc = np.float64(x[a + j]) - mean
+            gw = g * np.float64(w[q + j])
+            sa += gw
+            sb += gw * xc
+            if dw is not None:
+                _put(dw, q + j, g * xc * rs, nt)
+            if db is not None:
+                _put(db, q + j, g, nt)
+        return sa, sb
+    m32 = np.float32(mean)
+    fa = np.float32(0.0)
+    fb = np.float32(0.0)
+    for j in range(n):
+        g = np.float64(dy[a + j])
+        xc = np.float64(x[a + j]) - mean
+        g32 = np.float32(dy[a + j]) * np.float32(w[q + j])
+        fa += g32
+        fb += g32 * (np.float32(x[a + j]) - m32)
+        if dw is not None:
+            _put(dw, q + j, g * xc * rs, nt)
+        if db is not None:
+            _put(db, q + j, g, nt)
+    return np.float64(fa), np.float64(fb)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _split_sums(dy, x, w, dw, db, mean, rstd, D, s, S, acc64, pa, pb, nt):
+    """Pass 1 of the split backward on piece s: every row's sums; the first row's parameter terms."""
+    j0, j1 = _piece(s, S, D)
+    for row in range(mean.size):
+        lo = row * D
+        if row == 0:
+            pa[row, s], pb[row, s] = _piece_sums(dy, x, w, dw, db, lo + j0, lo + j1, j0, mean[0], rstd[0], acc64,
+                                                 nt)
+        else:
+            pa[row, s], pb[row, s] = _grad_sums(dy, x, w, lo + j0, lo + j1, j0, mean[row], acc64)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _split_dx(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, ks, cs, D, s, S, dw, db, nt):
+    """Pass 2 of the split backward on piece s: dx of every row; the parameter terms of rows after the first."""
+    j0, j1 = _piece(s, S, D)
+    for row in range(mean.size):
+        lo = row * D
+        if row == 0:
+            _write_dx(dy, x, w, dx, dres, dh, mode, alpha, lo + j0, lo + j1, j0, mean[0], rstd[0], ks[0], cs[0],
+                      None, None, nt)
+        else:
+            _write_dx(dy, x, w, dx, dres, dh, mode, alpha, lo + j0, lo + j1, j0, mean[row], rstd[row], ks[row],
+                      cs[row], dw, db, nt)
+
+
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
 def _backward_split(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, S, rms, acc64, corr, eps, eps_code,
-                    dw, db):
+                    dw, db, nt):
+    """Few long rows: each row cut into S pieces (:func:`_piece`), one per thread.  dw/db (x's dtype, or None when
+    not wanted) are fresh arrays: the first row assigns them in pass 1, later rows add to them in pass 2."""
     R = mean.size
     pa = np.empty((R, S))
     pb = np.empty((R, S))
     for s in prange(S):
-        j0 = s * D // S
-        j1 = (s + 1) * D // S
-        for row in range(R):
-            pa[row, s], pb[row, s] = _grad_sums(dy, x, w, row * D + j0, row * D + j1, j0, mean[row], acc64)
+        if nt:  # a literal each way: see _stream._put
+            _split_sums(dy, x, w, dw, db, mean, rstd, D, s, S, acc64, pa, pb, True)
+        else:
+            _split_sums(dy, x, w, dw, db, mean, rstd, D, s, S, acc64, pa, pb, False)
     ks = np.empty(R)
     cs = np.empty(R)
     for row in range(R):
         ks[row], cs[row] = _dx_coefficients(pa[row].sum(), pb[row].sum(), rstd[row], D, corr, eps, eps_code, rms)
     for s in prange(S):
-        j0 = s * D // S
-        j1 = (s + 1) * D // S
-        for row in range(R):
-            _write_dx(dy, x, w, dx, dres, dh, mode, alpha, row * D + j0, row * D + j1, j0, mean[row], rstd[row],
-                      ks[row], cs[row], dw, db)
+        if nt:
+            _split_dx(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, ks, cs, D, s, S, dw, db, True)
+        else:
+            _split_dx(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, ks, cs, D, s, S, dw, db, False)
 
 
 # ------------------------------------------------------------------------------------------ Python side
@@ -551,9 +619,9 @@ def forward(x, normalized_shape, weight, bias, *, rms, eps, opts, out=None, resi
 
 
 def backward(dy, x, normalized_shape, mean, rstd, weight, *, rms, eps, opts, dx_out=None, fused=False,
-             alpha=0.0, dh=None, dres_out=None):
+             alpha=0.0, dh=None, dres_out=None, want_dw=True, want_db=True):
     """Gradients of :func:`forward` w.r.t. its normalised input (x, or h when ``fused``): returns
-    ``(dx, dresidual|None, dweight, dbias)``; dweight/dbias are always computed, in x's dtype."""
+    ``(dx, dresidual|None, dweight, dbias)``, dweight/dbias in x's dtype (None where not wanted)."""
     D = math.prod(normalized_shape)
     R = x.size // D
     dtype = dy.dtype
@@ -562,9 +630,15 @@ def backward(dy, x, normalized_shape, mean, rstd, weight, *, rms, eps, opts, dx_
     dx = dx_out if dx_out is not None else new_output(x.shape, dtype)
     dres = (dres_out if dres_out is not None else new_output(x.shape, dtype)) if fused else None
     kind, S = _schedule(R, D)
-    # float64 partial sums over many rows; the split schedule (few, long rows) accumulates in place in x's dtype
-    # (calloc'd: untouched pages read as the shared zero page, so no zeroing pass over rows as long as x)
-    dwb = np.zeros((2, D), dtype if kind == "split" else np.float64)
+    nt = streamable(dx, D, dres) if fused else streamable(dx, D)
+    if R and kind == "split":
+        # (few, long rows) dw/db are written in place in x's dtype: fresh, aligned and never zeroed first
+        dw = aligned_empty(D, dtype) if want_dw else None
+        db = aligned_empty(D, dtype) if want_db else None
+    else:
+        # float64 partial sums over many rows
+        dwb = np.zeros((2, D))
+        dw, db = dwb[0], dwb[1]
     if R:
         mode = MODE_PLAIN if not fused else (MODE_FUSED if dh is None else MODE_FUSED_DH)
         dresf = _flat(dres) if fused else _EMPTY[dtype]
@@ -573,21 +647,23 @@ def backward(dy, x, normalized_shape, mean, rstd, weight, *, rms, eps, opts, dx_
         meanf = np.zeros(R) if mean is None else _flat(_stat64(mean))
         rstdf = _flat(_stat64(rstd))
         _, _, acc64, corr, eps_code = _codes(opts, dtype)
-        tail = (rms, acc64, corr, float(eps), eps_code, dwb[0], dwb[1])
+        tail = (rms, acc64, corr, float(eps), eps_code, dw, db, nt)
         head = (_flat(dy), _flat(x), w, _flat(dx), dresf, dhf, mode, float(alpha), meanf, rstdf, D)
-        nt = streamable(dx, D, dres) if fused else streamable(dx, D)
         if kind == "split":
             _backward_split(*head, S, *tail)
         elif kind == "serial":
-            _backward_rows(*head, 0, R, *tail, nt)
+            _backward_rows(*head, 0, R, *tail)
         else:
-            _backward_par(*head, S, *tail, nt)
+            _backward_par(*head, S, *tail)
     shape = tuple(normalized_shape)
-    dwb = dwb.astype(dtype, copy=False)
-    dw, db = dwb[0], dwb[1]
-    if len(shape) != 1:
-        dw, db = dw.reshape(shape), db.reshape(shape)
-    return dx, dres, dw, db
+    return dx, dres, _param_grad(dw, want_dw, dtype, shape), _param_grad(db, want_db, dtype, shape)
+
+
+def _param_grad(g, want, dtype, shape):
+    if not want:
+        return None
+    g = g.astype(dtype, copy=False)
+    return g if len(shape) == 1 else g.reshape(shape)
 
 
 def _stat64(s):

@@ -14,6 +14,8 @@ an ``out=`` array that is not aligned simply gets ordinary stores.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
@@ -57,7 +59,8 @@ def _put(a, j, v, nt):
 def aligned_empty(shape, dtype) -> np.ndarray:
     """``np.empty(shape, dtype)`` whose data starts on an ALIGN boundary (a view into a slightly larger buffer)."""
     dtype = np.dtype(dtype)
-    n = int(np.prod(shape, dtype=np.int64))
+    shape = (shape,) if isinstance(shape, int) else shape
+    n = math.prod(shape)
     buf = np.empty(n * dtype.itemsize + ALIGN, np.uint8)
     off = (-buf.ctypes.data) % ALIGN
     return buf[off:off + n * dtype.itemsize].view(dtype).reshape(shape)
@@ -65,7 +68,7 @@ def aligned_empty(shape, dtype) -> np.ndarray:
 
 def new_output(shape, dtype) -> np.ndarray:
     """A fresh output: aligned (:func:`aligned_empty`) when it is large enough to be streamed, else np.empty."""
-    n = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    n = math.prod(shape) * np.dtype(dtype).itemsize  # math.prod: np.prod costs ~3 us, a small call's whole budget
     return aligned_empty(shape, dtype) if n >= STREAM_MIN_BYTES else np.empty(shape, dtype)
 
 

@@ -20,6 +20,6 @@ def fused_add_norm_backward(dy, h, normalized_shape, mean, rstd, weight, bias, *
                             dx_out=None, dresidual_out=None):
     dx, dres, dw, db = _rows.backward(dy, h, normalized_shape, mean if norm == "layer" else None, rstd, weight,
                                       rms=norm == "rms", eps=eps, opts=opts, dx_out=dx_out, fused=True,
-                                      dres_out=dresidual_out,
-                                      alpha=alpha, dh=dh)
-    return dx, dres, None if weight is None else dw, None if bias is None else db
+                                      dres_out=dresidual_out, alpha=alpha, dh=dh,
+                                      want_dw=weight is not None, want_db=bias is not None)
+    return dx, dres, dw, db

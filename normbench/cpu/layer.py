@@ -11,5 +11,5 @@ def layer_norm_forward(x, normalized_shape, weight, bias, *, eps, opts, out=None
 
 def layer_norm_backward(dy, x, normalized_shape, mean, rstd, weight, bias, *, eps, opts, dx_out=None):
     dx, _, dw, db = _rows.backward(dy, x, normalized_shape, mean, rstd, weight, rms=False, eps=eps, opts=opts,
-                                   dx_out=dx_out)
-    return dx, None if weight is None else dw, None if bias is None else db
+                                   dx_out=dx_out, want_dw=weight is not None, want_db=bias is not None)
+    return dx, dw, db

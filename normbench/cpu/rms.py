@@ -12,5 +12,5 @@ def rms_norm_forward(x, normalized_shape, weight, *, eps, opts, out=None):
 
 def rms_norm_backward(dy, x, normalized_shape, rstd, weight, *, eps, opts, dx_out=None):
     dx, _, dw, _ = _rows.backward(dy, x, normalized_shape, None, rstd, weight, rms=True, eps=eps, opts=opts,
-                                  dx_out=dx_out)
-    return dx, None if weight is None else dw
+                                  dx_out=dx_out, want_dw=weight is not None, want_db=False)
+    return dx, dw
