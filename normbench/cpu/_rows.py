@@ -40,9 +40,9 @@ MODE_PLAIN, MODE_FUSED, MODE_FUSED_DH = 0, 1, 2
 
 # ----------------------------------------------------------------------------------------------- forward
 @njit(fastmath=FASTMATH, cache=True)
-def _write_y(x, r, alpha, fused, y, h, lo, hi, j0, mean, rstd, w, b):
+def _write_y(x, r, alpha, fused, y, h, lo, hi, j0, mean, rstd, w, b, nt):
     """y = (v - mean) * rstd * w + b on x[lo:hi] (parameters from w[j0]); v = x, or x + alpha * r
-    (then also stored to h), computed in float64."""
+    (then also stored to h), computed in float64; streaming stores when ``nt`` (a literal)."""
     # Every hot loop runs over views from index 0: LLVM then knows the indices are non-negative and drops
     # Numba's wraparound, which otherwise turns the loads into gathers (3-5x slower, measured).
     # b is None (RMS norm, no bias) only on the split schedule, whose rows are too long for a cached stand-in
@@ -57,21 +57,21 @@ def _write_y(x, r, alpha, fused, y, h, lo, hi, j0, mean, rstd, w, b):
         if b is None:
             for j in range(n):
                 v = np.float64(xs[j]) + alpha * np.float64(rs[j])
-                hs[j] = v
-                ys[j] = (v - mean) * rstd * ws[j]
+                _put(hs, j, v, nt)
+                _put(ys, j, (v - mean) * rstd * ws[j], nt)
         else:
             bs = b[j0:j0 + n]
             for j in range(n):
                 v = np.float64(xs[j]) + alpha * np.float64(rs[j])
-                hs[j] = v
-                ys[j] = (v - mean) * rstd * ws[j] + bs[j]
+                _put(hs, j, v, nt)
+                _put(ys, j, (v - mean) * rstd * ws[j] + bs[j], nt)
     elif b is None:
         for j in range(n):
-            ys[j] = (np.float64(xs[j]) - mean) * rstd * ws[j]
+            _put(ys, j, (np.float64(xs[j]) - mean) * rstd * ws[j], nt)
     else:
         bs = b[j0:j0 + n]
         for j in range(n):
-            ys[j] = (np.float64(xs[j]) - mean) * rstd * ws[j] + bs[j]
+            _put(ys, j, (np.float64(xs[j]) - mean) * rstd * ws[j] + bs[j], nt)
 
 
 @njit(fastmath=FASTMATH, cache=True)
@@ -91,7 +91,7 @@ def _forward_rows(x, r, alpha, fused, y, h, w, b, mean, rstd, D, r0, r1, rms, al
         rs = rstd_from_m2(q, D, corr, eps, eps_code)
         mean[row] = m
         rstd[row] = rs
-        _write_y(x, r, alpha, fused, y, h, lo, lo + D, 0, m, rs, w, b)
+        _write_y(x, r, alpha, fused, y, h, lo, lo + D, 0, m, rs, w, b, False)
 
 
 @njit(fastmath=FASTMATH, cache=True)
@@ -139,7 +139,7 @@ def _forward_rows_pipelined(x, r, alpha, fused, y, h, w, b, mean, rstd, D, r0, r
         mean[row] = m
         rstd[row] = rs
         if row + 1 == r1:
-            _write_y(x, r, alpha, fused, y, h, lo, lo + D, 0, m, rs, w, b)
+            _write_y(x, r, alpha, fused, y, h, lo, lo + D, 0, m, rs, w, b, nt)
             break
         shift = _shift_of(x, r, alpha, fused, lo + D, rms, algo)
         s = 0.0
@@ -174,14 +174,22 @@ def _forward_par(x, r, alpha, fused, y, h, w, b, mean, rstd, D, T, rms, algo, ac
                       rms, algo, acc64, corr, eps, eps_code, nt)
 
 
+@njit(cache=True)
+def _piece(s, S, D):
+    """Columns [j0, j1) of piece s of S of a split row: boundaries on multiples of 16 values, so every piece of
+    an aligned array starts on a 64-byte line (streaming stores)."""
+    j0 = (s * D // S) // 16 * 16
+    j1 = D if s + 1 == S else ((s + 1) * D // S) // 16 * 16
+    return j0, j1
+
+
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _forward_split(x, r, alpha, fused, y, h, w, b, mean, rstd, D, S, rms, algo, acc64, corr, eps, eps_code):
+def _forward_split(x, r, alpha, fused, y, h, w, b, mean, rstd, D, S, rms, algo, acc64, corr, eps, eps_code, nt):
     R = mean.size
     pm = np.empty((R, S))
     pq = np.empty((R, S))
     for s in prange(S):
-        j0 = s * D // S
-        j1 = (s + 1) * D // S
+        j0, j1 = _piece(s, S, D)
         for row in range(R):
             m, q = row_stats(x, r, alpha, row * D + j0, row * D + j1, rms, algo, acc64, fused)
             pm[row, s] = m
@@ -194,14 +202,18 @@ def _forward_split(x, r, alpha, fused, y, h, w, b, mean, rstd, D, S, rms, algo, 
             if rms:
                 q += pq[row, s]
             else:
-                n, m, q = chan_merge(n, m, q, (s + 1) * D // S - s * D // S, pm[row, s], pq[row, s])
+                j0, j1 = _piece(s, S, D)
+                n, m, q = chan_merge(n, m, q, j1 - j0, pm[row, s], pq[row, s])
         mean[row] = m
         rstd[row] = rstd_from_m2(q, D, corr, eps, eps_code)
     for s in prange(S):
-        j0 = s * D // S
-        j1 = (s + 1) * D // S
+        j0, j1 = _piece(s, S, D)
         for row in range(R):
-            _write_y(x, r, alpha, fused, y, h, row * D + j0, row * D + j1, j0, mean[row], rstd[row], w, b)
+            lo = row * D
+            if nt:  # a literal each way: see _stream._put
+                _write_y(x, r, alpha, fused, y, h, lo + j0, lo + j1, j0, mean[row], rstd[row], w, b, True)
+            else:
+                _write_y(x, r, alpha, fused, y, h, lo + j0, lo + j1, j0, mean[row], rstd[row], w, b, False)
 
 
 # ---------------------------------------------------------------------------------------------- backward
@@ -421,15 +433,6 @@ def _backward_par(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, T, rms, ac
             db[j] += dbp[c, j]
 
 
-@njit(cache=True)
-def _piece(s, S, D):
-    """Columns [j0, j1) of piece s of S of a split row: boundaries on multiples of 16 values, so every piece of
-    an aligned array starts on a 64-byte line (streaming stores)."""
-    j0 = (s * D // S) // 16 * 16
-    j1 = D if s + 1 == S else ((s + 1) * D // S) // 16 * 16
-    return j0, j1
-
-
 @njit(fastmath=FASTMATH, cache=True)
 def _piece_sums(dy, x, w, dw, db, lo, hi, j0, mean, rs, acc64, nt):
     """:func:`_grad_sums` on a piece of a split row that also *assigns* the row's dweight and dbias terms
@@ -607,14 +610,11 @@ def forward(x, normalized_shape, weight, bias, *, rms, eps, opts, out=None, resi
         fn = _forward_split if kind == "split" else (_forward_par if kind == "rows" else _forward_rows)
         _, algo, acc64, corr, eps_code = _codes(opts, dtype)
         tail = (rms, algo, acc64, corr, float(eps), eps_code)
-        if kind == "split":
-            fn(xf, rf, float(alpha), fused, _flat(y), hf, w, b, mean, rstd, D, S, *tail)
+        nt = streamable(y, D, h) if fused else streamable(y, D)
+        if S:  # split and rows: S pieces or threads
+            fn(xf, rf, float(alpha), fused, _flat(y), hf, w, b, mean, rstd, D, S, *tail, nt)
         else:
-            nt = streamable(y, D, h) if fused else streamable(y, D)
-            if S:
-                fn(xf, rf, float(alpha), fused, _flat(y), hf, w, b, mean, rstd, D, S, *tail, nt)
-            else:
-                fn(xf, rf, float(alpha), fused, _flat(y), hf, w, b, mean, rstd, D, 0, R, *tail, nt)
+            fn(xf, rf, float(alpha), fused, _flat(y), hf, w, b, mean, rstd, D, 0, R, *tail, nt)
     return y, h, _lead(mean, lead), _lead(rstd, lead)
 
 
