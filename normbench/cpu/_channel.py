@@ -709,24 +709,26 @@ def cl_backward_fused(dy3, x3, dx3, Cg, w, gmean, grstd, train, correction, eps,
 @njit(**_PAR)
 def cl_backward_split(dy3, x3, dx3, Cg, w, gmean, grstd, P, train, correction, eps, eps_code, sdy, sdyxc, nt):
     B, R, C = x3.shape
-    pa = np.empty((B * P, C))
-    pc = np.empty((B * P, C))
+    # per-task column sums, updated every few rows: one block, padded (see _stream.PARTIAL_PAD)
+    part = np.empty((B * P, 2, C + _stream.PARTIAL_PAD))
     for t in prange(B * P):
         bb = t // P
         p = t - bb * P
         mc = np.empty(C)
         _expand(gmean[bb], Cg, mc)
+        pa = part[t, 0, :C]
+        pc = part[t, 1, :C]
         if train:
-            _column_sums(dy3[bb], x3[bb], p * R // P, (p + 1) * R // P, mc, pa[t], pc[t])
+            _column_sums(dy3[bb], x3[bb], p * R // P, (p + 1) * R // P, mc, pa, pc)
         else:
             rc = np.empty(C)
             _expand(grstd[bb], Cg, rc)
             r0 = p * R // P
             r1 = (p + 1) * R // P
             if nt:  # a literal each way (see the note above _yv)
-                _column_sums_dx(dy3[bb], x3[bb], dx3[bb], r0, r1, w, mc, rc, pa[t], pc[t], True)
+                _column_sums_dx(dy3[bb], x3[bb], dx3[bb], r0, r1, w, mc, rc, pa, pc, True)
             else:
-                _column_sums_dx(dy3[bb], x3[bb], dx3[bb], r0, r1, w, mc, rc, pa[t], pc[t], False)
+                _column_sums_dx(dy3[bb], x3[bb], dx3[bb], r0, r1, w, mc, rc, pa, pc, False)
     mc = np.empty((B, C))
     rc = np.empty((B, C))
     mdx = np.empty((B, C))
@@ -736,8 +738,8 @@ def cl_backward_split(dy3, x3, dx3, Cg, w, gmean, grstd, P, train, correction, e
             s1 = 0.0
             s2 = 0.0
             for p in range(P):
-                s1 += pa[bb * P + p, c]
-                s2 += pc[bb * P + p, c]
+                s1 += part[bb * P + p, 0, c]
+                s2 += part[bb * P + p, 1, c]
             sdy[bb, c] = s1
             sdyxc[bb, c] = s2
         _group_coeffs(sdy[bb], sdyxc[bb], gmean[bb], grstd[bb], Cg, w, R, train, correction, eps, eps_code,

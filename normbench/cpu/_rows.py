@@ -28,7 +28,7 @@ from numba import njit, prange
 
 from ..numerics import DEFAULT_ACCUMULATE
 from ._moments import FASTMATH, NAIVE, SHIFTED, chan_merge, row_stats, rstd_from_m2
-from ._stream import _put, aligned_empty, new_output, streamable
+from ._stream import PARTIAL_PAD, _put, aligned_empty, new_output, streamable
 
 #: rows x D below this many values run serially
 PARALLEL_MIN = 1 << 15
@@ -418,19 +418,19 @@ def _backward_rows_pipelined(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D,
 def _backward_par(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, T, rms, acc64, corr, eps, eps_code, dw, db,
                   nt):
     R = mean.size
-    nch = min(R, T)  # one contiguous chunk of rows, and one partial buffer, per thread
-    dwp = np.zeros((nch, D))
-    dbp = np.zeros((nch, D))
+    nch = min(R, T)  # one contiguous chunk of rows, and one pair of partial buffers, per thread
+    # updated on every row: one block, each buffer followed by padding (see _stream.PARTIAL_PAD)
+    part = np.zeros((nch, 2, D + PARTIAL_PAD))
     for c in prange(nch):
         _backward_rows(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, c * R // nch, (c + 1) * R // nch,
-                       rms, acc64, corr, eps, eps_code, dwp[c], dbp[c], nt)
+                       rms, acc64, corr, eps, eps_code, part[c, 0, :D], part[c, 1, :D], nt)
     for j in range(D):
         dw[j] = 0.0
         db[j] = 0.0
     for c in range(nch):
         for j in range(D):
-            dw[j] += dwp[c, j]
-            db[j] += dbp[c, j]
+            dw[j] += part[c, 0, j]
+            db[j] += part[c, 1, j]
 
 
 @njit(fastmath=FASTMATH, cache=True)
