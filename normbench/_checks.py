@@ -21,6 +21,8 @@ def is_device_array(a) -> bool:
 
 def array(name: str, a, *, min_ndim: int = 1, what: str = "") -> np.ndarray:
     """A float32/float64 array (NumPy or device). NumPy inputs are made C-contiguous (one copy if needed)."""
+    if type(a) is np.ndarray and a.dtype in FLOAT_DTYPES and a.ndim >= min_ndim and a.flags.c_contiguous:
+        return a  # the common call, answered first (small calls are overhead-bound)
     if a is None:
         raise TypeError(f"{name} is None; expected a float32 or float64 array")
     if not is_device_array(a):
@@ -65,6 +67,9 @@ def same_shape(name: str, a, ref_name: str, ref):
 
 def param(name: str, p, shape: tuple, x, *, required: bool = False, writable: bool = False):
     """An optional per-feature parameter (weight, bias, running statistics) of ``shape`` and x's dtype."""
+    if (type(p) is np.ndarray and p.shape == shape and p.dtype == x.dtype and p.flags.c_contiguous
+            and (not writable or p.flags.writeable)):
+        return p  # the common call, answered first (x's float dtype was checked)
     if p is None:
         if required:
             raise TypeError(f"{name} is None; expected an array of shape {shape}")

@@ -574,7 +574,7 @@ def _codes(opts, dtype):
 
 
 def _flat(a):
-    return a if a.ndim == 1 else a.reshape(-1)
+    return a if a.ndim == 1 else a.ravel()  # C-contiguous here: a view (ravel costs half of reshape(-1))
 
 
 def _lead(a, lead):
@@ -592,17 +592,17 @@ def forward(x, normalized_shape, weight, bias, *, rms, eps, opts, out=None, resi
     fused = residual is not None
     y = out if out is not None else new_output(x.shape, dtype)
     h = (h_out if h_out is not None else new_output(x.shape, dtype)) if fused else None
-    mean = np.empty(R)
-    rstd = np.empty(R)
+    mean, rstd = np.empty((2, R))
     if R:
         xf = _flat(x)
         rf = _flat(residual) if fused else xf
         hf = _flat(h) if fused else _EMPTY[dtype]
         kind, S = _schedule(R, D)
-        # Parameters go to the kernels in float64 (one conversion per call instead of one per element and row:
-        # the write loop is bound by float32 <-> float64 conversions when rows are in cache, 0.41 -> 0.36 ns
-        # per value on one core); the split schedule's rows are too long to copy.
-        pdtype = dtype if kind == "split" else _F64
+        # Parameters go to the threaded kernels in float64 (one conversion per call instead of one per element
+        # and row: the write loop is bound by float32 <-> float64 conversions when rows are in cache, 0.41 ->
+        # 0.36 ns per value on one core).  Serial calls (few rows: the conversion would cost about what the
+        # kernel does, 0.95 us of a 12 us (8, 768) call) and the split schedule (rows too long to copy) keep x's.
+        pdtype = _F64 if kind == "rows" else dtype
         w = _flat_param(weight, D, pdtype, 1.0)
         b = None if bias is None and kind == "split" else _flat_param(bias, D, pdtype, 0.0)
         if kind == "serial":
