@@ -520,6 +520,100 @@ def cl_forward_fused(x3, y3, Cg, w, b, algo, acc64, correction, eps, eps_code, g
 
 
 @njit(**_SEQ)
+def _tiled_sums(xn, K, tt, ss, ss2):
+    """Shifted column sums of the block ``xn`` (R x C) in K-row tiles of accumulators (as the output loops'
+    tiles): ``tt`` the block's first row repeated K times (the shift), ``ss``/``ss2`` the sums of ``x - shift``
+    and of its square over the rows r = k (mod K), position k*C + c."""
+    R, C = xn.shape
+    for i in range(K * C):
+        tt[i] = xn[0, i % C]
+        ss[i] = 0.0
+        ss2[i] = 0.0
+    xf = xn.reshape(-1)
+    for r in range(0, R, K):
+        m = min(K, R - r) * C
+        xs = xf[r * C:r * C + m]
+        for i in range(0, m):
+            d = np.float64(xs[i]) - tt[i]
+            ss[i] += d
+            ss2[i] += d * d
+
+
+@njit(**_SEQ)
+def _tiled_moments(tt, ss, ss2, R, cm, cq):
+    """Per-column (mean, m2) of R rows from :func:`_tiled_sums`' accumulators (the shifted one-pass formula, m2
+    clamped at 0 as column_moments does)."""
+    C = cm.shape[0]
+    for c in range(C):
+        a = 0.0
+        q = 0.0
+        for i in range(c, ss.shape[0], C):
+            a += ss[i]
+            q += ss2[i]
+        q = q - a * (a / R)
+        cm[c] = tt[c] + a / R
+        cq[c] = 0.0 if q < 0.0 else q  # NaN stays NaN
+
+
+@njit(**_SEQ)
+def _normalize_and_sum(x2, y2, xn, K, tm, ts, th, tt, ss, ss2, nt):
+    """One sweep over two blocks: y2 from x2 (its rows from cache, per-column coefficients tiled as in
+    :func:`_normalize_rows_loop`) and :func:`_tiled_sums` of the next block ``xn`` (from memory)."""
+    R, C = x2.shape
+    for i in range(K * C):
+        tt[i] = xn[0, i % C]
+        ss[i] = 0.0
+        ss2[i] = 0.0
+    xf = x2.reshape(-1)
+    yf = y2.reshape(-1)
+    nf = xn.reshape(-1)
+    for r in range(0, R, K):
+        m = min(K, R - r) * C
+        x = xf[r * C:r * C + m]
+        y = yf[r * C:r * C + m]
+        v = nf[r * C:r * C + m]
+        for i in range(0, m):
+            _put(y, i, _yv(x[i], tm[i], ts[i], th[i]), nt)
+            d = np.float64(v[i]) - tt[i]
+            ss[i] += d
+            ss2[i] += d * d
+
+
+@njit(**_PAR)
+def cl_forward_pipelined(x3, y3, Cg, w, b, correction, eps, eps_code, gmean, gm2, grstd, nt, T):
+    """:func:`cl_forward_fused` with the default statistics (shifted, float64 sums), software-pipelined as the
+    channels-first and row kernels: each thread takes a run of blocks, and the sweep that writes block bb (from
+    cache) also sums block bb + 1 (from memory), so reads and writes are in flight together.  The sums run in
+    K-row tiles of accumulators, in the same order for every block whatever the thread count."""
+    B, R, C = x3.shape
+    nch = min(B, T)
+    K = _tile_rows(C)
+    for t in prange(nch):
+        b0 = t * B // nch
+        b1 = (t + 1) * B // nch
+        tt = np.empty(K * C)
+        ss = np.empty(K * C)
+        ss2 = np.empty(K * C)
+        cm = np.empty(C)
+        cq = np.empty(C)
+        sc = np.empty(C)
+        sh = np.empty(C)
+        _tiled_sums(x3[b0], K, tt, ss, ss2)
+        for bb in range(b0, b1):
+            _tiled_moments(tt, ss, ss2, R, cm, cq)
+            _group_stats(cm, cq, R, Cg, correction, eps, eps_code, gmean[bb], gm2[bb], grstd[bb])
+            _fold(gmean[bb], grstd[bb], Cg, w, b, cm, sc, sh)
+            if bb + 1 == b1:
+                _normalize_rows(x3[bb], y3[bb], 0, R, cm, sc, sh, nt)
+                break
+            tm, ts, th = _tiled(cm, K), _tiled(sc, K), _tiled(sh, K)
+            if nt:  # a literal each way (see the note above _yv)
+                _normalize_and_sum(x3[bb], y3[bb], x3[bb + 1], K, tm, ts, th, tt, ss, ss2, True)
+            else:
+                _normalize_and_sum(x3[bb], y3[bb], x3[bb + 1], K, tm, ts, th, tt, ss, ss2, False)
+
+
+@njit(**_SEQ)
 def _column_stats(x2, r0, r1, algo, acc64, cm, cq):
     C = x2.shape[1]
     work32 = np.empty((3, C), np.float32)
@@ -814,6 +908,7 @@ def _serial_twin(f):
 
 # (one thread: every layout runs its fused kernel, so the split ones need no twin)
 _SERIAL = {f: _serial_twin(f) for f in (cf_forward_fused, cf_forward_pipelined, cf_backward_fused, cl_forward_fused,
+                                        cl_forward_pipelined,
                                         cl_backward_fused, affine_cf, affine_cl)}
 
 #: inputs with fewer values run serially: waking the thread pool costs more than the work (measured
@@ -950,7 +1045,9 @@ def forward_stats(x, y, lay, weight, bias, opts, eps, write_y=True):
     x3, y3 = x.reshape(lay.B, lay.R, lay.cols), y.reshape(lay.B, lay.R, lay.cols)
     G = lay.cols // lay.Cg
     mean, m2, rstd = np.empty((lay.B, G)), np.empty((lay.B, G)), np.empty((lay.B, G))
-    if lay.B >= T:
+    if lay.B >= T and write_y and algo == SHIFTED and acc64:  # the defaults
+        _pick(cl_forward_pipelined, serial)(x3, y3, lay.Cg, w, b, corr, float(eps), ec, mean, m2, rstd, nt, T)
+    elif lay.B >= T:
         _pick(cl_forward_fused, serial)(x3, y3, lay.Cg, w, b, algo, acc64, corr, float(eps), ec, mean, m2, rstd,
                                         int(write_y), nt)
     else:
