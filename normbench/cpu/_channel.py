@@ -520,15 +520,22 @@ def cl_forward_fused(x3, y3, Cg, w, b, algo, acc64, correction, eps, eps_code, g
 
 
 @njit(**_SEQ)
+def _start_sums(xn, K, tt, ss, ss2):
+    """The shift (the block's first row, repeated K times) and zeroed accumulators of :func:`_tiled_sums`."""
+    C = xn.shape[1]
+    for i in range(K * C):
+        tt[i] = xn[0, i % C]
+        ss[i] = 0.0
+        ss2[i] = 0.0
+
+
+@njit(**_SEQ)
 def _tiled_sums(xn, K, tt, ss, ss2):
     """Shifted column sums of the block ``xn`` (R x C) in K-row tiles of accumulators (as the output loops'
     tiles): ``tt`` the block's first row repeated K times (the shift), ``ss``/``ss2`` the sums of ``x - shift``
     and of its square over the rows r = k (mod K), position k*C + c."""
     R, C = xn.shape
-    for i in range(K * C):
-        tt[i] = xn[0, i % C]
-        ss[i] = 0.0
-        ss2[i] = 0.0
+    _start_sums(xn, K, tt, ss, ss2)
     xf = xn.reshape(-1)
     for r in range(0, R, K):
         m = min(K, R - r) * C
@@ -560,10 +567,7 @@ def _normalize_and_sum(x2, y2, xn, K, tm, ts, th, tt, ss, ss2, nt):
     """One sweep over two blocks: y2 from x2 (its rows from cache, per-column coefficients tiled as in
     :func:`_normalize_rows_loop`) and :func:`_tiled_sums` of the next block ``xn`` (from memory)."""
     R, C = x2.shape
-    for i in range(K * C):
-        tt[i] = xn[0, i % C]
-        ss[i] = 0.0
-        ss2[i] = 0.0
+    _start_sums(xn, K, tt, ss, ss2)
     xf = x2.reshape(-1)
     yf = y2.reshape(-1)
     nf = xn.reshape(-1)
