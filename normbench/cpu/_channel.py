@@ -804,6 +804,105 @@ def cl_backward_fused(dy3, x3, dx3, Cg, w, gmean, grstd, train, correction, eps,
                 _column_sums_dx(dy3[bb], x3[bb], dx3[bb], 0, R, w, mc, rc, sdy[bb], sdyxc[bb], False)
 
 
+@njit(**_SEQ)
+def _tiled_grad_sums(dy2, x2, K, tmn, ta, tc):
+    """Column sums of ``dy`` and ``dy * (x - mean)`` over the block (R x C) in K-row tiles of accumulators ta/tc
+    (position k*C + c sums the rows r = k (mod K)); ``tmn`` the block's per-column mean, tiled."""
+    R, C = x2.shape
+    ta[:] = 0.0
+    tc[:] = 0.0
+    gf = dy2.reshape(-1)
+    xf = x2.reshape(-1)
+    for r in range(0, R, K):
+        m = min(K, R - r) * C
+        g = gf[r * C:r * C + m]
+        v = xf[r * C:r * C + m]
+        for i in range(0, m):
+            gi = np.float64(g[i])
+            ta[i] += gi
+            tc[i] += gi * (v[i] - tmn[i])
+
+
+@njit(**_SEQ)
+def _untile(ta, tc, sdy, sdyxc):
+    """Per-column totals of K-row tiles of accumulators."""
+    C = sdy.shape[0]
+    for c in range(C):
+        a = 0.0
+        q = 0.0
+        for i in range(c, ta.shape[0], C):
+            a += ta[i]
+            q += tc[i]
+        sdy[c] = a
+        sdyxc[c] = q
+
+
+@njit(**_SEQ)
+def _dx_and_sums(dy2, x2, dx2, dyn, xn, K, tw, tr, tm, tmdx, tk, tmn, ta, tc, nt):
+    """One sweep over two blocks: the training dx of (dy2, x2) from cache (tiled coefficients, as
+    :func:`_dx_rows`) and :func:`_tiled_grad_sums` of the next block (dyn, xn) from memory."""
+    R, C = x2.shape
+    ta[:] = 0.0
+    tc[:] = 0.0
+    gf = dy2.reshape(-1)
+    xf = x2.reshape(-1)
+    df = dx2.reshape(-1)
+    gnf = dyn.reshape(-1)
+    xnf = xn.reshape(-1)
+    for r in range(0, R, K):
+        m = min(K, R - r) * C
+        g = gf[r * C:r * C + m]
+        v = xf[r * C:r * C + m]
+        d = df[r * C:r * C + m]
+        gn = gnf[r * C:r * C + m]
+        vn = xnf[r * C:r * C + m]
+        for i in range(0, m):
+            _put(d, i, _dxv(g[i], v[i], tw[i], tr[i], tmdx[i], tk[i], tm[i]), nt)
+            gi = np.float64(gn[i])
+            ta[i] += gi
+            tc[i] += gi * (vn[i] - tmn[i])
+
+
+@njit(**_PAR)
+def cl_backward_pipelined(dy3, x3, dx3, Cg, w, gmean, grstd, correction, eps, eps_code, sdy, sdyxc, nt, T):
+    """The training :func:`cl_backward_fused`, software-pipelined as :func:`cl_forward_pipelined`: each thread takes
+    a run of blocks, and the sweep writing block bb's dx (from cache) also sums block bb + 1 (from memory)."""
+    B, R, C = x3.shape
+    nch = min(B, T)
+    K = max(1, (TILE // 2) // C)  # eight tiled vectors here: half the forward's tile keeps them in L1
+    for t in prange(nch):
+        b0 = t * B // nch
+        b1 = (t + 1) * B // nch
+        ta = np.empty(K * C)
+        tc = np.empty(K * C)
+        mc = np.empty(C)
+        rc = np.empty(C)
+        mdx = np.empty(C)
+        k = np.empty(C)
+        mn = np.empty(C)
+        _expand(gmean[b0], Cg, mn)
+        _tiled_grad_sums(dy3[b0], x3[b0], K, _tiled(mn, K), ta, tc)
+        for bb in range(b0, b1):
+            _untile(ta, tc, sdy[bb], sdyxc[bb])
+            _group_coeffs(sdy[bb], sdyxc[bb], gmean[bb], grstd[bb], Cg, w, R, 1, correction, eps, eps_code,
+                          mc, rc, mdx, k)
+            if bb + 1 == b1:
+                if nt:  # a literal each way (see the note above _yv)
+                    _dx_rows(dy3[bb], x3[bb], dx3[bb], 0, R, w, mc, rc, mdx, k, 1, True)
+                else:
+                    _dx_rows(dy3[bb], x3[bb], dx3[bb], 0, R, w, mc, rc, mdx, k, 1, False)
+                break
+            _expand(gmean[bb + 1], Cg, mn)
+            tw, tr, tm, tmdx, tk, tmn = (_tiled(w, K), _tiled(rc, K), _tiled(mc, K), _tiled(mdx, K),
+                                         _tiled(k, K), _tiled(mn, K))
+            if nt:
+                _dx_and_sums(dy3[bb], x3[bb], dx3[bb], dy3[bb + 1], x3[bb + 1], K, tw, tr, tm, tmdx, tk, tmn,
+                             ta, tc, True)
+            else:
+                _dx_and_sums(dy3[bb], x3[bb], dx3[bb], dy3[bb + 1], x3[bb + 1], K, tw, tr, tm, tmdx, tk, tmn,
+                             ta, tc, False)
+
+
 @njit(**_PAR)
 def cl_backward_split(dy3, x3, dx3, Cg, w, gmean, grstd, P, train, correction, eps, eps_code, sdy, sdyxc, nt):
     B, R, C = x3.shape
@@ -912,7 +1011,7 @@ def _serial_twin(f):
 
 # (one thread: every layout runs its fused kernel, so the split ones need no twin)
 _SERIAL = {f: _serial_twin(f) for f in (cf_forward_fused, cf_forward_pipelined, cf_backward_fused, cl_forward_fused,
-                                        cl_forward_pipelined,
+                                        cl_forward_pipelined, cl_backward_pipelined,
                                         cl_backward_fused, affine_cf, affine_cl)}
 
 #: inputs with fewer values run serially: waking the thread pool costs more than the work (measured
@@ -1087,7 +1186,11 @@ def backward_sums(dy, x, dx, lay, weight, mean, rstd, train, opts, eps):
     mean, rstd = mean.reshape(lay.B, G), rstd.reshape(lay.B, G)
     sdy, sdyxc = np.empty((lay.B, lay.cols)), np.empty((lay.B, lay.cols))
     args = (dy.reshape(shape), x.reshape(shape), dx.reshape(shape), lay.Cg, w, mean, rstd)
-    if lay.B >= T:
+    if lay.B >= T and train and 2 * lay.R * lay.cols * x.itemsize <= 2 * PIPE_BYTES:
+        # pipelined where a block's dy and x stay in L2 while the next block streams in (2 threads: (128, 28, 28,
+        # 256) 28 -> 22 ms; (64, 56, 56, 128), 3.2 MB a block, measured the same either way)
+        _pick(cl_backward_pipelined, serial)(*args, corr, float(eps), ec, sdy, sdyxc, nt, T)
+    elif lay.B >= T:
         _pick(cl_backward_fused, serial)(*args, int(train), corr, float(eps), ec, sdy, sdyxc, nt)
     else:
         cl_backward_split(*args, _chunks(lay, T), int(train), corr, float(eps), ec, sdy, sdyxc, nt)
