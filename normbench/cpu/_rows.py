@@ -139,7 +139,8 @@ def _forward_rows_pipelined(x, r, alpha, fused, y, h, w, b, mean, rstd, D, r0, r
         mean[row] = m
         rstd[row] = rs
         if row + 1 == r1:
-            _write_y(x, r, alpha, fused, y, h, lo, lo + D, 0, m, rs, w, b, nt)
+            # the last row of a chunk takes ordinary stores: one compiled variant of _write_y fewer (compile time)
+            _write_y(x, r, alpha, fused, y, h, lo, lo + D, 0, m, rs, w, b, False)
             break
         shift = _shift_of(x, r, alpha, fused, lo + D, rms, algo)
         s = 0.0
@@ -371,8 +372,9 @@ def _backward_row_pairs(dy, x, w, dx, mean, rstd, D, r0, r1, rms, corr, eps, eps
         else:
             sa, sb = _grad_sums(dy, x, w, t * D, t * D + D, 0, mean[t], True)
         k, c = _dx_coefficients(sa, sb, rstd[t], D, corr, eps, eps_code, rms)
+        # ordinary stores for these rows: one compiled variant of _write_dx fewer (compile time)
         _write_dx(dy, x, w, dx, dx, dx, MODE_PLAIN, 0.0, t * D, t * D + D, 0, mean[t], rstd[t], k, c, dwp, dbp,
-                  nt)
+                  False)
 
 
 @njit(fastmath=FASTMATH, cache=True)
@@ -392,7 +394,7 @@ def _backward_rows_pipelined(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D,
         rs = rstd[row]
         k, c0 = _dx_coefficients(sa, sb, rs, D, corr, eps, eps_code, rms)
         if row + 1 == r1:
-            _write_dx(dy, x, w, dx, dres, dh, mode, alpha, lo, lo + D, 0, m, rs, k, c0, dwp, dbp, nt)
+            _write_dx(dy, x, w, dx, dres, dh, mode, alpha, lo, lo + D, 0, m, rs, k, c0, dwp, dbp, False)
             break
         mn = mean[row + 1]
         a = np.uint64(lo)  # unsigned offsets, not per-row views: see _forward_rows_pipelined
