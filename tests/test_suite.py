@@ -12,7 +12,7 @@ import pytest
 
 from normbench import bandwidth, registry
 from normbench.benchmarks import cases, roofline, runner
-from normbench.cpu._stream import aligned_empty
+from normbench.cpu._stream import aligned_empty, new_output
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -143,6 +143,17 @@ def test_streaming_copy_copies():
     dst = aligned_empty(src.size, np.float32)
     bandwidth._streaming_copy(dst, src, 3)
     np.testing.assert_array_equal(dst, src)
+
+
+@pytest.mark.parametrize("shape", [5, np.int64(5), (2, 3), [2, 3], (0,), ()])
+def test_output_allocators_take_any_shape(shape):
+    """aligned_empty and new_output take the shapes np.empty takes, and aligned_empty's data starts on a line
+    (where it has any)."""
+    for make in (aligned_empty, new_output):
+        a = make(shape, np.float32)
+        assert a.shape == np.empty(shape).shape and a.dtype == np.float32
+    a = aligned_empty(shape, np.float64)
+    assert a.size == 0 or a.ctypes.data % 64 == 0
 
 
 # ------------------------------------------------------------------------------------------- asv

@@ -64,11 +64,16 @@ def _put(a, j, v, nt):
 PARTIAL_PAD = 64
 
 
+def _count(shape) -> int:
+    """Values in an array of ``shape``: a tuple (math.prod: np.prod costs ~3 us, a small call's whole budget) or
+    anything np.empty takes (an int, a NumPy integer, a list)."""
+    return math.prod(shape) if type(shape) is tuple else int(np.prod(shape, dtype=np.int64))
+
+
 def aligned_empty(shape, dtype) -> np.ndarray:
     """``np.empty(shape, dtype)`` whose data starts on an ALIGN boundary (a view into a slightly larger buffer)."""
     dtype = np.dtype(dtype)
-    shape = (shape,) if isinstance(shape, int) else shape
-    n = math.prod(shape)
+    n = _count(shape)
     buf = np.empty(n * dtype.itemsize + ALIGN, np.uint8)
     off = (-buf.ctypes.data) % ALIGN
     return buf[off:off + n * dtype.itemsize].view(dtype).reshape(shape)
@@ -76,7 +81,7 @@ def aligned_empty(shape, dtype) -> np.ndarray:
 
 def new_output(shape, dtype) -> np.ndarray:
     """A fresh output: aligned (:func:`aligned_empty`) when it is large enough to be streamed, else np.empty."""
-    n = math.prod(shape) * np.dtype(dtype).itemsize  # math.prod: np.prod costs ~3 us, a small call's whole budget
+    n = _count(shape) * np.dtype(dtype).itemsize
     return aligned_empty(shape, dtype) if n >= STREAM_MIN_BYTES else np.empty(shape, dtype)
 
 
