@@ -880,6 +880,7 @@ def cl_backward_pipelined(dy3, x3, dx3, Cg, w, gmean, grstd, correction, eps, ep
         mdx = np.empty(C)
         k = np.empty(C)
         mn = np.empty(C)
+        tw = _tiled(w, K)  # the same for every block
         _expand(gmean[b0], Cg, mn)
         _tiled_grad_sums(dy3[b0], x3[b0], K, _tiled(mn, K), ta, tc)
         for bb in range(b0, b1):
@@ -893,8 +894,7 @@ def cl_backward_pipelined(dy3, x3, dx3, Cg, w, gmean, grstd, correction, eps, ep
                     _dx_rows(dy3[bb], x3[bb], dx3[bb], 0, R, w, mc, rc, mdx, k, 1, False)
                 break
             _expand(gmean[bb + 1], Cg, mn)
-            tw, tr, tm, tmdx, tk, tmn = (_tiled(w, K), _tiled(rc, K), _tiled(mc, K), _tiled(mdx, K),
-                                         _tiled(k, K), _tiled(mn, K))
+            tr, tm, tmdx, tk, tmn = _tiled(rc, K), _tiled(mc, K), _tiled(mdx, K), _tiled(k, K), _tiled(mn, K)
             if nt:
                 _dx_and_sums(dy3[bb], x3[bb], dx3[bb], dy3[bb + 1], x3[bb + 1], K, tw, tr, tm, tmdx, tk, tmn,
                              ta, tc, True)
