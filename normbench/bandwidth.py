@@ -10,9 +10,16 @@ The copy pays a read of every destination line before writing it (read-for-owner
 outputs with streaming stores (:mod:`normbench.cpu._stream`) skip that read, so they can exceed 100% of the
 limit; :func:`streaming_copy_gbps` (a copy with streaming stores, about twice the copy here) shows that headroom.
 It is reported by ``normbench bandwidth``, not used as the limit: the limit is design.md's copy.
+
+Peers allocate a fresh output on every call while normbench's timed calls write into preallocated ``out=``
+buffers.  :func:`reuse_freed_memory` makes the two comparable: without it, glibc serves every allocation of 32 MiB
+or more with fresh pages from the kernel, which zeroes them on first touch (a 128 MiB output: ~12 ms a call here,
+as long as normbench's whole layer-norm forward on it) — time that is the allocator's, not the kernel's.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import time
 
 import numba
@@ -23,6 +30,36 @@ from .cpu._stream import aligned_empty, stream
 
 TWO_READ_FORWARD = 2 / 3
 TWO_READ_BACKWARD = 3 / 5
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt parameters (glibc's malloc.h)
+_reusing = None
+
+
+def reuse_freed_memory() -> bool:
+    """For the rest of the process, let glibc's malloc hand freed memory back to later allocations instead of
+    returning it to the OS: no allocation is served by a fresh mmap (``M_MMAP_MAX = 0``) and the heap is never
+    trimmed.  A fresh output then lands on pages that an earlier call touched, so an implementation that
+    allocates its outputs (PyTorch, NumPy) is timed doing its kernel's work, as normbench is with preallocated
+    ``out=``.  The process keeps its peak memory until it exits.  Returns False (and changes nothing) where the
+    C library is not glibc; timings then charge fresh outputs' page faults to the peers (see
+    ``machine_info()["freed_memory_reused"]``)."""
+    global _reusing
+    if _reusing is None:
+        _reusing = False
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            mallopt = libc.mallopt
+        except (OSError, AttributeError):  # not glibc (macOS, Windows, musl without mallopt)
+            return False
+        mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+        # mallopt returns 1 on success
+        _reusing = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    return _reusing
+
+
+def freed_memory_reused() -> bool:
+    """Whether :func:`reuse_freed_memory` is in effect in this process."""
+    return bool(_reusing)
 
 
 @njit(parallel=True, cache=True)

@@ -163,6 +163,8 @@ def machine_info() -> dict:
         "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
         "numba_threads": numba.get_num_threads(), "numba": numba.__version__, "numpy": np.__version__,
         "python": platform.python_version(),
+        # False: every fresh output of 32 MiB or more cost the peers page faults (not glibc: see bandwidth.py)
+        "freed_memory_reused": bandwidth.freed_memory_reused(),
     }
     try:
         import llvmlite
@@ -284,6 +286,7 @@ def main(argv=None) -> int:
             return 2
     installed = _peers.available()
     peers = [] if args.no_peers else [p for p in (args.peer or installed) if p in installed]
+    bandwidth.reuse_freed_memory()  # peers' fresh outputs then cost what our preallocated ones do: no page faults
     copies = _CopyCache()
     rows, skipped = [], []
     with tqdm(matrix, desc="normbench run", unit="case", file=sys.stderr, disable=args.json and not sys.stderr.isatty()) as bar:
