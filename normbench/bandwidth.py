@@ -107,24 +107,44 @@ def copy_seconds(nbytes, repeats=7):
     return min(t_np, t_par)
 
 
-def paired_seconds(fn, nbytes, repeats=7):
-    """Median times of ``fn()`` and of the best copy of an ``nbytes`` working set, measured interleaved call by
-    call so that the kernel and its limit see the same machine load (shared machines drift within a run).
-    ``fn`` must already be compiled and warm."""
+def paired_seconds(fn, nbytes, repeats=7, peers=None, peer_budget=1.0):
+    """Median times of ``fn()``, of the best copy of an ``nbytes`` working set and of each callable in ``peers``
+    (name -> callable), measured in the same rounds so that the kernel, its limit and the peers see the same
+    machine load (shared machines drift within a run: a peer timed in a block of its own measured 0.6x one minute
+    and 1.6x the next).  Kernel and copies are interleaved call by call.  Each round starts the kernel, and each
+    peer, with an untimed call: NumPy/Numba's and PyTorch's OpenMP pools spin after a parallel region, and a call
+    timed right after the other library's would share the cores with its spinning threads.  A slow peer (the
+    textbook NumPy code can be 100x slower) is timed in fewer rounds, spread over the run, to fit ``peer_budget``
+    seconds.  ``fn`` and the peers must already be warm.  Returns ``(t_fn, t_copy, {name: t_peer})``."""
     n = max(1, int(nbytes) // 2 // 4)
     src = np.ones(n, np.float32)
     dst = np.zeros_like(src)
     copies = (lambda: np.copyto(dst, src), lambda: _parallel_copy(dst, src))
     for call in (*copies, fn):
         call()
+    peers = dict(peers or {})
+    rounds = {}
+    for name, peer in peers.items():
+        t0 = time.perf_counter()
+        peer()
+        k = max(1, min(repeats, int(peer_budget / 2 / max(time.perf_counter() - t0, 1e-9))))
+        rounds[name] = {i * repeats // k for i in range(k)}  # k rounds, evenly spread
     times = ([], [], [])
-    for _ in range(repeats):
+    peer_times = {name: [] for name in peers}
+    for r in range(repeats):
+        fn()
         for call, bucket in zip((fn, *copies), times):
             t0 = time.perf_counter()
             call()
             bucket.append(time.perf_counter() - t0)
+        for name, peer in peers.items():
+            if r in rounds[name]:
+                peer()
+                t0 = time.perf_counter()
+                peer()
+                peer_times[name].append(time.perf_counter() - t0)
     t_fn, t_np, t_par = (float(np.median(b)) for b in times)
-    return t_fn, min(t_np, t_par)
+    return t_fn, min(t_np, t_par), {name: float(np.median(b)) for name, b in peer_times.items()}
 
 
 def copy_gbps(nbytes, repeats=7):

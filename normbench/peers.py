@@ -82,8 +82,12 @@ def _numpy(variant, inputs, dy, xp):
     if variant == "fused_add_norm":
         alpha, inner = inputs["alpha"], ("rms_norm" if inputs["norm"] == "rms" else "layer_norm")
         h = x + alpha * inputs["residual"]
-        _, bwd, fwd_of = _numpy_norm(inner, dict(inputs, x=h), dy, xp, eps=1e-5)  # fused: eps=1e-5 for both
-        # the textbook code: add, then the unfused norm; backward: dx = dh_total (dresidual = alpha * dx)
+        _, bwd_h, fwd_of = _numpy_norm(inner, dict(inputs, x=h), dy, xp, eps=1e-5)  # fused: eps=1e-5 for both
+
+        def bwd():  # the textbook code: add, then the unfused norm; dx = dh through the add
+            dx = bwd_h()
+            alpha * dx  # dresidual: computed (and dropped) as normbench's fused backward computes it too
+            return dx
         return (lambda: fwd_of(x + alpha * inputs["residual"])), bwd
     return _numpy_norm(variant, inputs, dy, xp)[:2]
 
@@ -225,7 +229,8 @@ def _torch(variant, inputs, dy):
         def f(x, w, b):
             return F.local_response_norm(x, inputs["size"])
     elif variant == "fused_add_norm":
-        res, alpha = t(inputs["residual"]), inputs["alpha"]
+        # the residual wants its gradient (alpha * dh) as normbench's fused backward returns dresidual
+        res, alpha = t(inputs["residual"]).requires_grad_(True), inputs["alpha"]
         nshape = inputs["normalized_shape"]
         def f(x, w, b):
             h = x + alpha * res  # unfused: PyTorch has no fused add + norm on CPU
@@ -245,10 +250,10 @@ def _torch(variant, inputs, dy):
             return out(f(x, w, b))
 
     xg = x.detach().requires_grad_(True)
-    wants = [xg] + [p.detach().requires_grad_(True) for p in (w, b) if p is not None]
+    params = [p.detach().requires_grad_(True) if p is not None else None for p in (w, b)]
+    wants = [xg] + [p for p in params if p is not None] + ([res] if variant == "fused_add_norm" else [])
     with torch.enable_grad():
-        params = iter(wants[1:])
-        y = f(xg, next(params) if w is not None else None, next(params) if b is not None else None)
+        y = f(xg, *params)
 
     def bwd():
         return out(torch.autograd.grad(y, wants, dyt, retain_graph=True, allow_unused=True)[0])

@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +138,27 @@ def test_bandwidth_command(capsys):
     rows = roofline.measure([0.5], repeats=1)
     assert rows[0]["limit_bwd_two_read_gbps"] == pytest.approx(0.6 * rows[0]["copy_gbps"])
     assert rows[0]["streaming_copy_gbps"] > 0
+
+
+def test_paired_seconds_times_peers_in_the_kernels_rounds():
+    """Peers are timed in the kernel's rounds: each timed call after an untimed one, a slow peer in fewer rounds
+    (spread over the run) to fit its budget; the medians are those of the calls (closed form: sleeps)."""
+    calls = {"fast": 0, "slow": 0}
+
+    def peer(name, seconds):
+        def call():
+            calls[name] += 1
+            time.sleep(seconds)
+        return call
+
+    t_fn, t_copy, t_peers = bandwidth.paired_seconds(lambda: None, 1 << 16, repeats=6,
+                                                     peers={"fast": peer("fast", 0.001), "slow": peer("slow", 0.03)},
+                                                     peer_budget=0.1)
+    assert set(t_peers) == {"fast", "slow"} and t_fn < 0.001 and t_copy > 0
+    assert 0.001 <= t_peers["fast"] < 0.02 and 0.03 <= t_peers["slow"] < 0.2
+    # one sizing call each, then an untimed and a timed call per round it takes part in: 6 rounds for the fast
+    # peer; the slow one fits 0.1 s / 2 / 0.03 s -> 1 round
+    assert calls == {"fast": 1 + 2 * 6, "slow": 1 + 2 * 1}
 
 
 _FAULTS_OF_A_REALLOCATION = """

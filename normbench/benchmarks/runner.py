@@ -2,9 +2,11 @@
 
 For each case of :mod:`normbench.benchmarks.cases` and each selected backend: build the inputs, compile in a
 warm-up call, time forward and backward (median over repeats) writing into preallocated ``out=``/``dx_out=``,
-time a copy of the same working set (:func:`normbench.bandwidth.copy_seconds`), and report effective GB/s, the
-fraction of copy bandwidth and of the limit that applies (the copy, or 2/3 / 3/5 of it where the reduction slab
-cannot stay in cache), the speed-up over each installed peer timed on the same inputs, and the error of every
+time a copy of the same working set and each installed peer on the same inputs in the same rounds
+(:func:`normbench.bandwidth.paired_seconds`; the process reuses freed memory, so a peer's fresh output costs no
+page faults, as our preallocated one does not), and report effective GB/s, the fraction of copy bandwidth and of
+the limit that applies (the copy, or 2/3 / 3/5 of it where the reduction slab cannot stay in cache), the speed-up
+over each peer, and the error of every
 implementation against the float64 reference on those inputs (in units of the dtype's epsilon, see
 :func:`error_eps`).  Results go to ``results/runs/<machine>-<UTC timestamp>.json`` and ``.csv`` (never
 overwriting), a summary table per variant and pass to stdout, and a one-line verdict on the slowest case.
@@ -109,17 +111,17 @@ def run_case(case: _cases.Case, backends, peers, repeats: int, copies: _CopyCach
         scales = {"forward": error_scale(case.variant, inputs, ref_y),
                   "backward": error_scale(case.variant, inputs, ref_dx)}
 
-    peer_res = {}
+    peer_fns, peer_err = {}, {}
     for p in peers:
         try:
             fwd, bwd = _peers.prepare(p, case.variant, _harness.fresh(inputs), dy)
         except NotImplementedError:
             continue
-        peer_res[p] = {}
+        peer_fns[p] = {"forward": fwd, "backward": bwd}
         for pass_, fn, ref in (("forward", fwd, ref_y), ("backward", bwd, ref_dx)):
-            t, out = _time(fn, repeats, PEER_BUDGET_S)
-            peer_res[p][pass_] = (t, error_eps(case.variant, inputs, out, ref, scales[pass_])
-                                  if ref is not None else math.nan)
+            out = fn()  # the warm-up call (JIT, allocator) gives the error; timed below, beside the kernel
+            peer_err[p, pass_] = (error_eps(case.variant, inputs, out, ref, scales[pass_]) if ref is not None
+                                  else math.nan)
             del out
 
     rows = []
@@ -128,12 +130,14 @@ def run_case(case: _cases.Case, backends, peers, repeats: int, copies: _CopyCach
             # compiled, outputs preallocated and touched, GPU work synchronised inside the call
             run = _harness.Pass(case, backend, pass_, inputs=inputs, dy=dy)
             nbytes = case.nbytes(pass_, inputs)
-            if backend == "reference":  # slow: fewer repeats, copy timed on its own
+            pass_peers = {p: fns[pass_] for p, fns in peer_fns.items()}
+            if backend == "reference":  # slow: fewer repeats, copy and peers timed on their own
                 t, result = _time(run, repeats, PEER_BUDGET_S)
                 t_copy = copies.seconds(nbytes, repeats)
-            else:  # kernel and copy interleaved: the ratio is what counts, and both see the same load
+                t_peers = {p: _time(fn, repeats, PEER_BUDGET_S)[0] for p, fn in pass_peers.items()}
+            else:  # kernel, copy and peers in the same rounds: the ratios are what count
                 result = run()
-                t, t_copy = bandwidth.paired_seconds(run, nbytes, repeats)
+                t, t_copy, t_peers = bandwidth.paired_seconds(run, nbytes, repeats, pass_peers, PEER_BUDGET_S)
             main = _host(result[0])
             del run, result
             copy_gbps = 2 * (max(1, nbytes // 8) * 4) / t_copy / 1e9
@@ -146,8 +150,8 @@ def run_case(case: _cases.Case, backends, peers, repeats: int, copies: _CopyCach
                 "limit": case.limit_name(pass_), "limit_factor": factor, "frac_limit": gbps / copy_gbps / factor,
                 "err_eps": error_eps(case.variant, inputs, main, ref, scales[pass_]) if ref is not None else math.nan,
             }
-            for p, res in peer_res.items():
-                tp, row[f"err_{p}"] = res[pass_]
+            for p, tp in t_peers.items():
+                row[f"err_{p}"] = peer_err[p, pass_]
                 row[f"time_{p}"] = tp
                 row[f"speedup_{p}"] = tp / t
             rows.append(row)
