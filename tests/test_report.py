@@ -46,6 +46,28 @@ def test_tables_say_what_the_files_hold():
     assert "layer_norm" in acc and "cpu" in acc
 
 
+def test_speed_ups_only_from_runs_that_paired_the_peers(tmp_path):
+    """The committed run predates paired peer timing: its speed-ups are left blank, with the reason; the same
+    document marked as paired shows them (from its speedup_* columns)."""
+    old = _one("runs/*.json")
+    def torch_column(table):
+        lines = [ln.split("|") for ln in table.splitlines() if ln.startswith("|")]
+        k = [c.strip() for c in lines[0]].index("vs torch")
+        return [ln[k].strip() for ln in lines[2:]]
+
+    table = report.results_table(report.load_run(old))
+    assert "Blank speed-ups" in table and set(torch_column(table)) == {""}
+    doc = json.loads(old.read_text())
+    doc["peer_timing"] = "paired"
+    new = tmp_path / old.name
+    new.write_text(json.dumps(doc))
+    runs = report.load_run(new)
+    table = report.results_table(runs)
+    assert "Blank speed-ups" not in table
+    shown = torch_column(table)
+    assert shown and all(v.endswith("x") and float(v[:-1]) > 0 for v in shown)
+
+
 def test_report_command_writes_markdown_plots_and_readme(tmp_path, capsys):
     readme = tmp_path / "README.md"
     readme.write_text(f"# title\n\nbefore\n\n{report.README_START}\nold table\n{report.README_END}\n\nafter\n")

@@ -30,6 +30,10 @@ from normbench.benchmarks import _harness
 from normbench.benchmarks import cases as _cases
 
 SCHEMA = "normbench.run/1"
+#: how peers are timed, recorded in every run document: "paired" = in the kernel's rounds, on reused memory
+#: (bandwidth.paired_seconds, bandwidth.reuse_freed_memory); documents without it timed peers apart, charged
+#: with their fresh outputs' page faults, and overstate the speed-ups on large cases about 2x
+PEER_TIMING = "paired"
 #: time spent per peer measurement at most (peers can be 100x slower than the kernels): repeats shrink to fit
 PEER_BUDGET_S = 1.0
 
@@ -314,6 +318,7 @@ def main(argv=None) -> int:
     now = _dt.datetime.now(_dt.timezone.utc)
     doc = {"schema": SCHEMA, "created": now.isoformat(timespec="seconds"), "machine": info,
            "argv": list(argv) if argv is not None else sys.argv[1:], "peers": peers,
+           "peer_timing": PEER_TIMING,
            "skipped": skipped, "verdict": verdict(df), "rows": json.loads(df.to_json(orient="records"))}
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
