@@ -114,8 +114,8 @@ def paired_seconds(fn, nbytes, repeats=7, peers=None, peer_budget=1.0):
     and 1.6x the next).  Kernel and copies are interleaved call by call.  Each round starts the kernel, and each
     peer, with an untimed call: NumPy/Numba's and PyTorch's OpenMP pools spin after a parallel region, and a call
     timed right after the other library's would share the cores with its spinning threads.  A slow peer (the
-    textbook NumPy code can be 100x slower) is timed in fewer rounds, spread over the run, to fit ``peer_budget``
-    seconds.  ``fn`` and the peers must already be warm.  Returns ``(t_fn, t_copy, {name: t_peer})``."""
+    textbook NumPy code can be 100x slower) is timed in fewer rounds (at least 3), spread over the run, to fit
+    ``peer_budget`` seconds.  ``fn`` and the peers must already be warm.  Returns ``(t_fn, t_copy, {name: t_peer})``."""
     n = max(1, int(nbytes) // 2 // 4)
     src = np.ones(n, np.float32)
     dst = np.zeros_like(src)
@@ -127,7 +127,8 @@ def paired_seconds(fn, nbytes, repeats=7, peers=None, peer_budget=1.0):
     for name, peer in peers.items():
         t0 = time.perf_counter()
         peer()
-        k = max(1, min(repeats, int(peer_budget / 2 / max(time.perf_counter() - t0, 1e-9))))
+        # at least 3 rounds (a median of one is no median), at most every round
+        k = max(min(3, repeats), min(repeats, int(peer_budget / 2 / max(time.perf_counter() - t0, 1e-9))))
         rounds[name] = {i * repeats // k for i in range(k)}  # k rounds, evenly spread
     times = ([], [], [])
     peer_times = {name: [] for name in peers}
