@@ -198,11 +198,14 @@ def test_split_path_parameter_gradients_only_where_wanted(R, rng, monkeypatch):
 
 
 def test_parallel_rows_path_on_small_inputs(rng, monkeypatch):
+    """Short rows (one at a time) and rows of PAIRS_MIN values (the two-row backward; 13 rows: every thread's
+    chunk runs its pair loop and a tail)."""
     monkeypatch.setattr(_rows, "PARALLEL_MIN", 0)
-    assert _rows._schedule(7, 33)[0] == "rows"
-    args = make((7, 33), np.float32, rng)
-    for family in FAMILIES:
-        compare(family, args, 2e-5)
+    for shape in ((7, 33), (13, _rows.PAIRS_MIN)):
+        assert _rows._schedule(*shape)[0] == "rows"
+        args = make(shape, np.float32, rng)
+        for family in FAMILIES:
+            compare(family, args, 2e-5)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -223,8 +226,8 @@ def test_streaming_stores(dtype, schedule, rng, monkeypatch):
     def misaligned(like):
         return np.empty(like.size + 1, dtype)[1:].reshape(like.shape)  # 4 or 8 bytes off a 16-byte boundary
 
-    for D in (16, 48, 77):
-        args = make((6, D), dtype, rng, offset=3.0)
+    for R, D in ((6, 16), (6, 48), (6, 77), (10, _rows.PAIRS_MIN)):  # the last: the two-row backward
+        args = make((R, D), dtype, rng, offset=3.0)
         for family in FAMILIES:
             compare(family, args, tolerance(dtype, None))
         x, ns, w, b, dy, res, dh = args
@@ -291,10 +294,11 @@ def test_out_rules_enforced(rng):
 # ------------------------------------------------------------------------------------------ NaN isolation
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("schedule", ["serial", "rows"])
-def test_nan_row_does_not_contaminate_other_rows(family, schedule, rng, monkeypatch):
+@pytest.mark.parametrize("D", [50, _rows.PAIRS_MIN])  # rows one at a time, and two at a time (backward)
+def test_nan_row_does_not_contaminate_other_rows(family, schedule, D, rng, monkeypatch):
     if schedule == "rows":
         monkeypatch.setattr(_rows, "PARALLEL_MIN", 0)
-    x, ns, w, b, dy, res, dh = make((8, 50), np.float32, rng)
+    x, ns, w, b, dy, res, dh = make((8, D), np.float32, rng)
     clean_outs, clean_grads = run(family, "cpu", x, ns, w, b, dy, res, dh)
     xn = x.copy()
     xn[3, 7] = np.nan

@@ -36,6 +36,11 @@ PARALLEL_MIN = 1 << 15
 SPLIT_MIN = 1 << 16
 
 MODE_PLAIN, MODE_FUSED, MODE_FUSED_DH = 0, 1, 2
+#: the layer/RMS backward takes rows two at a time (_backward_row_pairs) from this length on, shorter rows one at a
+#: time (_backward_row_loop).  One core, ns per value, pairs vs one at a time, rows from L3 or memory: D = 128 1.32
+#: vs 1.07, 256 1.56 vs 1.10, 512 1.68 vs 1.13, 768 1.25 vs 1.15, 1024 1.00 vs 1.23, 2048 0.98 vs 1.33, 8192 0.94
+#: vs 1.44 (rows in L2 favour the pairs slightly at every length: 1024 x 128 0.68 vs 0.71)
+PAIRS_MIN = 1024
 
 
 # ----------------------------------------------------------------------------------------------- forward
@@ -291,13 +296,13 @@ def _write_dx(dy, x, w, dx, dres, dh, mode, alpha, lo, hi, j0, mean, rs, k, c0, 
 @njit(fastmath=FASTMATH, cache=True)
 def _backward_rows(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, r0, r1, rms, acc64, corr, eps, eps_code,
                    dwp, dbp, nt):
-    if acc64 and mode == MODE_PLAIN:  # layer / RMS norm; nt a literal each way: see _stream._put
+    if acc64 and mode == MODE_PLAIN and D >= PAIRS_MIN:  # layer / RMS norm; nt a literal each way: _stream._put
         if nt:
             _backward_row_pairs(dy, x, w, dx, mean, rstd, D, r0, r1, rms, corr, eps, eps_code, dwp, dbp, True)
         else:
             _backward_row_pairs(dy, x, w, dx, mean, rstd, D, r0, r1, rms, corr, eps, eps_code, dwp, dbp, False)
         return
-    if acc64:
+    if acc64 and mode != MODE_PLAIN:  # fused add + norm
         if nt:
             _backward_rows_pipelined(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, r0, r1, rms, corr, eps,
                                      eps_code, dwp, dbp, True)
@@ -305,13 +310,26 @@ def _backward_rows(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, r0, r1, r
             _backward_rows_pipelined(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, r0, r1, rms, corr, eps,
                                      eps_code, dwp, dbp, False)
         return
+    if nt:
+        _backward_row_loop(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, r0, r1, rms, acc64, corr, eps,
+                           eps_code, dwp, dbp, True)
+    else:
+        _backward_row_loop(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, r0, r1, rms, acc64, corr, eps,
+                           eps_code, dwp, dbp, False)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _backward_row_loop(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, r0, r1, rms, acc64, corr, eps, eps_code,
+                       dwp, dbp, nt):
+    """One row at a time: its sums, then dx from cache.  Layer/RMS norm rows shorter than PAIRS_MIN (where, from
+    memory or L3, it beat the two-row kernel) and float32 accumulation."""
     for row in range(r0, r1):
         lo = row * D
         m = mean[row]
         rs = rstd[row]
         sa, sb = _grad_sums(dy, x, w, lo, lo + D, 0, m, acc64)
         k, c0 = _dx_coefficients(sa, sb, rs, D, corr, eps, eps_code, rms)
-        _write_dx(dy, x, w, dx, dres, dh, mode, alpha, lo, lo + D, 0, m, rs, k, c0, dwp, dbp, False)
+        _write_dx(dy, x, w, dx, dres, dh, mode, alpha, lo, lo + D, 0, m, rs, k, c0, dwp, dbp, nt)
 
 
 @njit(fastmath=FASTMATH, cache=True)

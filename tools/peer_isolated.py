@@ -1,0 +1,70 @@
+"""One case, normbench and PyTorch each timed in a process of its own, the processes alternated:
+``.venv/bin/python tools/peer_isolated.py VARIANT SHAPE [PARAMS] [ROUNDS]``, e.g.
+``tools/peer_isolated.py group_norm 8x64x56x56 axis=-1 5``.
+
+In one process the two libraries' OpenMP pools (each loads its own libgomp) spin after their parallel regions and
+slow the other's next sub-millisecond calls (docs/cpu-channel.md, "Not met").  Here each child process runs one
+library only, as a program using it would: it builds the case's inputs (seed 0), warms up, then reports the median
+of 101 calls per pass (normbench through the suite's harness, into preallocated ``out=``; PyTorch through its peer
+closure, on reused freed memory).  ROUNDS children of each kind are alternated; the parent prints the medians of
+their medians and the ratio.
+"""
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+CALLS = 101
+
+
+def child(impl, variant, shape, params):
+    from normbench import bandwidth, peers
+    from normbench.benchmarks import _harness
+    from normbench.benchmarks import cases as _cases
+
+    bandwidth.reuse_freed_memory()
+    matrix = _cases.cases(full=True, variants=[variant], dtypes=["float32"], shapes=[_cases.parse_shape(shape)])
+    (case,) = [c for c in matrix if c.params_str == params]
+    inputs = case.make_inputs(seed=0)
+    dy = np.random.default_rng(1).standard_normal(inputs["x"].shape).astype(case.dtype)
+    if impl == "torch":
+        fwd, bwd = peers.prepare("torch", variant, _harness.fresh(inputs), dy)
+        fns = {"forward": fwd, "backward": bwd}
+    else:
+        fns = {p: _harness.Pass(case, "cpu", p, inputs=inputs, dy=dy) for p in ("forward", "backward")}
+    out = {}
+    for pass_, fn in fns.items():
+        for _ in range(10):
+            fn()
+        times = []
+        for _ in range(CALLS):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        out[pass_] = float(np.median(times))
+    print(json.dumps(out))
+
+
+def main(variant, shape, params="", rounds=5):
+    med = {"normbench": [], "torch": []}
+    for _ in range(rounds):
+        for impl in med:
+            run = subprocess.run([sys.executable, __file__, "--child", impl, variant, shape, params],
+                                 capture_output=True, text=True, check=True)
+            med[impl].append(json.loads(run.stdout.splitlines()[-1]))
+    for pass_ in ("forward", "backward"):
+        a, b = (float(np.median([m[pass_] for m in med[k]])) for k in ("normbench", "torch"))
+        print(f"{variant}/{shape}/{params} {pass_}: normbench {a * 1e3:.3f} ms, torch {b * 1e3:.3f} ms, {b / a:.2f}x"
+              f" (each the median of {rounds} processes' medians of {CALLS} calls)")
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    if args[:1] == ["--child"]:
+        child(*args[1:5])
+    elif len(args) < 2:
+        sys.exit(__doc__)
+    else:
+        main(args[0], args[1], args[2] if len(args) > 2 else "", int(args[3]) if len(args) > 3 else 5)
