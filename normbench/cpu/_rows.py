@@ -14,7 +14,7 @@ dtype serves every rank).  Options arrive as runtime integer codes.  Three sched
 Elementwise work is done in float64 (``x - mean`` with a float64 mean must not round: that is what keeps
 offset rows accurate); ``accumulate`` selects the precision of the reductions.  With the default one-pass
 statistics the row loops are software-pipelined (the loop writing a row sums the next one; the layer/RMS
-backward works on two rows at a time), index the arrays at unsigned row offsets rather than through per-row
+backward works on two rows at a time where rows have at least PAIRS_MIN values, one at a time below), index the arrays at unsigned row offsets rather than through per-row
 views, and write outputs of at least 16 MiB with streaming stores where every row starts on a 64-byte line
 (:mod:`._stream`).  docs/cpu-rowwise.md has the measurements behind each choice.
 """
@@ -296,13 +296,18 @@ def _write_dx(dy, x, w, dx, dres, dh, mode, alpha, lo, hi, j0, mean, rs, k, c0, 
 @njit(fastmath=FASTMATH, cache=True)
 def _backward_rows(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, r0, r1, rms, acc64, corr, eps, eps_code,
                    dwp, dbp, nt):
-    if acc64 and mode == MODE_PLAIN and D >= PAIRS_MIN:  # layer / RMS norm; nt a literal each way: _stream._put
-        if nt:
-            _backward_row_pairs(dy, x, w, dx, mean, rstd, D, r0, r1, rms, corr, eps, eps_code, dwp, dbp, True)
+    if acc64 and mode == MODE_PLAIN:  # layer / RMS norm; nt a literal each way: see _stream._put
+        if D >= PAIRS_MIN:
+            if nt:
+                _backward_row_pairs(dy, x, w, dx, mean, rstd, D, r0, r1, rms, corr, eps, eps_code, dwp, dbp, True)
+            else:
+                _backward_row_pairs(dy, x, w, dx, mean, rstd, D, r0, r1, rms, corr, eps, eps_code, dwp, dbp, False)
+        elif nt:
+            _backward_row_loop(dy, x, w, dx, mean, rstd, D, r0, r1, rms, corr, eps, eps_code, dwp, dbp, True)
         else:
-            _backward_row_pairs(dy, x, w, dx, mean, rstd, D, r0, r1, rms, corr, eps, eps_code, dwp, dbp, False)
+            _backward_row_loop(dy, x, w, dx, mean, rstd, D, r0, r1, rms, corr, eps, eps_code, dwp, dbp, False)
         return
-    if acc64 and mode != MODE_PLAIN:  # fused add + norm
+    if acc64:
         if nt:
             _backward_rows_pipelined(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, r0, r1, rms, corr, eps,
                                      eps_code, dwp, dbp, True)
@@ -310,26 +315,27 @@ def _backward_rows(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, r0, r1, r
             _backward_rows_pipelined(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, r0, r1, rms, corr, eps,
                                      eps_code, dwp, dbp, False)
         return
-    if nt:
-        _backward_row_loop(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, r0, r1, rms, acc64, corr, eps,
-                           eps_code, dwp, dbp, True)
-    else:
-        _backward_row_loop(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, r0, r1, rms, acc64, corr, eps,
-                           eps_code, dwp, dbp, False)
-
-
-@njit(fastmath=FASTMATH, cache=True)
-def _backward_row_loop(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, r0, r1, rms, acc64, corr, eps, eps_code,
-                       dwp, dbp, nt):
-    """One row at a time: its sums, then dx from cache.  Layer/RMS norm rows shorter than PAIRS_MIN (where, from
-    memory or L3, it beat the two-row kernel) and float32 accumulation."""
     for row in range(r0, r1):
         lo = row * D
         m = mean[row]
         rs = rstd[row]
         sa, sb = _grad_sums(dy, x, w, lo, lo + D, 0, m, acc64)
         k, c0 = _dx_coefficients(sa, sb, rs, D, corr, eps, eps_code, rms)
-        _write_dx(dy, x, w, dx, dres, dh, mode, alpha, lo, lo + D, 0, m, rs, k, c0, dwp, dbp, nt)
+        _write_dx(dy, x, w, dx, dres, dh, mode, alpha, lo, lo + D, 0, m, rs, k, c0, dwp, dbp, False)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _backward_row_loop(dy, x, w, dx, mean, rstd, D, r0, r1, rms, corr, eps, eps_code, dwp, dbp, nt):
+    """The layer/RMS (not fused) float64 backward one row at a time: its sums, then dx from L1; for rows shorter
+    than PAIRS_MIN, where from L3 or memory it beat the two-row kernel.  (Accumulator and mode are constants
+    here, so the compiled loops carry no branch for the other cases.)"""
+    for row in range(r0, r1):
+        lo = row * D
+        m = mean[row]
+        rs = rstd[row]
+        sa, sb = _grad_sums(dy, x, w, lo, lo + D, 0, m, True)
+        k, c0 = _dx_coefficients(sa, sb, rs, D, corr, eps, eps_code, rms)
+        _write_dx(dy, x, w, dx, dx, dx, MODE_PLAIN, 0.0, lo, lo + D, 0, m, rs, k, c0, dwp, dbp, nt)
 
 
 @njit(fastmath=FASTMATH, cache=True)
