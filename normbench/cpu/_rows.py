@@ -14,9 +14,10 @@ dtype serves every rank).  Options arrive as runtime integer codes.  Three sched
 Elementwise work is done in float64 (``x - mean`` with a float64 mean must not round: that is what keeps
 offset rows accurate); ``accumulate`` selects the precision of the reductions.  With the default one-pass
 statistics the row loops are software-pipelined (the loop writing a row sums the next one; the layer/RMS
-backward works on two rows at a time where rows have at least PAIRS_MIN values, one at a time below), index the arrays at unsigned row offsets rather than through per-row
-views, and write outputs of at least 16 MiB with streaming stores where every row starts on a 64-byte line
-(:mod:`._stream`).  docs/cpu-rowwise.md has the measurements behind each choice.
+backward works on two rows at a time where rows have at least PAIRS_MIN values, one at a time below), index the
+arrays at unsigned row offsets rather than through per-row views, and write outputs of at least 16 MiB with
+streaming stores where every row starts on a 64-byte line (:mod:`._stream`).  docs/cpu-rowwise.md has the
+measurements behind each choice.
 """
 from __future__ import annotations
 
