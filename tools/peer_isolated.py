@@ -12,7 +12,6 @@ their medians and the ratio.
 import json
 import subprocess
 import sys
-import time
 
 import numpy as np
 
@@ -34,17 +33,7 @@ def child(impl, variant, shape, params):
         fns = {"forward": fwd, "backward": bwd}
     else:
         fns = {p: _harness.Pass(case, "cpu", p, inputs=inputs, dy=dy) for p in ("forward", "backward")}
-    out = {}
-    for pass_, fn in fns.items():
-        for _ in range(10):
-            fn()
-        times = []
-        for _ in range(CALLS):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        out[pass_] = float(np.median(times))
-    print(json.dumps(out))
+    print(json.dumps({p: bandwidth.median_seconds(fn, repeats=CALLS, warmup=10) for p, fn in fns.items()}))
 
 
 def main(variant, shape, params="", rounds=5):

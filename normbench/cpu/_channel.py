@@ -547,17 +547,27 @@ def _tiled_sums(xn, K, tt, ss, ss2):
 
 
 @njit(**_SEQ)
-def _tiled_moments(tt, ss, ss2, R, cm, cq):
-    """Per-column (mean, m2) of R rows from :func:`_tiled_sums`' accumulators (the shifted one-pass formula, m2
-    clamped at 0 as column_moments does)."""
-    C = cm.shape[0]
+def _untile(ta, tc, sdy, sdyxc):
+    """Per-column totals of K-row tiles of accumulators."""
+    C = sdy.shape[0]
     for c in range(C):
         a = 0.0
         q = 0.0
-        for i in range(c, ss.shape[0], C):
-            a += ss[i]
-            q += ss2[i]
-        q = q - a * (a / R)
+        for i in range(c, ta.shape[0], C):
+            a += ta[i]
+            q += tc[i]
+        sdy[c] = a
+        sdyxc[c] = q
+
+
+@njit(**_SEQ)
+def _tiled_moments(tt, ss, ss2, R, cm, cq):
+    """Per-column (mean, m2) of R rows from :func:`_tiled_sums`' accumulators (the shifted one-pass formula, m2
+    clamped at 0 as column_moments does)."""
+    _untile(ss, ss2, cm, cq)  # the column totals, then the moments in place
+    for c in range(cm.shape[0]):
+        a = cm[c]
+        q = cq[c] - a * (a / R)
         cm[c] = tt[c] + a / R
         cq[c] = 0.0 if q < 0.0 else q  # NaN stays NaN
 
@@ -821,20 +831,6 @@ def _tiled_grad_sums(dy2, x2, K, tmn, ta, tc):
             gi = np.float64(g[i])
             ta[i] += gi
             tc[i] += gi * (v[i] - tmn[i])
-
-
-@njit(**_SEQ)
-def _untile(ta, tc, sdy, sdyxc):
-    """Per-column totals of K-row tiles of accumulators."""
-    C = sdy.shape[0]
-    for c in range(C):
-        a = 0.0
-        q = 0.0
-        for i in range(c, ta.shape[0], C):
-            a += ta[i]
-            q += tc[i]
-        sdy[c] = a
-        sdyxc[c] = q
 
 
 @njit(**_SEQ)
