@@ -223,6 +223,29 @@ def test_group_norm_every_option(rng, schedule, dtype, shape, G, axis):
                     close(a, ref, ud, tol, scale=x.size // shape[1])
 
 
+@pytest.mark.parametrize("offset", (0.0, 1e4))
+def test_channels_last_gangs_of_row_tiles(rng, schedule, offset):
+    """Channels-last blocks of 400 rows of C = 16: the tiled loops run whole gangs of _channel.GANG tiles and then
+    the remainder, a partial tile included (forward: tiles of 64 rows, one gang and 144 rows; backward: tiles of
+    32, three gangs and 16 rows; batch norm's row chunks too).  Float32, the default options: within the issue's 4
+    units of the float64 reference, standard and offset data, y and dx (float64 is covered by STREAM_CASES)."""
+    dtype = np.float32
+    assert _channel.GANG == 4 and _channel.TILE == 1024  # the shapes below were chosen for these
+    x = (rng.standard_normal((3, 20, 20, 16)) * 3 + offset).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    w, b = affine(rng, 16, dtype)
+    for G in (4, 16):  # group norm, and instance norm's kernels (G = C)
+        y, m, r = nb.group_norm_forward(x, G, w, b, axis=-1, backend="cpu")
+        yr, mr, rr = nb.group_norm_forward(x, G, w, b, axis=-1, backend="reference")
+        assert units(y, yr, -1, dtype) <= 4
+        dx = nb.group_norm_backward(dy, x, G, m, r, w, b, axis=-1, backend="cpu")[0]
+        dxr = nb.group_norm_backward(dy, x, G, mr, rr, w, b, axis=-1, backend="reference")[0]
+        close(dx, dxr, dtype, 4, scale=dx_scale(dxr, dy, rr, w))
+    y = nb.batch_norm_forward(x, w, b, None, None, training=True, axis=-1, backend="cpu")[0]
+    yr = nb.batch_norm_forward(x, w, b, None, None, training=True, axis=-1, backend="reference")[0]
+    assert units(y, yr, -1, dtype) <= 4
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,axis", [((3, 5, 4, 3), 1), ((3, 5, 4, 3), -1), ((1, 1, 9), 1), ((2, 3, 2, 2, 3), -1)])
 @pytest.mark.parametrize("eps_placement", ("inside", "outside"))
@@ -513,6 +536,7 @@ STREAM_CASES = [
     ((4, 4, 2, 2), 1),      # short slabs: rows of C*S = 16 columns
     ((8, 16), 1),
     ((2, 16, 2, 4, 4), 1),
+    ((3, 16, 20, 20), -1),  # channels-last blocks with whole gangs of row tiles and a partial tile (see below)
 ]
 
 
