@@ -225,10 +225,10 @@ def test_group_norm_every_option(rng, schedule, dtype, shape, G, axis):
 
 @pytest.mark.parametrize("offset", (0.0, 1e4))
 def test_channels_last_gangs_of_row_tiles(rng, schedule, offset):
-    """Channels-last blocks of 400 rows of C = 16: the tiled loops run whole gangs of _channel.GANG tiles and then
-    the remainder, a partial tile included (forward: tiles of 64 rows, one gang and 144 rows; backward: tiles of
-    32, three gangs and 16 rows; batch norm's row chunks too).  Float32, the default options: within the issue's 4
-    units of the float64 reference, standard and offset data, y and dx (float64 is covered by STREAM_CASES)."""
+    """Channels-last blocks of 400 rows of C = 16: the forward's tiled loops run whole gangs of _channel.GANG tiles
+    of 64 rows, then the remainder (144 rows: two tiles and a partial one); batch norm's row chunks too.  Float32,
+    the default options: within the issue's 4 units of the float64 reference, standard and offset data, y (and dx,
+    whose sums use these statistics).  Float64 is covered by STREAM_CASES."""
     dtype = np.float32
     assert _channel.GANG == 4 and _channel.TILE == 1024  # the shapes below were chosen for these
     x = (rng.standard_normal((3, 20, 20, 16)) * 3 + offset).astype(dtype)

@@ -490,8 +490,10 @@ def _tiled(v, K):
 
 #: tiles of rows taken together by the channels-last forward loops: each per-column vector (tiled coefficients,
 #: shifts, accumulators) is loaded, and each accumulator stored, once for GANG tiles.  One core, a GN (8,56,56,64)
-#: block (3136 x 64): the shifted sums 57 -> 33 us, the pipelined write-and-sum sweep 152 -> 122 us from cache
-#: and 268 -> 188 us from memory (the accumulators' load/add/store bounded them); the outputs stay the same to the bit
+#: block (3136 x 64): the shifted sums 60 -> 41 us from cache and 130 -> 65 us from memory, the pipelined
+#: write-and-sum sweep 158-180 -> 126-132 us and 290 -> 176-189 us (the accumulators' load/add/store bounded
+#: them).  y is the same to the bit; the sums add four tiles' terms, then the accumulator.  (The backward's
+#: gradient sums ganged the same way measured no faster on whole calls, so they keep one tile at a time.)
 GANG = 4
 
 
@@ -873,48 +875,23 @@ def cl_backward_fused(dy3, x3, dx3, Cg, w, gmean, grstd, train, correction, eps,
                 _column_sums_dx(dy3[bb], x3[bb], dx3[bb], 0, R, w, mc, rc, sdy[bb], sdyxc[bb], False)
 
 
-@njit(inline="always", **_SEQ)
-def _add_grad_sums4(gs, vs, i, mean, ta, tc):
-    """Adds position i of four tiles of dy (views in ``gs``) and of dy * (x - mean) to ta/tc at i."""
-    g0, g1, g2, g3 = gs
-    v0, v1, v2, v3 = vs
-    a0 = np.float64(g0[i])
-    a1 = np.float64(g1[i])
-    a2 = np.float64(g2[i])
-    a3 = np.float64(g3[i])
-    ta[i] += (a0 + a1) + (a2 + a3)
-    tc[i] += (a0 * (v0[i] - mean) + a1 * (v1[i] - mean)) + (a2 * (v2[i] - mean) + a3 * (v3[i] - mean))
-
-
-@njit(inline="always", **_SEQ)
-def _add_grad_sums1(g, v, i, mean, ta, tc):
-    gi = np.float64(g[i])
-    ta[i] += gi
-    tc[i] += gi * (v[i] - mean)
-
-
 @njit(**_SEQ)
 def _tiled_grad_sums(dy2, x2, K, tmn, ta, tc):
     """Column sums of ``dy`` and ``dy * (x - mean)`` over the block (R x C) in K-row tiles of accumulators ta/tc
-    (position k*C + c sums the rows r = k (mod K), GANG tiles at a time); ``tmn`` the block's per-column mean,
-    tiled."""
+    (position k*C + c sums the rows r = k (mod K)); ``tmn`` the block's per-column mean, tiled."""
     R, C = x2.shape
     ta[:] = 0.0
     tc[:] = 0.0
     gf = dy2.reshape(-1)
     xf = x2.reshape(-1)
-    m = K * C
-    h = R - R % (GANG * K)
-    for r in range(0, h, GANG * K):
-        gs, vs = _gang(gf, r * C, m), _gang(xf, r * C, m)
+    for r in range(0, R, K):
+        m = min(K, R - r) * C
+        g = gf[r * C:r * C + m]
+        v = xf[r * C:r * C + m]
         for i in range(0, m):
-            _add_grad_sums4(gs, vs, i, tmn[i], ta, tc)
-    for r in range(h, R, K):
-        mr = min(K, R - r) * C
-        g = gf[r * C:r * C + mr]
-        v = xf[r * C:r * C + mr]
-        for i in range(0, mr):
-            _add_grad_sums1(g, v, i, tmn[i], ta, tc)
+            gi = np.float64(g[i])
+            ta[i] += gi
+            tc[i] += gi * (v[i] - tmn[i])
 
 
 @njit(**_SEQ)
@@ -929,30 +906,18 @@ def _dx_and_sums(dy2, x2, dx2, dyn, xn, K, tw, tr, tm, tmdx, tk, tmn, ta, tc, nt
     df = dx2.reshape(-1)
     gnf = dyn.reshape(-1)
     xnf = xn.reshape(-1)
-    m = K * C
-    h = R - R % (GANG * K)
-    for r in range(0, h, GANG * K):
-        o = r * C
-        # dx tile by tile (four tiles of dx in one loop measured 2.5x slower), then the next block's sums
-        for q in range(o, o + GANG * m, m):
-            g = gf[q:q + m]
-            v = xf[q:q + m]
-            d = df[q:q + m]
-            for i in range(0, m):
-                _put(d, i, _dxv(g[i], v[i], tw[i], tr[i], tmdx[i], tk[i], tm[i]), nt)
-        gns, vns = _gang(gnf, o, m), _gang(xnf, o, m)
+    for r in range(0, R, K):
+        m = min(K, R - r) * C
+        g = gf[r * C:r * C + m]
+        v = xf[r * C:r * C + m]
+        d = df[r * C:r * C + m]
+        gn = gnf[r * C:r * C + m]
+        vn = xnf[r * C:r * C + m]
         for i in range(0, m):
-            _add_grad_sums4(gns, vns, i, tmn[i], ta, tc)
-    for r in range(h, R, K):
-        mr = min(K, R - r) * C
-        g = gf[r * C:r * C + mr]
-        v = xf[r * C:r * C + mr]
-        d = df[r * C:r * C + mr]
-        gn = gnf[r * C:r * C + mr]
-        vn = xnf[r * C:r * C + mr]
-        for i in range(0, mr):
             _put(d, i, _dxv(g[i], v[i], tw[i], tr[i], tmdx[i], tk[i], tm[i]), nt)
-            _add_grad_sums1(gn, vn, i, tmn[i], ta, tc)
+            gi = np.float64(gn[i])
+            ta[i] += gi
+            tc[i] += gi * (vn[i] - tmn[i])
 
 
 @njit(**_PAR)
