@@ -10,6 +10,7 @@ closure, on reused freed memory).  ROUNDS children of each kind are alternated; 
 their medians and the ratio.
 """
 import json
+import os
 import subprocess
 import sys
 
@@ -36,15 +37,22 @@ def child(impl, variant, shape, params):
     print(json.dumps({p: bandwidth.median_seconds(fn, repeats=CALLS, warmup=10) for p, fn in fns.items()}))
 
 
-def main(variant, shape, params="", rounds=5):
-    med = {"normbench": [], "torch": []}
+def alternated_medians(children, variant, shape, params, rounds):
+    """{name: {pass: median over ``rounds`` child processes of their medians}}; ``children`` maps a name to the
+    (impl, extra environment) of a child, the children run in turn, round after round."""
+    med = {name: [] for name in children}
     for _ in range(rounds):
-        for impl in med:
+        for name, (impl, env) in children.items():
             run = subprocess.run([sys.executable, __file__, "--child", impl, variant, shape, params],
-                                 capture_output=True, text=True, check=True)
-            med[impl].append(json.loads(run.stdout.splitlines()[-1]))
+                                 capture_output=True, text=True, check=True, env={**os.environ, **env})
+            med[name].append(json.loads(run.stdout.splitlines()[-1]))
+    return {name: {p: float(np.median([m[p] for m in ms])) for p in ms[0]} for name, ms in med.items()}
+
+
+def main(variant, shape, params="", rounds=5):
+    med = alternated_medians({"normbench": ("normbench", {}), "torch": ("torch", {})}, variant, shape, params, rounds)
     for pass_ in ("forward", "backward"):
-        a, b = (float(np.median([m[pass_] for m in med[k]])) for k in ("normbench", "torch"))
+        a, b = med["normbench"][pass_], med["torch"][pass_]
         print(f"{variant}/{shape}/{params} {pass_}: normbench {a * 1e3:.3f} ms, torch {b * 1e3:.3f} ms, {b / a:.2f}x"
               f" (each the median of {rounds} processes' medians of {CALLS} calls)")
 
