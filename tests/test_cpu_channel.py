@@ -6,6 +6,7 @@ both schedules (serial, as tiny inputs do by default, and threaded: fixture ``sc
 (PyTorch's own op_db samples reach backend "cpu" through tests/test_opdb.py.)"""
 import itertools
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -223,12 +224,30 @@ def test_group_norm_every_option(rng, schedule, dtype, shape, G, axis):
                     close(a, ref, ud, tol, scale=x.size // shape[1])
 
 
+@pytest.fixture
+def two_threads_or_serial(schedule, monkeypatch):
+    """The schedule fixture, made independent of the core count for inputs above PARALLEL_MIN: "serial" raises
+    the threshold so that the serial twins run; "threaded" runs at most two threads, so that a few blocks still
+    take the one-block-per-thread kernels rather than the split ones."""
+    if schedule == "serial":
+        monkeypatch.setattr(_channel, "PARALLEL_MIN", 1 << 40)
+        yield schedule
+        return
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    try:
+        yield schedule
+    finally:
+        numba.set_num_threads(before)
+
+
 @pytest.mark.parametrize("offset", (0.0, 1e4))
-def test_channels_last_gangs_of_row_tiles(rng, schedule, offset):
-    """Channels-last blocks of 400 rows of C = 16: the forward's tiled loops run whole gangs of _channel.GANG tiles
-    of 64 rows, then the remainder (144 rows: two tiles and a partial one); batch norm's row chunks too.  Float32,
-    the default options: within the issue's 4 units of the float64 reference, standard and offset data, y (and dx,
-    whose sums use these statistics).  Float64 is covered by STREAM_CASES."""
+def test_channels_last_gangs_of_row_tiles(rng, two_threads_or_serial, offset):
+    """Channels-last blocks of 400 rows of C = 16 (three blocks: the pipelined forward, one or two threads): its
+    tiled loops run whole gangs of _channel.GANG tiles of 64 rows, then the remainder (144 rows: two tiles and a
+    partial one); batch norm's row chunks too.  Float32, the default options: within the issue's 4 units of the
+    float64 reference, standard and offset data, y (and dx, whose sums use these statistics).  Float64 is covered
+    by STREAM_CASES, each loop alone by test_tiled_loops_against_numpy."""
     dtype = np.float32
     assert _channel.GANG == 4 and _channel.TILE == 1024  # the shapes below were chosen for these
     x = (rng.standard_normal((3, 20, 20, 16)) * 3 + offset).astype(dtype)
@@ -244,6 +263,34 @@ def test_channels_last_gangs_of_row_tiles(rng, schedule, offset):
     y = nb.batch_norm_forward(x, w, b, None, None, training=True, axis=-1, backend="cpu")[0]
     yr = nb.batch_norm_forward(x, w, b, None, None, training=True, axis=-1, backend="reference")[0]
     assert units(y, yr, -1, dtype) <= 4
+
+
+@pytest.mark.parametrize("C", (16, 20, 1024, 1500))  # K = TILE // C rows a tile: 64, 51, 1 and 1
+def test_tiled_loops_against_numpy(rng, C):
+    """The channels-last forward's tiled loops alone, on blocks of fewer rows than a gang, exactly a gang, and a
+    gang plus a tile plus one row: _tiled_sums' shifted column sums and sums of squares (summed over the tiles),
+    _normalize_rows_loop's y, and _normalize_and_sum doing both at once, against NumPy in float64."""
+    K = int(_channel._tile_rows(C))
+    for R in (3, _channel.GANG * K - 1, _channel.GANG * K, _channel.GANG * K + K + 1):
+        x = rng.standard_normal((R, C)).astype(np.float32)
+        xn = (rng.standard_normal((R, C)) + 5).astype(np.float32)
+        mc, sc, sh = rng.standard_normal(C), rng.standard_normal(C), rng.standard_normal(C)
+        d = xn.astype(np.float64) - xn[0].astype(np.float64)
+        tt, ss, ss2 = np.empty(K * C), np.empty(K * C), np.empty(K * C)
+        _channel._tiled_sums(xn, K, tt, ss, ss2)
+        np.testing.assert_array_equal(tt.reshape(K, C), np.broadcast_to(xn[0], (K, C)))
+        np.testing.assert_allclose(ss.reshape(K, C).sum(0), d.sum(0), rtol=1e-12, atol=1e-12 * R)
+        np.testing.assert_allclose(ss2.reshape(K, C).sum(0), (d * d).sum(0), rtol=1e-12)
+        y_ref = ((x.astype(np.float64) - mc) * sc + sh).astype(np.float32)
+        y = np.full_like(x, np.nan)
+        _channel._normalize_rows_loop(x, y, 0, R, mc, sc, sh, False)
+        np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=1e-6)
+        y2 = np.full_like(x, np.nan)
+        tiled = [_channel._tiled(v, K) for v in (mc, sc, sh)]
+        _channel._normalize_and_sum(x, y2, xn, K, *tiled, tt, ss, ss2, False)
+        np.testing.assert_array_equal(y2, y)
+        np.testing.assert_allclose(ss.reshape(K, C).sum(0), d.sum(0), rtol=1e-12, atol=1e-12 * R)
+        np.testing.assert_allclose(ss2.reshape(K, C).sum(0), (d * d).sum(0), rtol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -536,7 +583,7 @@ STREAM_CASES = [
     ((4, 4, 2, 2), 1),      # short slabs: rows of C*S = 16 columns
     ((8, 16), 1),
     ((2, 16, 2, 4, 4), 1),
-    ((3, 16, 20, 20), -1),  # channels-last blocks with whole gangs of row tiles and a partial tile (see below)
+    ((3, 16, 20, 20), -1),  # channels-last blocks with whole gangs of row tiles and a partial tile (see above)
 ]
 
 

@@ -91,6 +91,16 @@ def test_run_writes_results_that_agree_with_the_reference(tmp_path, capsys):
     assert doc["schema"] == runner.SCHEMA and doc["machine"]["numba_threads"] >= 1
     # peers timed on reused memory, as normbench's preallocated outputs (where the C library is glibc)
     assert doc["machine"]["freed_memory_reused"] is GLIBC
+    # the commit measured: this checkout's HEAD (None only where normbench is not imported from a git checkout)
+    try:
+        head = subprocess.run(["git", "-C", str(Path(runner.__file__).parents[2]), "rev-parse", "HEAD"],
+                              capture_output=True, text=True)
+    except OSError:  # no git
+        head = None
+    if head is not None and head.returncode == 0:
+        assert doc["code"]["commit"] == head.stdout.strip() and isinstance(doc["code"]["dirty"], bool)
+    else:
+        assert doc["code"] is None
     rows = doc["rows"]
     backends = {v: runner._backends_for(v, None) for v in ("layer_norm", "group_norm")}
     assert len(rows) == 2 * sum(len(b) for b in backends.values())

@@ -163,6 +163,24 @@ def run_case(case: _cases.Case, backends, peers, repeats: int, copies: _CopyCach
 
 
 # ============================================================================================ output
+def code_version() -> dict | None:
+    """The git commit normbench was imported from and whether its tracked files differ from it
+    (``{"commit", "dirty"}``); None outside a git checkout (e.g. an installed wheel) or without git."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        def git(*a):
+            return subprocess.run(["git", "-C", str(root), *a], capture_output=True, text=True, check=True,
+                                  timeout=10).stdout
+
+        commit = git("rev-parse", "HEAD").strip()
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "dirty": dirty}
+
+
 def machine_info() -> dict:
     import numba
 
@@ -318,7 +336,7 @@ def main(argv=None) -> int:
     now = _dt.datetime.now(_dt.timezone.utc)
     doc = {"schema": SCHEMA, "created": now.isoformat(timespec="seconds"), "machine": info,
            "argv": list(argv) if argv is not None else sys.argv[1:], "peers": peers,
-           "peer_timing": PEER_TIMING,
+           "peer_timing": PEER_TIMING, "code": code_version(),
            "skipped": skipped, "verdict": verdict(df), "rows": json.loads(df.to_json(orient="records"))}
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
