@@ -6,20 +6,26 @@ Each child is tools/peer_isolated.py's (the case's inputs, seed 0; the suite's h
 the median of 101 calls per pass) with normbench imported from OTHER_TREE or from this checkout (PYTHONPATH).
 Prints each tree's median of its ROUNDS (default 5) children's medians and the speed-up of this checkout.
 """
+import os
 import sys
 from pathlib import Path
 
+from peer_isolated import CALLS, alternated_medians  # tools/ is on sys.path: this script's folder
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from peer_isolated import CALLS, alternated_medians  # noqa: E402
 
 
 def main(other, variant, shape, params="", rounds=5):
-    trees = {"other": str(Path(other).resolve()), "this": str(HERE.parent)}
-    med = alternated_medians({k: ("normbench", {"PYTHONPATH": t}) for k, t in trees.items()}, variant, shape, params,
-                             rounds)
+    trees = {"other": Path(other).resolve(), "this": HERE.parent}
+    path = os.environ.get("PYTHONPATH")
+    med = alternated_medians({k: ("normbench", {"PYTHONPATH": os.pathsep.join(filter(None, (str(t), path)))})
+                              for k, t in trees.items()}, variant, shape, params, rounds)
+    for k, tree in trees.items():  # each child imported normbench from its own tree (not the installed one)
+        files = med[k][1]
+        if not all(Path(f).resolve().is_relative_to(tree) for f in files):
+            sys.exit(f"the {k} children imported normbench from {sorted(files)}, not from {tree}")
     for pass_ in ("forward", "backward"):
-        a, b = med["other"][pass_], med["this"][pass_]
+        a, b = med["other"][0][pass_], med["this"][0][pass_]
         print(f"{variant}/{shape}/{params} {pass_}: {other} {a * 1e3:.3f} ms, this checkout {b * 1e3:.3f} ms,"
               f" {a / b:.2f}x (each the median of {rounds} processes' medians of {CALLS} calls)")
 

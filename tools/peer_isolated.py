@@ -34,25 +34,30 @@ def child(impl, variant, shape, params):
         fns = {"forward": fwd, "backward": bwd}
     else:
         fns = {p: _harness.Pass(case, "cpu", p, inputs=inputs, dy=dy) for p in ("forward", "backward")}
-    print(json.dumps({p: bandwidth.median_seconds(fn, repeats=CALLS, warmup=10) for p, fn in fns.items()}))
+    import normbench
+
+    med = {p: bandwidth.median_seconds(fn, repeats=CALLS, warmup=10) for p, fn in fns.items()}
+    print(json.dumps({"medians": med, "normbench": normbench.__file__}))
 
 
 def alternated_medians(children, variant, shape, params, rounds):
-    """{name: {pass: median over ``rounds`` child processes of their medians}}; ``children`` maps a name to the
-    (impl, extra environment) of a child, the children run in turn, round after round."""
+    """``{name: ({pass: median over rounds child processes of their medians}, {normbench's __file__ in them})}``;
+    ``children`` maps a name to the (impl, extra environment) of a child; the children run in turn, round after
+    round."""
     med = {name: [] for name in children}
     for _ in range(rounds):
         for name, (impl, env) in children.items():
             run = subprocess.run([sys.executable, __file__, "--child", impl, variant, shape, params],
                                  capture_output=True, text=True, check=True, env={**os.environ, **env})
             med[name].append(json.loads(run.stdout.splitlines()[-1]))
-    return {name: {p: float(np.median([m[p] for m in ms])) for p in ms[0]} for name, ms in med.items()}
+    return {name: ({p: float(np.median([m["medians"][p] for m in ms])) for p in ms[0]["medians"]},
+                   {m["normbench"] for m in ms}) for name, ms in med.items()}
 
 
 def main(variant, shape, params="", rounds=5):
     med = alternated_medians({"normbench": ("normbench", {}), "torch": ("torch", {})}, variant, shape, params, rounds)
     for pass_ in ("forward", "backward"):
-        a, b = med["normbench"][pass_], med["torch"][pass_]
+        a, b = med["normbench"][0][pass_], med["torch"][0][pass_]
         print(f"{variant}/{shape}/{params} {pass_}: normbench {a * 1e3:.3f} ms, torch {b * 1e3:.3f} ms, {b / a:.2f}x"
               f" (each the median of {rounds} processes' medians of {CALLS} calls)")
 

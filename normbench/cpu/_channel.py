@@ -488,7 +488,8 @@ def _tiled(v, K):
     return t
 
 
-#: tiles of rows taken together by the channels-last forward loops: each per-column vector (tiled coefficients,
+#: tiles of rows taken together by the channels-last forward's tiled loops (the pipelined kernel's shifted sums and
+#: the loops writing y; the other statistics go through column_moments): each per-column vector (tiled coefficients,
 #: shifts, accumulators) is loaded, and each accumulator stored, once for GANG tiles.  One core, a GN (8,56,56,64)
 #: block (3136 x 64): the shifted sums 60 -> 41 us from cache and 130 -> 65 us from memory, the pipelined
 #: write-and-sum sweep 158-180 -> 126-132 us and 290 -> 176-189 us (the accumulators' load/add/store bounded
