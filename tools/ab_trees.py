@@ -4,13 +4,14 @@
 
 Each child is tools/peer_isolated.py's (the case's inputs, seed 0; the suite's harness into preallocated ``out=``;
 the median of 101 calls per pass) with normbench imported from OTHER_TREE or from this checkout (PYTHONPATH).
-Prints each tree's median of its ROUNDS (default 5) children's medians and the speed-up of this checkout.
+Prints each tree's median of its ROUNDS (default 5) children's medians (this checkout first) and the speed-up
+of this checkout.
 """
 import os
 import sys
 from pathlib import Path
 
-from peer_isolated import CALLS, alternated_medians  # tools/ is on sys.path: this script's folder
+from peer_isolated import alternated_medians, print_ratios  # tools/ is on sys.path: this script's folder
 
 HERE = Path(__file__).resolve().parent
 
@@ -24,10 +25,7 @@ def main(other, variant, shape, params="", rounds=5):
         files = med[k][1]
         if not all(Path(f).resolve().is_relative_to(tree) for f in files):
             sys.exit(f"the {k} children imported normbench from {sorted(files)}, not from {tree}")
-    for pass_ in ("forward", "backward"):
-        a, b = med["other"][0][pass_], med["this"][0][pass_]
-        print(f"{variant}/{shape}/{params} {pass_}: {other} {a * 1e3:.3f} ms, this checkout {b * 1e3:.3f} ms,"
-              f" {a / b:.2f}x (each the median of {rounds} processes' medians of {CALLS} calls)")
+    print_ratios(med, "this", "other", ("this checkout", other), f"{variant}/{shape}/{params}", rounds)
 
 
 if __name__ == "__main__":

@@ -54,12 +54,18 @@ def alternated_medians(children, variant, shape, params, rounds):
                    {m["normbench"] for m in ms}) for name, ms in med.items()}
 
 
+def print_ratios(med, first, second, labels, case, rounds):
+    """One line per pass of :func:`alternated_medians`' result: both medians, then second / first (the speed-up
+    of ``first``)."""
+    for pass_ in ("forward", "backward"):
+        a, b = med[first][0][pass_], med[second][0][pass_]
+        print(f"{case} {pass_}: {labels[0]} {a * 1e3:.3f} ms, {labels[1]} {b * 1e3:.3f} ms, {b / a:.2f}x"
+              f" (each the median of {rounds} processes' medians of {CALLS} calls)")
+
+
 def main(variant, shape, params="", rounds=5):
     med = alternated_medians({"normbench": ("normbench", {}), "torch": ("torch", {})}, variant, shape, params, rounds)
-    for pass_ in ("forward", "backward"):
-        a, b = med["normbench"][0][pass_], med["torch"][0][pass_]
-        print(f"{variant}/{shape}/{params} {pass_}: normbench {a * 1e3:.3f} ms, torch {b * 1e3:.3f} ms, {b / a:.2f}x"
-              f" (each the median of {rounds} processes' medians of {CALLS} calls)")
+    print_ratios(med, "normbench", "torch", ("normbench", "torch"), f"{variant}/{shape}/{params}", rounds)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -166,14 +167,13 @@ def run_case(case: _cases.Case, backends, peers, repeats: int, copies: _CopyCach
 def code_version() -> dict | None:
     """The git commit normbench was imported from and whether its tracked files differ from it
     (``{"commit", "dirty"}``); None outside a git checkout (e.g. an installed wheel) or without git."""
-    import subprocess
-
     root = Path(__file__).resolve().parents[2]
-    try:
-        def git(*a):
-            return subprocess.run(["git", "-C", str(root), *a], capture_output=True, text=True, check=True,
-                                  timeout=10).stdout
 
+    def git(*a):
+        return subprocess.run(["git", "-C", str(root), *a], capture_output=True, text=True, check=True,
+                              timeout=10).stdout
+
+    try:
         commit = git("rev-parse", "HEAD").strip()
         dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
     except (OSError, subprocess.SubprocessError):
