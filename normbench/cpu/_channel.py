@@ -852,28 +852,19 @@ def _column_sums_dx(dy2, x2, dx2, r0, r1, w, mc, rc, sdy, sdyxc, nt):
 
 
 @njit(**_PAR)
-def cl_backward_fused(dy3, x3, dx3, Cg, w, gmean, grstd, train, correction, eps, eps_code, sdy, sdyxc, nt):
+def cl_backward_eval(dy3, x3, dx3, Cg, w, gmean, grstd, sdy, sdyxc, nt):
+    """The evaluation-mode backward (fixed statistics): dx and the column sums in one sweep, one block per
+    iteration (the training backward is :func:`cl_backward_pipelined`)."""
     B, R, C = x3.shape
     for bb in prange(B):
         mc = np.empty(C)
         _expand(gmean[bb], Cg, mc)
         rc = np.empty(C)
-        if train:
-            _column_sums(dy3[bb], x3[bb], 0, R, mc, sdy[bb], sdyxc[bb])
-            mdx = np.empty(C)
-            k = np.empty(C)
-            _group_coeffs(sdy[bb], sdyxc[bb], gmean[bb], grstd[bb], Cg, w, R, train, correction, eps, eps_code,
-                          mc, rc, mdx, k)
-            if nt:  # a literal each way (see the note above _yv)
-                _dx_rows(dy3[bb], x3[bb], dx3[bb], 0, R, w, mc, rc, mdx, k, 1, True)
-            else:
-                _dx_rows(dy3[bb], x3[bb], dx3[bb], 0, R, w, mc, rc, mdx, k, 1, False)
+        _expand(grstd[bb], Cg, rc)
+        if nt:  # a literal each way (see the note above _yv)
+            _column_sums_dx(dy3[bb], x3[bb], dx3[bb], 0, R, w, mc, rc, sdy[bb], sdyxc[bb], True)
         else:
-            _expand(grstd[bb], Cg, rc)
-            if nt:
-                _column_sums_dx(dy3[bb], x3[bb], dx3[bb], 0, R, w, mc, rc, sdy[bb], sdyxc[bb], True)
-            else:
-                _column_sums_dx(dy3[bb], x3[bb], dx3[bb], 0, R, w, mc, rc, sdy[bb], sdyxc[bb], False)
+            _column_sums_dx(dy3[bb], x3[bb], dx3[bb], 0, R, w, mc, rc, sdy[bb], sdyxc[bb], False)
 
 
 @njit(**_SEQ)
@@ -923,8 +914,9 @@ def _dx_and_sums(dy2, x2, dx2, dyn, xn, K, tw, tr, tm, tmdx, tk, tmn, ta, tc, nt
 
 @njit(**_PAR)
 def cl_backward_pipelined(dy3, x3, dx3, Cg, w, gmean, grstd, correction, eps, eps_code, sdy, sdyxc, nt, T):
-    """The training :func:`cl_backward_fused`, software-pipelined as :func:`cl_forward_pipelined`: each thread takes
-    a run of blocks, and the sweep writing block bb's dx (from cache) also sums block bb + 1 (from memory)."""
+    """The training backward (one block per group-norm sample), software-pipelined as :func:`cl_forward_pipelined`:
+    each thread takes a run of blocks, and the sweep writing block bb's dx (from cache) also sums block bb + 1
+    (from memory)."""
     B, R, C = x3.shape
     nch = min(B, T)
     K = max(1, (TILE // 2) // C)  # eight tiled vectors here: half the forward's tile keeps them in L1
@@ -1070,7 +1062,7 @@ def _serial_twin(f):
 # (one thread: every layout runs its fused kernel, so the split ones need no twin)
 _SERIAL = {f: _serial_twin(f) for f in (cf_forward_fused, cf_forward_pipelined, cf_backward_fused, cl_forward_fused,
                                         cl_forward_pipelined, cl_backward_pipelined,
-                                        cl_backward_fused, affine_cf, affine_cl)}
+                                        cl_backward_eval, affine_cf, affine_cl)}
 
 #: inputs with fewer values run serially: waking the thread pool costs more than the work (measured
 #: crossover on this machine; on a loaded machine a woken thread can also wait a whole scheduler slice)
@@ -1244,12 +1236,12 @@ def backward_sums(dy, x, dx, lay, weight, mean, rstd, train, opts, eps):
     mean, rstd = mean.reshape(lay.B, G), rstd.reshape(lay.B, G)
     sdy, sdyxc = np.empty((lay.B, lay.cols)), np.empty((lay.B, lay.cols))
     args = (dy.reshape(shape), x.reshape(shape), dx.reshape(shape), lay.Cg, w, mean, rstd)
-    if lay.B >= T and train and 2 * lay.R * lay.cols * x.itemsize <= 2 * PIPE_BYTES:
-        # pipelined where a block's dy and x stay in L2 while the next block streams in (2 threads: (128, 28, 28,
-        # 256) 28 -> 22 ms; (64, 56, 56, 128), 3.2 MB a block, measured the same either way)
+    if lay.B >= T and train:
+        # pipelined: the sweep writing a block's dx also streams the next block in (2 threads: (128, 28, 28, 256)
+        # 28 -> 22 ms; blocks too big for L2, re-read from L3, gain less: 3.2 MB ((64, 56, 56, 128)) and 6.4 MB)
         _pick(cl_backward_pipelined, serial)(*args, corr, float(eps), ec, sdy, sdyxc, nt, T)
     elif lay.B >= T:
-        _pick(cl_backward_fused, serial)(*args, int(train), corr, float(eps), ec, sdy, sdyxc, nt)
+        _pick(cl_backward_eval, serial)(*args, sdy, sdyxc, nt)
     else:
         cl_backward_split(*args, _chunks(lay, T), int(train), corr, float(eps), ec, sdy, sdyxc, nt)
     return sdy, sdyxc
