@@ -39,7 +39,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import _checks, registry
-from .cpu._moments import FASTMATH
+from .cpu._moments import FAST
 from .functional import _channel_setup, _inputs, batch_norm_args
 from .numerics import check_correction, check_eps, resolve, rstd_from_var
 from .population import PopulationStats
@@ -50,7 +50,7 @@ __all__ = ["sync_batch_norm_forward", "sync_batch_norm_backward", "allreduce_pop
 
 
 # ------------------------------------------------------------------------------------------- kernels
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, **FAST)
 def _affine_map(x, dy, mean, p, q, s, use_dy, out):
     """``out = (x - mean) * p + q (+ s * dy)`` per channel, in float64, on (outer, C, inner) views.
     Forward: p = rstd * weight, q = bias. Backward: p and q the global-statistics terms, s = rstd * weight."""
@@ -78,7 +78,7 @@ def _affine_map(x, dy, mean, p, q, s, use_dy, out):
                     out[o, c, i] = (np.float64(x[o, c, i]) - m) * pc + qc
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, **FAST)
 def _grad_sums(dy, x, mean, chunks):
     """Per-channel ``sum(dy)`` and ``sum(dy * (x - mean))`` in float64: per-chunk partials (one per thread),
     summed in a fixed order, so the result does not depend on scheduling."""
@@ -290,7 +290,7 @@ def sync_batch_norm_backward(dy, x, weight, bias, save_mean, save_invstd, *, com
         eps_ = check_eps(eps)
         opts = resolve(numerics)
         o = _checks.output("dx_out", dx_out, xx.shape, dtype,
-                           _inputs(dy=g, x=xx, weight=w, bias=b))
+                           _inputs(dy=g, x=xx, weight=w, bias=b, save_mean=mean, save_invstd=r))
         if n:
             s1, s2 = _grad_sums(_view3(g, kaxis, C), _view3(xx, kaxis, C), mean,
                                 max(1, min(numba.get_num_threads(), xx.size // C)))

@@ -57,9 +57,10 @@ class BatchArgs(NamedTuple):
     opts: Numerics
 
 
-def _running_pair(running_mean, running_var, C, x):
-    running_mean = _checks.param("running_mean", running_mean, (C,), x, writable=True)
-    running_var = _checks.param("running_var", running_var, (C,), x, writable=True)
+def _running_pair(running_mean, running_var, C, x, updated):
+    """The running statistics, both or neither; writable where this call ``updated`` them (training)."""
+    running_mean = _checks.param("running_mean", running_mean, (C,), x, writable=updated)
+    running_var = _checks.param("running_var", running_var, (C,), x, writable=updated)
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must be given together (both arrays or both None)")
     return running_mean, running_var
@@ -72,7 +73,7 @@ def batch_norm_args(x, weight, bias, running_mean, running_var, training, moment
     kaxis, C, n = _channel_setup(x, axis)
     weight = _checks.param("weight", weight, (C,), x)
     bias = _checks.param("bias", bias, (C,), x)
-    running_mean, running_var = _running_pair(running_mean, running_var, C, x)
+    running_mean, running_var = _running_pair(running_mean, running_var, C, x, bool(training))
     eps = check_eps(eps)
     opts = resolve(numerics)
     if training:
@@ -128,7 +129,8 @@ def batch_norm_backward(dy, x, weight, bias, save_mean, save_invstd, *, training
     if training:
         check_correction(opts, n, "channel")
     backend = registry.pick_backend(x, backend, "batch_norm")
-    dx_out = _output("dx_out", dx_out, backend, x, dy=dy, x=x, weight=weight, bias=bias)
+    dx_out = _output("dx_out", dx_out, backend, x, dy=dy, x=x, weight=weight, bias=bias,
+                     save_mean=save_mean, save_invstd=save_invstd)
     if n == 0:
         return _empty_backward(x, C, weight, bias, backend, dx_out)
     impl = registry.implementation("batch_norm", backend, "backward")
@@ -210,7 +212,8 @@ def layer_norm_backward(dy, x, normalized_shape, mean, rstd, weight=None, bias=N
     opts = resolve(numerics)
     check_correction(opts, D, "row (normalized_shape)")
     backend = registry.pick_backend(x, backend, "layer_norm")
-    dx_out = _output("dx_out", dx_out, backend, x, dy=dy, x=x, weight=weight, bias=bias)
+    dx_out = _output("dx_out", dx_out, backend, x, dy=dy, x=x, weight=weight, bias=bias, mean=mean,
+                     rstd=rstd)
     impl = registry.implementation("layer_norm", backend, "backward")
     return impl(dy, x, shape, mean, rstd, weight, bias, eps=eps, opts=opts, dx_out=dx_out)
 
@@ -252,7 +255,7 @@ def rms_norm_backward(dy, x, normalized_shape, rstd, weight=None, *, eps=None, d
     opts = resolve(numerics)
     check_correction(opts, D, "row (normalized_shape)")
     backend = registry.pick_backend(x, backend, "rms_norm")
-    dx_out = _output("dx_out", dx_out, backend, x, dy=dy, x=x, weight=weight)
+    dx_out = _output("dx_out", dx_out, backend, x, dy=dy, x=x, weight=weight, rstd=rstd)
     impl = registry.implementation("rms_norm", backend, "backward")
     return impl(dy, x, shape, rstd, weight, eps=eps, opts=opts, dx_out=dx_out)
 
@@ -300,7 +303,8 @@ def group_norm_backward(dy, x, num_groups, mean, rstd, weight=None, bias=None, *
     opts = resolve(numerics)
     check_correction(opts, n, "group")
     backend = registry.pick_backend(x, backend, "group_norm")
-    dx_out = _output("dx_out", dx_out, backend, x, dy=dy, x=x, weight=weight, bias=bias)
+    dx_out = _output("dx_out", dx_out, backend, x, dy=dy, x=x, weight=weight, bias=bias, mean=mean,
+                     rstd=rstd)
     if x.size == 0:
         return _empty_backward(x, C, weight, bias, backend, dx_out)
     impl = registry.implementation("group_norm", backend, "backward")
@@ -318,7 +322,7 @@ def instance_norm_forward(x, weight=None, bias=None, running_mean=None, running_
     S = x.size // (x.shape[0] * C) if x.shape[0] * C else 0
     weight = _checks.param("weight", weight, (C,), x)
     bias = _checks.param("bias", bias, (C,), x)
-    running_mean, running_var = _running_pair(running_mean, running_var, C, x)
+    running_mean, running_var = _running_pair(running_mean, running_var, C, x, bool(use_input_stats))
     eps = check_eps(eps)
     opts = resolve(numerics)
     if use_input_stats:
@@ -357,7 +361,8 @@ def instance_norm_backward(dy, x, mean, rstd, weight=None, bias=None, *, use_inp
     if use_input_stats:
         check_correction(opts, S, "instance-channel")
     backend = registry.pick_backend(x, backend, "instance_norm")
-    dx_out = _output("dx_out", dx_out, backend, x, dy=dy, x=x, weight=weight, bias=bias)
+    dx_out = _output("dx_out", dx_out, backend, x, dy=dy, x=x, weight=weight, bias=bias, mean=mean,
+                     rstd=rstd)
     if x.size == 0:
         return _empty_backward(x, C, weight, bias, backend, dx_out)
     impl = registry.implementation("instance_norm", backend, "backward")
@@ -455,7 +460,7 @@ def fused_add_norm_backward(dy, h, normalized_shape, mean, rstd, weight=None, bi
     opts = resolve(numerics)
     check_correction(opts, D, "row (normalized_shape)")
     backend = registry.pick_backend(dy, backend, "fused_add_norm")
-    inputs = _inputs(dy=dy, h=h, weight=weight, bias=bias, dh=dh)
+    inputs = _inputs(dy=dy, h=h, weight=weight, bias=bias, dh=dh, mean=mean, rstd=rstd)
     dtype = registry.output_dtype(backend, dy)
     dx_out = _checks.output("dx_out", dx_out, dy.shape, dtype, inputs)
     dresidual_out = _checks.output("dresidual_out", dresidual_out, dy.shape, dtype, inputs)

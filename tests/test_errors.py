@@ -394,3 +394,127 @@ def test_strided_running_stats_are_updated_in_place(variant, rng):
         np.testing.assert_allclose(big_v[::2], rv, rtol=1e-15, err_msg=backend)
         assert not big_m[1::2].any() and (big_v[1::2] == 1).all()  # the gaps are untouched
         assert np.abs(rm).max() > 0
+
+
+# ---------------------------------------------------------------------------------------------- division by zero
+def _same(a, b, what):
+    for u, v in zip(a, b):
+        if isinstance(u, np.ndarray):
+            np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-12, equal_nan=True, err_msg=what)
+
+
+def _ieee_cases():
+    """(name, call(backend)) whose statistics divide by zero: eps=0 on a constant row/channel/group/window, rstd = 0
+    with eps outside the root (an Inf in an RMS row; eps=inf), LRN with k=0 on an all-zero window."""
+    x = np.array([[1., 2., 3., 4.], [5., 5., 5., 5.]])
+    xi = np.ones((2, 4))
+    xi[0, 1] = np.inf
+    xc = np.stack([np.arange(6.), np.full(6, 3.)], axis=1)  # (6, 2): channel 1 constant
+    g = np.ones_like
+
+    def ln(b):
+        y, m, r = nb.layer_norm_forward(x, 4, eps=0.0, backend=b)
+        return (y, m, r) + nb.layer_norm_backward(g(x), x, 4, m, r, eps=0.0, backend=b)
+
+    def rms(b):
+        y, r = nb.rms_norm_forward(np.zeros((2, 4)), 4, eps=0.0, backend=b)
+        yi, ri = nb.rms_norm_forward(xi, 4, eps_placement="outside", backend=b)
+        return (y, r, yi, ri) + nb.rms_norm_backward(g(xi), xi, 4, ri, eps_placement="outside", backend=b)
+
+    def bn(b):
+        y, m, r = nb.batch_norm_forward(xc, None, None, None, None, eps=0.0, backend=b)
+        yo, mo, ro = nb.batch_norm_forward(xc, None, None, None, None, eps=np.inf, eps_placement="outside",
+                                           backend=b)
+        return (y, m, r, yo) + nb.batch_norm_backward(g(xc), xc, None, None, m, r, eps=0.0, backend=b) + \
+            nb.batch_norm_backward(g(xc), xc, None, None, mo, ro, eps=np.inf, eps_placement="outside", backend=b)
+
+    def gn(b):
+        x3 = xc.T.reshape(1, 4, 3)  # groups of two channels: the second group constant
+        y, m, r = nb.group_norm_forward(x3, 2, eps=0.0, backend=b)
+        return (y, m, r) + nb.group_norm_backward(g(x3), x3, 2, m, r, eps=0.0, backend=b)
+
+    def lrn(b):
+        z = np.zeros((1, 3, 2))
+        out = ()
+        for beta in (0.75, 0.5, 1.0, 0.3):
+            y, s = nb.local_response_norm_forward(z, 3, k=0.0, beta=beta, backend=b)
+            out += (y, s) + (nb.local_response_norm_backward(g(z), z, y, s, 3, k=0.0, beta=beta, backend=b),)
+        return out
+
+    return {"layer": ln, "rms": rms, "batch": bn, "group": gn, "lrn": lrn}
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("case", sorted(_ieee_cases()))
+def test_division_by_zero_gives_ieee_values(case):
+    """A zero variance with eps=0 (or rstd = 0) is valid input: inf/NaN where the reference has them, no
+    exception (Numba's default error model raised ZeroDivisionError half-way through writing the outputs)."""
+    call = _ieee_cases()[case]
+    ref = call("reference")
+    assert any(np.isnan(a).any() or np.isinf(a).any() for a in ref if isinstance(a, np.ndarray))
+    _same(call("cpu"), ref, case)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_out_complete_when_a_row_divides_by_zero():
+    x = np.array([[1., 2., 3., 4.], [5., 5., 5., 5.]])
+    out = np.full((2, 4), -7.0)
+    nb.layer_norm_forward(x, 4, eps=0.0, out=out, backend="cpu")
+    np.testing.assert_array_equal(out, nb.layer_norm_forward(x, 4, eps=0.0, backend="reference")[0])
+
+
+# ---------------------------------------------------------------------------------------------- saved statistics
+@pytest.mark.parametrize("backend", backends("layer_norm"))
+def test_dx_out_must_not_overlap_saved_stats(backend, rng):
+    """The saved statistics are inputs of the backward: a dx_out over their memory is rejected."""
+    x = rng.standard_normal((4, 8))
+    dy = rng.standard_normal((4, 8))
+
+    def over(stat):
+        buf = np.empty(32)
+        buf[:stat.size] = stat.ravel()
+        return buf[:stat.size].reshape(stat.shape), buf.reshape(4, 8)
+
+    y, mean, rstd = nb.layer_norm_forward(x, 8, backend=backend)
+    for name, args in (("mean", lambda s: (s, rstd)), ("rstd", lambda s: (mean, s))):
+        s, dx_out = over(mean if name == "mean" else rstd)
+        with pytest.raises(ValueError, match=f"dx_out shares memory with {name}"):
+            nb.layer_norm_backward(dy, x, 8, *args(s), dx_out=dx_out, backend=backend)
+    s, dx_out = over(nb.rms_norm_forward(x, 8, backend=backend)[1])
+    with pytest.raises(ValueError, match="dx_out shares memory with rstd"):
+        nb.rms_norm_backward(dy, x, 8, s, dx_out=dx_out, backend=backend)
+    h = x + x
+    _, _, m, r = nb.fused_add_norm_forward(x, x, 8, backend=backend)
+    s, dx_out = over(m)
+    with pytest.raises(ValueError, match="dx_out shares memory with mean"):
+        nb.fused_add_norm_backward(dy, h, 8, s, r, dx_out=dx_out, backend=backend)
+    x3 = x.reshape(4, 2, 4)
+    _, m, r = nb.group_norm_forward(x3, 2, backend=backend)
+    s, dx_out = over(r)
+    with pytest.raises(ValueError, match="dx_out shares memory with rstd"):
+        nb.group_norm_backward(dy.reshape(x3.shape), x3, 2, m, s, dx_out=dx_out.reshape(x3.shape), backend=backend)
+    _, m, r = nb.instance_norm_forward(x3, backend=backend)
+    s, dx_out = over(m)
+    with pytest.raises(ValueError, match="dx_out shares memory with mean"):
+        nb.instance_norm_backward(dy.reshape(x3.shape), x3, s, r, dx_out=dx_out.reshape(x3.shape), backend=backend)
+    _, m, r = nb.batch_norm_forward(x, None, None, None, None, backend=backend)
+    s, dx_out = over(r)
+    with pytest.raises(ValueError, match="dx_out shares memory with save_invstd"):
+        nb.batch_norm_backward(dy, x, None, None, m, s, dx_out=dx_out, backend=backend)
+
+
+@pytest.mark.parametrize("backend", backends("batch_norm"))
+def test_evaluation_reads_read_only_running_stats(backend, rng):
+    """Evaluation only reads the running statistics: read-only buffers are accepted (training rejects them)."""
+    x = rng.standard_normal((3, 4, 5))
+    rm, rv = rng.standard_normal(4), 0.5 + rng.random(4)
+    ro_m, ro_v = rm.copy(), rv.copy()
+    ro_m.flags.writeable = False
+    ro_v.flags.writeable = False
+    y = nb.batch_norm_forward(x, None, None, ro_m, ro_v, training=False, backend=backend)[0]
+    _same((y,), (nb.batch_norm_forward(x, None, None, rm, rv, training=False, backend=backend)[0],), "batch")
+    y = nb.instance_norm_forward(x, None, None, ro_m, ro_v, use_input_stats=False, backend=backend)[0]
+    _same((y,), (nb.instance_norm_forward(x, None, None, rm, rv, use_input_stats=False, backend=backend)[0],),
+          "instance")
+    with pytest.raises(ValueError, match="running_mean is read-only"):
+        nb.instance_norm_forward(x, None, None, ro_m, ro_v, backend=backend)

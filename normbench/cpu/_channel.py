@@ -37,11 +37,11 @@ import numpy as np
 from numba import njit, prange
 
 from . import _stream
-from ._moments import FASTMATH, SHIFTED, chan_merge, column_moments, range_moments, rstd_from_m2
+from ._moments import FAST, SHIFTED, chan_merge, column_moments, range_moments, rstd_from_m2
 from ._stream import _put
 
-_PAR = dict(parallel=True, fastmath=FASTMATH, cache=True)
-_SEQ = dict(fastmath=FASTMATH, cache=True)
+_PAR = dict(FAST, parallel=True)
+_SEQ = FAST
 
 
 # ----------------------------------------------------------------------------------------------- helpers

@@ -21,6 +21,10 @@ import numpy as np
 from numba import njit
 
 FASTMATH = {"reassoc", "contract"}
+#: options of every CPU kernel: float division by zero gives inf/NaN as in NumPy (``error_model="numpy"``), not
+#: Numba's default ZeroDivisionError, which aborted a call half-way through its outputs (eps=0 on a constant row)
+JIT = dict(cache=True, error_model="numpy")
+FAST = dict(JIT, fastmath=FASTMATH)  # plus reassociation and contraction: vectorised sums (never nnan/ninf)
 TWO_PASS, WELFORD, NAIVE, SHIFTED = 0, 1, 2, 3
 BLOCK = 64  # values per Welford block
 
@@ -33,7 +37,7 @@ def _make_range_moments(acc, fused):
     ``alpha`` are ignored (pass x and 0.0).
     """
 
-    @njit(fastmath=FASTMATH, cache=True)
+    @njit(**FAST)
     def range_moments(x, r, alpha, lo, hi, algo):
         n = hi - lo
         zero = acc(0.0)
@@ -107,7 +111,7 @@ def _make_range_moments(acc, fused):
             q = zero
         return shift + s / acc(n), q
 
-    @njit(fastmath=FASTMATH, cache=True)
+    @njit(**FAST)
     def range_sumsq(x, r, alpha, lo, hi):
         a = acc(alpha)
         s2 = acc(0.0)
@@ -127,7 +131,7 @@ _fused_moments_acc32, _fused_sumsq_acc32 = _make_range_moments(np.float32, True)
 _fused_moments_acc64, _fused_sumsq_acc64 = _make_range_moments(np.float64, True)
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(**FAST)
 def range_moments(x, lo, hi, algo, acc64):
     """(mean, m2) in float64 of the contiguous 1-D range ``x[lo:hi]`` with algorithm ``algo``."""
     if acc64:
@@ -137,7 +141,7 @@ def range_moments(x, lo, hi, algo, acc64):
     return np.float64(m), np.float64(q)
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(**FAST)
 def row_stats(x, r, alpha, lo, hi, rms, algo, acc64, fused):
     """Statistics of the range ``lo:hi`` of ``x`` (of ``x + alpha * r`` when ``fused``), in float64:
     ``(mean, m2)`` for layer norm, ``(0, sum of squares)`` for RMS norm (``rms``; ``algo`` unused)."""
@@ -156,7 +160,7 @@ def row_stats(x, r, alpha, lo, hi, rms, algo, acc64, fused):
     return range_moments(x, lo, hi, algo, acc64)
 
 
-@njit(cache=True)
+@njit(**JIT)
 def chan_merge(na, mean_a, m2_a, nb, mean_b, m2_b):
     """Chan et al.'s pairwise merge of two (count, mean, m2) summaries, in float64."""
     n = na + nb
@@ -173,7 +177,7 @@ def chan_merge(na, mean_a, m2_a, nb, mean_b, m2_b):
 
 
 def _make_column_moments(acc):
-    @njit(fastmath=FASTMATH, cache=True)
+    @njit(**FAST)
     def column_moments(x, r0, r1, algo, mean_out, m2_out, work):
         """Per-column (mean, m2) of rows ``r0:r1`` of the 2-D C-contiguous ``x`` (rows x C), vectorised over
         C: written to ``mean_out``/``m2_out`` (float64, length C). ``work`` is a (3, C) scratch of ``acc``."""
@@ -282,7 +286,7 @@ column_moments_acc32 = _make_column_moments(np.float32)
 column_moments_acc64 = _make_column_moments(np.float64)
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(**FAST)
 def column_moments(x, r0, r1, algo, acc64, mean_out, m2_out, work32, work64):
     """Per-column (mean, m2) of rows ``r0:r1`` of ``x`` with the accumulator chosen at run time: ``work32`` and
     ``work64`` are (3, C) float32 / float64 scratch arrays (only the chosen one is touched)."""
@@ -292,7 +296,7 @@ def column_moments(x, r0, r1, algo, acc64, mean_out, m2_out, work32, work64):
         column_moments_acc32(x, r0, r1, algo, mean_out, m2_out, work32)
 
 
-@njit(cache=True)
+@njit(**JIT)
 def rstd_from_m2(m2, n, correction, eps, eps_code):
     """1/sqrt(var + eps) (eps_code 0) or 1/(sqrt(var) + eps) (1), var = m2/(n - correction), in float64."""
     var = m2 / np.float64(n - correction)

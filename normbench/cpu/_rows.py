@@ -28,7 +28,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..numerics import DEFAULT_ACCUMULATE
-from ._moments import FASTMATH, NAIVE, SHIFTED, chan_merge, row_stats, rstd_from_m2
+from ._moments import FAST, JIT, NAIVE, SHIFTED, chan_merge, row_stats, rstd_from_m2
 from ._stream import PARTIAL_PAD, _put, aligned_empty, new_output, streamable
 
 #: rows x D below this many values run serially
@@ -45,7 +45,7 @@ PAIRS_MIN = 1024
 
 
 # ----------------------------------------------------------------------------------------------- forward
-@njit(fastmath=FASTMATH, cache=True)
+@njit(**FAST)
 def _write_y(x, r, alpha, fused, y, h, lo, hi, j0, mean, rstd, w, b, nt):
     """y = (v - mean) * rstd * w + b on x[lo:hi] (parameters from w[j0]); v = x, or x + alpha * r
     (then also stored to h), computed in float64; streaming stores when ``nt`` (a literal)."""
@@ -80,7 +80,7 @@ def _write_y(x, r, alpha, fused, y, h, lo, hi, j0, mean, rstd, w, b, nt):
             _put(ys, j, (np.float64(xs[j]) - mean) * rstd * ws[j] + bs[j], nt)
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(**FAST)
 def _forward_rows(x, r, alpha, fused, y, h, w, b, mean, rstd, D, r0, r1, rms, algo, acc64, corr, eps, eps_code,
                   nt):
     if acc64 and (rms or algo == SHIFTED or algo == NAIVE):
@@ -100,7 +100,7 @@ def _forward_rows(x, r, alpha, fused, y, h, w, b, mean, rstd, D, r0, r1, rms, al
         _write_y(x, r, alpha, fused, y, h, lo, lo + D, 0, m, rs, w, b, False)
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(**FAST)
 def _shift_of(x, r, alpha, fused, lo, rms, algo):
     """The shift of the one-pass sums: the row's first value (shifted), 0 (naive, RMS)."""
     if rms or algo == NAIVE:
@@ -108,7 +108,7 @@ def _shift_of(x, r, alpha, fused, lo, rms, algo):
     return np.float64(x[lo]) + alpha * np.float64(r[lo]) if fused else np.float64(x[lo])
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(**FAST)
 def _finish_sums(shift, s, s2, D, rms):
     """(mean, m2) from one-pass float64 sums around ``shift`` (m2 clamped at 0; NaN stays NaN)."""
     if rms:
@@ -119,7 +119,7 @@ def _finish_sums(shift, s, s2, D, rms):
     return shift + s / D, q
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(**FAST)
 def _forward_rows_pipelined(x, r, alpha, fused, y, h, w, b, mean, rstd, D, r0, r1, rms, algo, corr, eps,
                             eps_code, nt):
     """One-pass statistics (shifted, naive, RMS; float64 sums) software-pipelined: the loop that writes row i
@@ -172,7 +172,7 @@ def _forward_rows_pipelined(x, r, alpha, fused, y, h, w, b, mean, rstd, D, r0, r
         m, q = _finish_sums(shift, s, s2, D, rms)
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, **FAST)
 def _forward_par(x, r, alpha, fused, y, h, w, b, mean, rstd, D, T, rms, algo, acc64, corr, eps, eps_code, nt):
     R = mean.size
     nch = min(R, T)  # one contiguous chunk of rows per thread
@@ -181,7 +181,7 @@ def _forward_par(x, r, alpha, fused, y, h, w, b, mean, rstd, D, T, rms, algo, ac
                       rms, algo, acc64, corr, eps, eps_code, nt)
 
 
-@njit(cache=True)
+@njit(**JIT)
 def _piece(s, S, D):
     """Columns [j0, j1) of piece s of S of a split row: boundaries on multiples of 16 values, so every piece of
     an aligned array starts on a 64-byte line (streaming stores)."""
@@ -190,7 +190,7 @@ def _piece(s, S, D):
     return j0, j1
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, **FAST)
 def _forward_split(x, r, alpha, fused, y, h, w, b, mean, rstd, D, S, rms, algo, acc64, corr, eps, eps_code, nt):
     R = mean.size
     pm = np.empty((R, S))
@@ -224,7 +224,7 @@ def _forward_split(x, r, alpha, fused, y, h, w, b, mean, rstd, D, S, rms, algo, 
 
 
 # ---------------------------------------------------------------------------------------------- backward
-@njit(fastmath=FASTMATH, cache=True)
+@njit(**FAST)
 def _grad_sums(dy, x, w, lo, hi, j0, mean, acc64):
     """(sum(g), sum(g * (x - mean))) with g = dy * w over the range, in the accumulator, returned as float64."""
     n = hi - lo
@@ -249,7 +249,7 @@ def _grad_sums(dy, x, w, lo, hi, j0, mean, acc64):
     return np.float64(fa), np.float64(fb)
 
 
-@njit(cache=True)
+@njit(**JIT)
 def _dx_coefficients(sa, sb, rs, D, corr, eps, eps_code, rms):
     """dx = rs * g + k * (x - mean) + c0: k from d rstd / d var (0 where it does not exist), c0 the mean term."""
     nc = np.float64(D - corr)
@@ -262,7 +262,7 @@ def _dx_coefficients(sa, sb, rs, D, corr, eps, eps_code, rms):
     return k, c0
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(**FAST)
 def _write_dx(dy, x, w, dx, dres, dh, mode, alpha, lo, hi, j0, mean, rs, k, c0, dwp, dbp, nt):
     """dx on the range (+ dh, and dresidual = alpha * dx for fused add + norm), through streaming stores when
     ``nt`` (a literal); adds the dweight and dbias terms to dwp/dbp (indexed from j0) in the same pass, unless
@@ -294,7 +294,7 @@ def _write_dx(dy, x, w, dx, dres, dh, mode, alpha, lo, hi, j0, mean, rs, k, c0, 
                 dbp[q + j] += g
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(**FAST)
 def _backward_rows(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, r0, r1, rms, acc64, corr, eps, eps_code,
                    dwp, dbp, nt):
     if acc64 and mode == MODE_PLAIN:  # layer / RMS norm; nt a literal each way: see _stream._put
@@ -325,7 +325,7 @@ def _backward_rows(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, r0, r1, r
         _write_dx(dy, x, w, dx, dres, dh, mode, alpha, lo, lo + D, 0, m, rs, k, c0, dwp, dbp, False)
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(**FAST)
 def _backward_row_loop(dy, x, w, dx, mean, rstd, D, r0, r1, rms, corr, eps, eps_code, dwp, dbp, nt):
     """The layer/RMS (not fused) float64 backward one row at a time: its sums, then dx from L1; for rows shorter
     than PAIRS_MIN, where from L3 or memory it beat the two-row kernel.  (Accumulator and mode are constants
@@ -339,7 +339,7 @@ def _backward_row_loop(dy, x, w, dx, mean, rstd, D, r0, r1, rms, corr, eps, eps_
         _write_dx(dy, x, w, dx, dx, dx, MODE_PLAIN, 0.0, lo, lo + D, 0, m, rs, k, c0, dwp, dbp, nt)
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(**FAST)
 def _backward_row_pairs(dy, x, w, dx, mean, rstd, D, r0, r1, rms, corr, eps, eps_code, dwp, dbp, nt):
     """The layer/RMS (not fused) float64 backward two rows at a time, pipelined as _backward_rows_pipelined: the
     loop writing dx of rows i and i + 1 also sums rows i + 2 and i + 3.  The dweight/dbias partials are loaded and
@@ -402,7 +402,7 @@ def _backward_row_pairs(dy, x, w, dx, mean, rstd, D, r0, r1, rms, corr, eps, eps
                   False)
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(**FAST)
 def _backward_rows_pipelined(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, r0, r1, rms, corr, eps, eps_code,
                              dwp, dbp, nt):
     """The fused add + norm float64 backward (dx, dresidual = alpha * dx, plus dh) software-pipelined as the
@@ -441,7 +441,7 @@ def _backward_rows_pipelined(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D,
             dbq[j] += g
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, **FAST)
 def _backward_par(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, T, rms, acc64, corr, eps, eps_code, dw, db,
                   nt):
     R = mean.size
@@ -460,7 +460,7 @@ def _backward_par(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, T, rms, ac
             db[j] += part[c, 1, j]
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(**FAST)
 def _piece_sums(dy, x, w, dw, db, lo, hi, j0, mean, rs, acc64, nt):
     """:func:`_grad_sums` on a piece of a split row that also *assigns* the row's dweight and dbias terms
     (g * xc * rs and g; None: not wanted) to dw/db from j0, through streaming stores when ``nt``.  The split
@@ -499,7 +499,7 @@ def _piece_sums(dy, x, w, dw, db, lo, hi, j0, mean, rs, acc64, nt):
     return np.float64(fa), np.float64(fb)
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(**FAST)
 def _split_sums(dy, x, w, dw, db, mean, rstd, D, s, S, acc64, pa, pb, nt):
     """Pass 1 of the split backward on piece s: every row's sums; the first row's parameter terms."""
     j0, j1 = _piece(s, S, D)
@@ -512,7 +512,7 @@ def _split_sums(dy, x, w, dw, db, mean, rstd, D, s, S, acc64, pa, pb, nt):
             pa[row, s], pb[row, s] = _grad_sums(dy, x, w, lo + j0, lo + j1, j0, mean[row], acc64)
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(**FAST)
 def _split_dx(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, ks, cs, D, s, S, dw, db, nt):
     """Pass 2 of the split backward on piece s: dx of every row; the parameter terms of rows after the first."""
     j0, j1 = _piece(s, S, D)
@@ -526,7 +526,7 @@ def _split_dx(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, ks, cs, D, s, S, 
                       cs[row], dw, db, nt)
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, **FAST)
 def _backward_split(dy, x, w, dx, dres, dh, mode, alpha, mean, rstd, D, S, rms, acc64, corr, eps, eps_code,
                     dw, db, nt):
     """Few long rows: each row cut into S pieces (:func:`_piece`), one per thread.  dw/db (x's dtype, or None when

@@ -14,13 +14,13 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from ._moments import FASTMATH
+from ._moments import FAST, JIT
 
 SBLOCK = 256  # spatial positions per work unit (float64 scratch per thread: SBLOCK values)
 PARALLEL_MIN = 1 << 15
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(**FAST)
 def _neg_pow(p, m, beta):
     """p[:m] = p[:m] ** -beta; the common betas through sqrt/division, which vectorise (a general pow is a
     scalar libm call per value and made LRN compute-bound: 0.4 GB/s)."""
@@ -39,7 +39,7 @@ def _neg_pow(p, m, beta):
             p[s] = p[s] ** (-beta)
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(**FAST)
 def _window(src, n, c, s0, m, lo, hi, C, S, ws, kind, aux1, aux2):
     """ws[:m] = sum over channels lo..hi (clipped) of term(c') at spatial s0.. (direct, for non-finite blocks).
     kind 0: x**2 (src = x); kind 1: dy * y / scale (src = dy, aux1 = y, aux2 = scale)."""
@@ -59,7 +59,7 @@ def _window(src, n, c, s0, m, lo, hi, C, S, ws, kind, aux1, aux2):
                 ws[s] += np.float64(a[s]) * np.float64(b1[s]) / np.float64(b2[s])
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(**FAST)
 def _forward_units(x, y, scale, N, C, S, size, alpha, beta, k, u0, u1, ws, pw):
     before = size // 2
     after = (size - 1) // 2
@@ -116,7 +116,7 @@ def _forward_units(x, y, scale, N, C, S, size, alpha, beta, k, u0, u1, ws, pw):
                     y[base + s] = np.float64(x[base + s]) * sc ** (-beta)  # rare path: plain indexing
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(**FAST)
 def _add_t(dy, y, scale, base, m, ws, sign):
     """ws[:m] += sign * dy * y / scale on the m values from ``base`` (views: indices from 0 vectorise)."""
     a = dy[base:base + m]
@@ -126,7 +126,7 @@ def _add_t(dy, y, scale, base, m, ws, sign):
         ws[s] += sign * (np.float64(a[s]) * np.float64(b[s]) / np.float64(c[s]))
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(**FAST)
 def _backward_units(dy, x, y, scale, dx, N, C, S, size, alpha, beta, u0, u1, ws, pw):
     # dx[c] = dy[c] * scale[c]**-beta - 2 alpha beta / size * x[c] * sum over the channels c' whose window
     # holds c, [c - (size-1)//2, c + size//2], of dy[c'] * y[c'] / scale[c'] (= dy x scale**(-beta-1)).
@@ -170,7 +170,7 @@ def _backward_units(dy, x, y, scale, dx, N, C, S, size, alpha, beta, u0, u1, ws,
                     dx[base + s] = np.float64(dy[base + s]) * sc ** (-beta) - coef * np.float64(x[base + s]) * ws[s]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, **JIT)
 def _forward_par(x, y, scale, N, C, S, size, alpha, beta, k, T):
     U = N * ((S + SBLOCK - 1) // SBLOCK)
     nch = min(U, T)
@@ -180,7 +180,7 @@ def _forward_par(x, y, scale, N, C, S, size, alpha, beta, k, T):
         _forward_units(x, y, scale, N, C, S, size, alpha, beta, k, c * U // nch, (c + 1) * U // nch, ws, pw)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, **JIT)
 def _backward_par(dy, x, y, scale, dx, N, C, S, size, alpha, beta, T):
     U = N * ((S + SBLOCK - 1) // SBLOCK)
     nch = min(U, T)
