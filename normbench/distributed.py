@@ -347,13 +347,13 @@ def allreduce_population_stats(stats, comm=None) -> PopulationStats:
         if not isinstance(stats, PopulationStats):
             raise TypeError(f"stats has type {type(stats).__name__}; expected a normbench.PopulationStats")
         meta = {"num_features": stats.num_features, "weighting": stats.weighting}
-        return meta, (stats.count, stats.num_batches, stats._mean.copy(), stats._m2.copy())
+        return meta, (stats.count, stats.num_batches, stats._mean.copy(), stats._m2.copy(), stats._vsum.copy())
 
     payloads = _exchange(comm, fname, local)
     merged = PopulationStats(stats.num_features, weighting=stats.weighting)
-    for count, num_batches, mean, m2 in payloads:
+    for count, num_batches, mean, m2, vsum in payloads:
         part = PopulationStats(stats.num_features, weighting=stats.weighting)
         # restore that rank's accumulator state, then merge it with PopulationStats' own formula
-        part.count, part.num_batches, part._mean, part._m2 = count, num_batches, mean, m2
+        part.count, part.num_batches, part._mean, part._m2, part._vsum = count, num_batches, mean, m2, vsum
         merged.merge(part)
     return merged

@@ -6,7 +6,9 @@ backend and merges them in float64:
 * ``weighting="samples"``: Chan's parallel formula, so ``mean`` and ``var()`` are exactly the statistics of
   the concatenation of every batch seen, whatever the batch sizes.
 * ``weighting="batches"``: every batch has equal weight (the PreciseBN formula):
-  ``mu_pop = E[mu_B]`` and ``var_pop = E[mu_B**2 + var_B] - E[mu_B]**2`` (var_B the biased batch variance).
+  ``mu_pop = E[mu_B]`` and ``var_pop = E[mu_B**2 + var_B] - E[mu_B]**2`` (var_B the biased batch variance),
+  computed as ``E[var_B] + Var[mu_B]``, with the batch means merged by Chan's formula (one observation per batch):
+  the textbook difference cancels on offset data (every digit lost at an offset of 1e8).
 
 ``var(correction=c)`` scales the population's biased variance by ``n/(n - c)``, n the number of samples seen,
 so the two weightings agree for equal-size batches for every correction.
@@ -32,8 +34,9 @@ class PopulationStats:
         C = self.num_features
         self.count = 0  # samples seen per channel
         self.num_batches = 0
-        self._mean = np.zeros(C)  # samples: running mean;        batches: sum of mu_B
-        self._m2 = np.zeros(C)  # samples: running M2;             batches: sum of mu_B**2 + var_B
+        self._mean = np.zeros(C)  # samples: mean of every sample;  batches: mean of the batch means
+        self._m2 = np.zeros(C)  # samples: their M2;              batches: M2 of the batch means
+        self._vsum = np.zeros(C)  # batches: sum of the batches' biased variances (samples: unused, 0)
 
     def update(self, x, axis=1, *, backend=None):
         """Merge one batch (N, C, *spatial) (``axis=1``) or (N, *spatial, C) (``axis=-1``). Empty batches are
@@ -52,18 +55,26 @@ class PopulationStats:
         self.merge_moments(count, np.asarray(mean, np.float64), np.asarray(m2, np.float64))
         return self
 
+    def _chan(self, n_self, n_other, mean, m2):
+        """Chan's merge of (n_other, mean, m2) into (n_self, self._mean, self._m2)."""
+        total = n_self + n_other
+        delta = mean - self._mean
+        self._mean = self._mean + delta * (n_other / total)
+        self._m2 = self._m2 + m2 + delta * delta * (n_self * n_other / total)
+
     def merge_moments(self, count, mean, m2, num_batches=1):
-        """Merge per-channel moments of ``count`` samples (for "batches", ``num_batches`` batch(es))."""
+        """Merge per-channel moments of ``count`` samples: one batch, or for "samples" the concatenation of
+        ``num_batches`` batches."""
         if count == 0:
             return self
         if self.weighting == "samples":
-            total = self.count + count
-            delta = mean - self._mean
-            self._mean = self._mean + delta * (count / total)
-            self._m2 = self._m2 + m2 + delta * delta * (self.count * count / total)
+            self._chan(self.count, count, mean, m2)
+        elif num_batches != 1:
+            raise ValueError(f"num_batches={num_batches}; with weighting='batches' moments merge one batch at a "
+                             "time (merge() combines accumulators)")
         else:
-            self._mean = self._mean + mean
-            self._m2 = self._m2 + mean * mean + m2 / count
+            self._chan(self.num_batches, 1, mean, 0.0)  # the batch mean: one more observation
+            self._vsum = self._vsum + m2 / count
         self.count += count
         self.num_batches += num_batches
         return self
@@ -76,8 +87,8 @@ class PopulationStats:
             return self
         if self.weighting == "samples":
             return self.merge_moments(other.count, other._mean, other._m2, other.num_batches)
-        self._mean = self._mean + other._mean
-        self._m2 = self._m2 + other._m2
+        self._chan(self.num_batches, other.num_batches, other._mean, other._m2)
+        self._vsum = self._vsum + other._vsum
         self.count += other.count
         self.num_batches += other.num_batches
         return self
@@ -86,7 +97,7 @@ class PopulationStats:
     def mean(self) -> np.ndarray:
         if self.count == 0:
             return np.full(self.num_features, np.nan)
-        return self._mean.copy() if self.weighting == "samples" else self._mean / self.num_batches
+        return self._mean.copy()
 
     def var(self, correction=0) -> np.ndarray:
         correction = int(correction)
@@ -96,6 +107,5 @@ class PopulationStats:
             return np.full(self.num_features, np.nan)
         if self.weighting == "samples":
             return self._m2 / (self.count - correction)
-        mu = self._mean / self.num_batches
-        biased = np.maximum(self._m2 / self.num_batches - mu * mu, 0.0)
+        biased = (self._vsum + self._m2) / self.num_batches  # E[var_B] + Var[mu_B]
         return biased * (self.count / (self.count - correction))
