@@ -404,22 +404,50 @@ def test_lrn_spatial_blocks_and_parallel_path(rng, monkeypatch):
         assert rel(g, r) <= 1e-6
 
 
-def test_lrn_nan_reaches_exactly_the_windows_that_hold_it(rng):
-    """A NaN at channel 3 enters the windows of channels 2..4 (size 3) and no other: the sliding sum must
-    not carry it further (the reference's cumulative sum does, so the truth here is the window itself)."""
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_lrn_nan_reaches_exactly_the_windows_that_hold_it(backend, bad, rng):
+    """A NaN (or Inf) at channel 3 enters the windows of channels 2..4 (size 3) and no other: neither the CPU
+    kernel's sliding sum nor the reference may carry it further (a cumulative sum did)."""
     x = rng.standard_normal((2, 10, 4)).astype(np.float32)
-    x[0, 3, 1] = np.nan
-    y, s = nb.local_response_norm_forward(x, 3, alpha=0.1, beta=0.75, k=1.0, backend="cpu")
-    expected = np.zeros(x.shape, bool)
-    expected[0, 2:5, 1] = True
-    np.testing.assert_array_equal(np.isnan(y), expected)
+    x[0, 3, 1] = bad
+    y, s = nb.local_response_norm_forward(x, 3, alpha=0.1, beta=0.75, k=1.0, backend=backend)
+    window = np.zeros(x.shape, bool)
+    window[0, 2:5, 1] = True
+    # the scale is NaN/Inf exactly there; y is NaN there (x * Inf**-beta = x * 0 elsewhere in the window, 0)
+    np.testing.assert_array_equal(~np.isfinite(s), window)
+    assert np.isnan(y[0, 3, 1]) and np.isfinite(y[~window]).all()
     clean = x.copy()
     clean[0, 3, 1] = 0.0
-    yc, _ = nb.local_response_norm_forward(clean, 3, alpha=0.1, beta=0.75, k=1.0, backend="cpu")
-    np.testing.assert_array_equal(y[~expected], yc[~expected])
+    yc, _ = nb.local_response_norm_forward(clean, 3, alpha=0.1, beta=0.75, k=1.0, backend=backend)
+    np.testing.assert_array_equal(y[~window], yc[~window])
     dy = np.ones_like(x)
-    dx = nb.local_response_norm_backward(dy, x, y, s, 3, alpha=0.1, beta=0.75, k=1.0, backend="cpu")
+    dx = nb.local_response_norm_backward(dy, x, y, s, 3, alpha=0.1, beta=0.75, k=1.0, backend=backend)
     assert np.isfinite(dx[1]).all() and np.isfinite(dx[0, 6:]).all()
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_lrn_small_terms_next_to_a_huge_one(backend, rng):
+    """The window sums keep the small terms that sat next to a huge one (a sliding or cumulative sum loses them:
+    1e40 + 1 - 1e40 = 0). Closed form: windows of ones after the huge channel left them."""
+    for dtype, big in ((np.float64, 1e20), (np.float32, 1e8)):
+        x = np.array([big, 1, 1, 1, 1, 1], dtype).reshape(1, 6, 1)
+        _, s = nb.local_response_norm_forward(x, 3, alpha=3.0, beta=0.75, k=0.0, backend=backend)
+        np.testing.assert_allclose(s.ravel()[2:], [3.0, 3.0, 3.0, 2.0], rtol=1e-6, err_msg=str(dtype))
+    # the backward's signed sums: one channel of dy a trillion times the others, against the direct float64
+    # sums of the reference (the cpu's own sums are checked; the reference's closed form is its direct sum)
+    x = rng.standard_normal((2, 9, 300))
+    dy = rng.standard_normal(x.shape)
+    dy[:, 1] *= 1e12
+    y, sc = nb.local_response_norm_forward(x, 3, alpha=0.5, backend="reference")
+    t = dy * y / sc
+    direct = np.zeros_like(t)
+    for c in range(9):
+        direct[:, c] = t[:, max(c - 1, 0):c + 2].sum(axis=1)  # the channels whose window holds c (size 3)
+    expected = dy * sc ** -0.75 - 2 * 0.5 * 0.75 / 3 * x * direct
+    dx = nb.local_response_norm_backward(dy, x, y, sc, 3, alpha=0.5, backend=backend)
+    np.testing.assert_allclose(dx[:, 4:], expected[:, 4:], rtol=1e-9, atol=1e-9)
 
 
 def test_fused_backward_accepts_float64_h_from_the_reference(rng):

@@ -6,7 +6,10 @@ sum of squares is a sliding window over c, vectorised over the spatial block, in
 and one leaves per channel instead of ``size`` values summed.  A sliding sum cannot drop a NaN or Inf once
 it entered (Inf - Inf), and rounding can leave a tiny negative remainder: a block whose sums went
 non-finite is recomputed with direct window sums (so a NaN reaches exactly the windows that contain it,
-as the math says), and remainders are clamped at 0.  ``accumulate`` does not apply: sums are float64.
+as the math says), and remainders are clamped at 0.  Nor does it keep the small terms added next to a huge
+one (1e40 + 1 - 1e40 = 0): its rounding error is bounded by that of the largest sum it held, so each lane
+tracks that peak (of the sums of absolute terms in the backward) and is summed again directly, restarting
+its peak, when its sum falls below ``1/RATIO`` of it.  ``accumulate`` does not apply: sums are float64.
 """
 from __future__ import annotations
 
@@ -17,6 +20,9 @@ from numba import njit, prange
 from ._moments import FAST, JIT
 
 SBLOCK = 256  # spatial positions per work unit (float64 scratch per thread: SBLOCK values)
+#: a lane's sliding sum is recomputed directly when its peak (see the module docstring) exceeds RATIO times it,
+#: which bounds its relative rounding error by ~2 * C * RATIO * 2**-53 (1e-10 at C = 4096)
+RATIO = 256.0
 PARALLEL_MIN = 1 << 15
 
 
@@ -60,7 +66,25 @@ def _window(src, n, c, s0, m, lo, hi, C, S, ws, kind, aux1, aux2):
 
 
 @njit(**FAST)
-def _forward_units(x, y, scale, N, C, S, size, alpha, beta, k, u0, u1, ws, pw):
+def _lane_window(src, n, c, s, lo, hi, C, S, kind, aux1, aux2):
+    """(sum, sum of absolute values) over channels lo..hi (clipped) of term(c') at spatial position s (the
+    direct sum of one lane; kinds as :func:`_window`)."""
+    t = 0.0
+    a = 0.0
+    for cc in range(max(lo, 0), min(hi, C - 1) + 1):
+        i = (n * C + cc) * S + s
+        if kind == 0:
+            v = np.float64(src[i])
+            v = v * v
+        else:
+            v = np.float64(src[i]) * np.float64(aux1[i]) / np.float64(aux2[i])
+        t += v
+        a += abs(v)
+    return t, a
+
+
+@njit(**FAST)
+def _forward_units(x, y, scale, N, C, S, size, alpha, beta, k, u0, u1, ws, pw, pk):
     before = size // 2
     after = (size - 1) // 2
     coef = alpha / size
@@ -77,6 +101,8 @@ def _forward_units(x, y, scale, N, C, S, size, alpha, beta, k, u0, u1, ws, pw):
             for s in range(m):
                 v = np.float64(xi[s])
                 ws[s] += v * v
+        for s in range(m):
+            pk[s] = ws[s]
         bad = 0.0
         for c in range(C):
             base = (n * C + c) * S + s0
@@ -85,13 +111,22 @@ def _forward_units(x, y, scale, N, C, S, size, alpha, beta, k, u0, u1, ws, pw):
                 xi = x[b_in:b_in + m]
                 for s in range(m):
                     v = np.float64(xi[s])
-                    ws[s] += v * v
+                    t = ws[s] + v * v
+                    ws[s] = t
+                    pk[s] = max(pk[s], t)
             if c - before - 1 >= 0:
                 b_out = (n * C + c - before - 1) * S + s0
                 xo = x[b_out:b_out + m]
+                lost = 0.0
                 for s in range(m):
                     v = np.float64(xo[s])
-                    ws[s] -= v * v
+                    t = ws[s] - v * v
+                    ws[s] = t
+                    lost += 1.0 if pk[s] > RATIO * t else 0.0
+                if lost > 0.0:  # rare: lanes whose sum fell far below its peak are summed again
+                    for s in range(m):
+                        if pk[s] > RATIO * ws[s]:
+                            ws[s], pk[s] = _lane_window(x, n, c, s0 + s, c - before, c + after, C, S, 0, x, x)
             xc = x[base:base + m]
             sca = scale[base:base + m]
             yc = y[base:base + m]
@@ -117,17 +152,28 @@ def _forward_units(x, y, scale, N, C, S, size, alpha, beta, k, u0, u1, ws, pw):
 
 
 @njit(**FAST)
-def _add_t(dy, y, scale, base, m, ws, sign):
-    """ws[:m] += sign * dy * y / scale on the m values from ``base`` (views: indices from 0 vectorise)."""
+def _add_t(dy, y, scale, base, m, ws, wa, pk, sign):
+    """ws[:m] += sign * t and wa[:m] += sign * |t|, t = dy * y / scale on the m values from ``base`` (views:
+    indices from 0 vectorise); adding, the peaks pk of wa follow; returns the count of lanes whose |t| sum fell
+    below 1/RATIO of its peak."""
     a = dy[base:base + m]
     b = y[base:base + m]
     c = scale[base:base + m]
+    lost = 0.0
     for s in range(m):
-        ws[s] += sign * (np.float64(a[s]) * np.float64(b[s]) / np.float64(c[s]))
+        t = np.float64(a[s]) * np.float64(b[s]) / np.float64(c[s])
+        ws[s] += sign * t
+        q = wa[s] + sign * abs(t)
+        wa[s] = q
+        if sign > 0.0:
+            pk[s] = max(pk[s], q)
+        else:
+            lost += 1.0 if pk[s] > RATIO * q else 0.0
+    return lost
 
 
 @njit(**FAST)
-def _backward_units(dy, x, y, scale, dx, N, C, S, size, alpha, beta, u0, u1, ws, pw):
+def _backward_units(dy, x, y, scale, dx, N, C, S, size, alpha, beta, u0, u1, ws, pw, wa, pk):
     # dx[c] = dy[c] * scale[c]**-beta - 2 alpha beta / size * x[c] * sum over the channels c' whose window
     # holds c, [c - (size-1)//2, c + size//2], of dy[c'] * y[c'] / scale[c'] (= dy x scale**(-beta-1)).
     before = (size - 1) // 2
@@ -140,16 +186,23 @@ def _backward_units(dy, x, y, scale, dx, N, C, S, size, alpha, beta, u0, u1, ws,
         m = min(SBLOCK, S - s0)
         for s in range(m):
             ws[s] = 0.0
+            wa[s] = 0.0
+            pk[s] = 0.0
         for cc in range(0, min(after, C)):
             base = (n * C + cc) * S + s0
-            _add_t(dy, y, scale, base, m, ws, 1.0)
+            _add_t(dy, y, scale, base, m, ws, wa, pk, 1.0)
         bad = 0.0
         for c in range(C):
             base = (n * C + c) * S + s0
             if c + after < C:
-                _add_t(dy, y, scale, (n * C + c + after) * S + s0, m, ws, 1.0)
+                _add_t(dy, y, scale, (n * C + c + after) * S + s0, m, ws, wa, pk, 1.0)
             if c - before - 1 >= 0:
-                _add_t(dy, y, scale, (n * C + c - before - 1) * S + s0, m, ws, -1.0)
+                if _add_t(dy, y, scale, (n * C + c - before - 1) * S + s0, m, ws, wa, pk, -1.0) > 0.0:
+                    for s in range(m):  # rare: lanes summed again (see _forward_units)
+                        if pk[s] > RATIO * wa[s]:
+                            ws[s], wa[s] = _lane_window(dy, n, c, s0 + s, c - before, c + after, C, S, 1, y,
+                                                        scale)
+                            pk[s] = wa[s]
             dyc = dy[base:base + m]
             sca = scale[base:base + m]
             xc = x[base:base + m]
@@ -177,7 +230,8 @@ def _forward_par(x, y, scale, N, C, S, size, alpha, beta, k, T):
     for c in prange(nch):
         ws = np.empty(SBLOCK)
         pw = np.empty(SBLOCK)
-        _forward_units(x, y, scale, N, C, S, size, alpha, beta, k, c * U // nch, (c + 1) * U // nch, ws, pw)
+        pk = np.empty(SBLOCK)
+        _forward_units(x, y, scale, N, C, S, size, alpha, beta, k, c * U // nch, (c + 1) * U // nch, ws, pw, pk)
 
 
 @njit(parallel=True, **JIT)
@@ -187,8 +241,10 @@ def _backward_par(dy, x, y, scale, dx, N, C, S, size, alpha, beta, T):
     for c in prange(nch):
         ws = np.empty(SBLOCK)
         pw = np.empty(SBLOCK)
+        wa = np.empty(SBLOCK)
+        pk = np.empty(SBLOCK)
         _backward_units(dy, x, y, scale, dx, N, C, S, size, alpha, beta, c * U // nch, (c + 1) * U // nch, ws,
-                        pw)
+                        pw, wa, pk)
 
 
 def _dims(x):
@@ -209,7 +265,7 @@ def local_response_norm_forward(x, size, *, alpha, beta, k, opts=None, out=None)
         args = (x.reshape(-1), y.reshape(-1), scale.reshape(-1), N, C, S, int(size), float(alpha), float(beta),
                 float(k))
         if T == 1:
-            _forward_units(*args, 0, N * ((S + SBLOCK - 1) // SBLOCK), np.empty(SBLOCK), np.empty(SBLOCK))
+            _forward_units(*args, 0, N * ((S + SBLOCK - 1) // SBLOCK), *np.empty((3, SBLOCK)))
         else:
             _forward_par(*args, T)
     return y, scale
@@ -225,7 +281,7 @@ def local_response_norm_backward(dy, x, y, scale, size, *, alpha, beta, k, opts=
         args = (dy.reshape(-1), x.reshape(-1), y.reshape(-1), scale.reshape(-1), dx.reshape(-1), N, C, S,
                 int(size), float(alpha), float(beta))
         if T == 1:
-            _backward_units(*args, 0, N * ((S + SBLOCK - 1) // SBLOCK), np.empty(SBLOCK), np.empty(SBLOCK))
+            _backward_units(*args, 0, N * ((S + SBLOCK - 1) // SBLOCK), *np.empty((4, SBLOCK)))
         else:
             _backward_par(*args, T)
     return dx

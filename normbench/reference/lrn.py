@@ -12,15 +12,20 @@ from ._stats import finish, wide
 
 def _window_sum(a, size, reverse=False):
     """Sum over channel windows [c - size//2, c + (size-1)//2]; ``reverse`` gives the transposed window
-    [c - (size-1)//2, c + size//2] (the channels whose window contains c), used by the backward."""
+    [c - (size-1)//2, c + size//2] (the channels whose window contains c), used by the backward.  Each window
+    is summed directly (``size`` shifted slices of the zero-padded input): a cumulative sum's differences lose
+    small terms next to a huge one and carry a NaN or Inf into every later channel."""
     before, after = (size // 2, (size - 1) // 2)
     if reverse:
         before, after = after, before
     C = a.shape[1]
-    csum = np.concatenate([np.zeros_like(a[:, :1]), np.cumsum(a, axis=1)], axis=1)  # csum[c] = sum a[:c]
-    lo = np.clip(np.arange(C) - before, 0, C)
-    hi = np.clip(np.arange(C) + after + 1, 0, C)
-    return csum[:, hi] - csum[:, lo]
+    pad = [(0, 0)] * a.ndim
+    pad[1] = (before, after)
+    p = np.pad(a, pad)
+    total = np.zeros_like(a)
+    for i in range(before + after + 1):
+        total += p[:, i:i + C]
+    return total
 
 
 def local_response_norm_forward(x, size, *, alpha, beta, k, opts=None, out=None):
