@@ -28,6 +28,8 @@ def array(name: str, a, *, min_ndim: int = 1, what: str = "") -> np.ndarray:
     if not is_device_array(a):
         if not isinstance(a, np.ndarray):
             raise TypeError(f"{name} has type {type(a).__name__}; expected a NumPy (or CUDA) array")
+        if isinstance(a, (np.matrix, np.ma.MaskedArray)):  # a mask would be ignored; matrix is always 2-D
+            raise TypeError(f"{name} has type {type(a).__name__}; expected a plain NumPy array (np.asarray(...))")
     dtype = np.dtype(a.dtype)
     if dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} has dtype {dtype}; expected float32 or float64")
@@ -105,7 +107,7 @@ def stats(name: str, s, shape: tuple):
 
 def channel_axis(axis, x) -> int:
     """axis=1 (channels-first) or -1 (channels-last); returns the non-negative channel axis."""
-    if isinstance(axis, bool) or axis not in (1, -1):
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)) or axis not in (1, -1):
         raise ValueError(f"axis={axis!r}; expected 1 (channels-first, (N, C, *spatial)) "
                          "or -1 (channels-last, (N, *spatial, C))")
     return 1 if axis == 1 else x.ndim - 1
@@ -119,10 +121,10 @@ def normalized_shape(value, x) -> tuple:
         shape = value
     else:
         shape = (value,) if isinstance(value, (int, np.integer)) else value
-        try:
-            shape = tuple(int(d) for d in shape)
-        except (TypeError, ValueError):
-            raise TypeError(f"normalized_shape={value!r}; expected an int or a tuple of ints") from None
+        if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__") or not all(
+                isinstance(d, (int, np.integer)) and not isinstance(d, (bool, np.bool_)) for d in shape):
+            raise TypeError(f"normalized_shape={value!r}; expected an int or a tuple of ints")
+        shape = tuple(int(d) for d in shape)
     k = len(shape)
     if k == 0 or k > x.ndim or tuple(x.shape[x.ndim - k:]) != shape:
         raise ValueError(f"normalized_shape={shape} does not match the trailing dimensions of x, shape "
@@ -133,10 +135,7 @@ def normalized_shape(value, x) -> tuple:
 
 
 def momentum(value) -> float:
-    try:
-        m = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"momentum={value!r}; expected a real number in [0, 1]") from None
+    m = real("momentum", value, "a real number in [0, 1]")
     if not 0.0 <= m <= 1.0:
         raise ValueError(f"momentum={value!r}; expected a real number in [0, 1] (PyTorch convention: "
                          "running = (1 - momentum) * running + momentum * batch)")
@@ -149,11 +148,22 @@ def positive_int(name: str, value) -> int:
     return int(value)
 
 
-def real(name: str, value) -> float:
+def real(name: str, value, expected: str = "a real number") -> float:
+    """A real number (int, float, NumPy scalar, 0-d array) as a float; strings and booleans are errors, though
+    float() takes them."""
+    if isinstance(value, (str, bytes, bool, np.bool_)):
+        raise TypeError(f"{name}={value!r}; expected {expected}")
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise TypeError(f"{name}={value!r}; expected a real number") from None
+        raise TypeError(f"{name}={value!r}; expected {expected}") from None
+
+
+def integer(name: str, value, expected: str) -> int:
+    """An int or NumPy integer (not a bool, not a float such as 1.0)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}={value!r}; expected {expected}")
+    return int(value)
 
 
 def output(name: str, out, shape: tuple, dtype, inputs: dict):

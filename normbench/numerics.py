@@ -23,6 +23,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import _checks
+
 EPS_PLACEMENTS = ("inside", "outside")
 VARIANCE_ALGORITHMS = ("two_pass", "welford", "naive", "shifted")
 ACCUMULATORS = (None, "float32", "float64")
@@ -97,10 +99,7 @@ def resolve(numerics: dict) -> Numerics:
 
 def check_eps(eps, name: str = "eps") -> float:
     """eps must be a finite or +inf non-negative real number (NaN and negatives are errors)."""
-    try:
-        value = float(eps)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name}={eps!r}; expected a non-negative real number") from None
+    value = _checks.real(name, eps, "a non-negative real number")
     if math.isnan(value) or value < 0:
         raise ValueError(f"{name}={eps!r}; expected a non-negative real number")
     return value

@@ -100,7 +100,7 @@ class PopulationStats:
         return self._mean.copy()
 
     def var(self, correction=0) -> np.ndarray:
-        correction = int(correction)
+        correction = _checks.integer("correction", correction, "a non-negative integer")
         if correction < 0:
             raise ValueError(f"correction={correction}; expected a non-negative integer")
         if self.count <= correction:

@@ -518,3 +518,31 @@ def test_evaluation_reads_read_only_running_stats(backend, rng):
           "instance")
     with pytest.raises(ValueError, match="running_mean is read-only"):
         nb.instance_norm_forward(x, None, None, ro_m, ro_v, backend=backend)
+
+
+# ---------------------------------------------------------------------------------------------- argument types
+@pytest.mark.parametrize("backend", backends("batch_norm"))
+def test_strings_booleans_and_floats_are_not_numbers_here(backend, x4):
+    """float() accepts "1e-5" and True, and 1.0 == 1: each of these is still a wrong type for its argument."""
+    rm, rv = running()
+    for kw, name in ((dict(eps="1e-5"), "eps"), (dict(eps=True), "eps"), (dict(momentum="0.1"), "momentum"),
+                     (dict(momentum=False), "momentum")):
+        with pytest.raises(TypeError, match=name):
+            nb.batch_norm_forward(x4, None, None, rm, rv, backend=backend, **kw)
+    with pytest.raises(ValueError, match="axis=1.0"):
+        nb.batch_norm_forward(x4, None, None, rm, rv, axis=1.0, backend=backend)
+    np.testing.assert_array_equal(rm, 0)
+    for ns in ("43", (3.0,), (True,), 3.0):
+        with pytest.raises(TypeError, match="normalized_shape"):
+            nb.layer_norm_forward(x4, ns, backend=backend)
+    np.testing.assert_array_equal(nb.layer_norm_forward(x4, (np.int64(3),), backend=backend)[0],
+                                  nb.layer_norm_forward(x4, 3, backend=backend)[0])
+    with pytest.raises(TypeError, match="plain NumPy array"):
+        nb.layer_norm_forward(np.asmatrix(x4[0]), 3, backend=backend)
+    with pytest.raises(TypeError, match="plain NumPy array"):
+        nb.layer_norm_forward(np.ma.masked_array(x4, mask=x4 > 0), 3, backend=backend)
+    stats = nb.PopulationStats(4).update(x4, backend=backend)
+    for c in (1.5, True):
+        with pytest.raises(TypeError, match="correction"):
+            stats.var(c)
+    np.testing.assert_allclose(stats.var(np.int64(1)), x4.transpose(1, 0, 2).reshape(4, -1).var(axis=1, ddof=1))
