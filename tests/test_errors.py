@@ -521,6 +521,7 @@ def test_evaluation_reads_read_only_running_stats(backend, rng):
 
 
 # ---------------------------------------------------------------------------------------------- argument types
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
 @pytest.mark.parametrize("backend", backends("batch_norm"))
 def test_strings_booleans_and_floats_are_not_numbers_here(backend, x4):
     """float() accepts "1e-5" and True, and 1.0 == 1: each of these is still a wrong type for its argument."""
