@@ -137,6 +137,8 @@ def _affine(rng, shape, dtype):
 
 def _channels(shape, axis):
     """The logical shape (N, C, *spatial) laid out for ``axis``."""
+    if len(shape) < 2:
+        raise ValueError(f"shape {tuple(shape)}: expected (N, C, *spatial), rank >= 2")
     if axis == 1 or len(shape) == 2:
         return tuple(shape), shape[1]
     return (shape[0], *shape[2:], shape[1]), shape[1]

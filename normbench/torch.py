@@ -244,6 +244,8 @@ class FusedAddNormFunction(torch.autograd.Function):
 def _channels_last(x):
     """For an (N, C, *spatial) tensor stored channels-last, its (N, *spatial, C) view (contiguous) and the
     permutation back; else None. Lets channels-last models run without a layout copy."""
+    if not isinstance(x, torch.Tensor):
+        return None  # the Function's input check names it
     if x.dim() < 3 or x.is_contiguous():
         return None
     perm = (0, *range(2, x.dim()), 1)

@@ -132,6 +132,26 @@ def test_run_json_and_bad_options(tmp_path, capsys):
     assert runner.main(["--variant", "nope", "--out-dir", str(tmp_path)]) == 2
     assert "variant" in capsys.readouterr().err
     assert runner.main(["--shape", "0x3", "--out-dir", str(tmp_path)]) == 2
+    for shape in ("8x", "x8", "4xx8"):  # an empty size is a typo, not a smaller shape
+        assert runner.main(["--variant", "layer_norm", "--shape", shape, "--out-dir", str(tmp_path)]) == 2
+        assert "shape" in capsys.readouterr().err
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    assert runner.main(["--variant", "rms_norm", "--shape", "3x16", "--out-dir", str(afile)]) == 2
+    assert "--out-dir" in capsys.readouterr().err
+
+
+def test_run_reports_why_cases_were_skipped(tmp_path, capsys):
+    """A shape a variant cannot take is skipped with its reason, printed; nothing valid left: exit 1, no file."""
+    out = tmp_path / "runs"
+    assert runner.main(["--variant", "batch_norm", "--variant", "instance_norm", "--shape", "8", "--repeats", "1",
+                        "--no-peers", "--no-accuracy", "--out-dir", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "no case ran" in err and "rank >= 2" in err and "batch_norm" in err and not out.exists()
+    assert runner.main(["--variant", "rms_norm", "--variant", "instance_norm", "--shape", "4x8", "--repeats", "1",
+                        "--no-peers", "--no-accuracy", "--out-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "skipped 1 case(s)" in printed and "instance_norm" in printed and "invalid for this variant" in printed
 
 
 def test_error_eps_measures_in_units_of_eps():

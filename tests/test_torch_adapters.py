@@ -214,6 +214,9 @@ def test_bad_inputs_raise_clear_errors():
         nt.LayerNorm(4, numerics={"variance": "bogus"})
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         nt.BatchNorm1d(3)(torch.ones(1, 3))
+    for fn, args in ((nt.batch_norm, (None, None)), (nt.instance_norm, ()), (nt.group_norm, (1,))):
+        with pytest.raises(TypeError, match="input has type ndarray; expected a torch.Tensor"):
+            fn(np.ones((4, 3, 2)), *args)  # was an AttributeError from the channels-last probe
 
 
 def test_fused_add_norm_gradient_through_h_only():

@@ -254,6 +254,16 @@ def summary(df) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def _seed(text):
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+_seed.__name__ = "non-negative integer"  # argparse's message: "invalid non-negative integer value: '-1'"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="normbench accuracy", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small shapes, float32 only, no long rows")
@@ -266,14 +276,23 @@ def main(argv=None):
     ap.add_argument("--plot", action="store_true", help="also run the studies and write PNG figures")
     ap.add_argument("--docs", nargs="?", const="docs/numerics.md", default=None,
                     help="write docs/numerics.md (or the given path) from the results in --out")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=_seed, default=0, help="data seed, a non-negative integer (default 0)")
     args = ap.parse_args(argv)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        ap.error(f"--out {out} is a file; expected a folder (created if missing)")
+    variants = args.variant or list(registry.VARIANTS)
+    if args.backend and not any(b in registry.available_backends(v) for v in variants for b in args.backend):
+        ap.error(f"--backend {' '.join(args.backend)}: not available here for {' '.join(variants)} (cuda needs a "
+                 "GPU, or NUMBA_ENABLE_CUDASIM=1 for the simulator)")
     dtypes = args.dtype or (("float32",) if args.quick else DTYPES)
     df = sweep(args.variant, args.family, dtypes, args.backend, quick=args.quick, peers=not args.no_peers,
                seed=args.seed, progress=True)
     name = "accuracy-quick.csv" if args.quick else "accuracy.csv"
+    if df.empty:  # never replace earlier results with a header-only file
+        print(f"normbench accuracy: nothing measured; {out / name} left as it was", file=sys.stderr)
+        return 1
+    out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / name, index=False)
     if (df.kind == "agreement").any():  # kept apart: a simulator run is slow and done separately
         df[df.kind == "agreement"].to_csv(out / "cuda-agreement.csv", index=False)

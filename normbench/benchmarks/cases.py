@@ -155,7 +155,7 @@ def variant_shapes(variant: str, full: bool) -> list[tuple]:
 
 def parse_shape(text: str) -> tuple:
     try:
-        shape = tuple(int(v) for v in text.lower().replace(",", "x").split("x") if v)
+        shape = tuple(int(v) for v in text.lower().replace(",", "x").split("x"))  # "8x": an empty size, an error
     except ValueError:
         raise ValueError(f"shape={text!r}; expected sizes joined by 'x', e.g. 8192x4096") from None
     if not shape or min(shape) < 1:

@@ -305,6 +305,10 @@ def main(argv=None) -> int:
     except ValueError as err:
         print(f"normbench run: {err}", file=sys.stderr)
         return 2
+    out_dir = Path(args.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        print(f"normbench run: --out-dir {out_dir} is a file; expected a folder (created if missing)", file=sys.stderr)
+        return 2
     if args.backend:
         bad = [b for b in args.backend if b not in registry.BACKENDS]
         if bad:
@@ -320,7 +324,7 @@ def main(argv=None) -> int:
             bar.set_postfix_str(case.name, refresh=False)
             backends = _backends_for(case.variant, args.backend)
             if not backends:
-                skipped.append(case.name)
+                skipped.append(f"{case.name} (no selected backend implements it)")
                 continue
             try:
                 rows += run_case(case, backends, peers, args.repeats, copies, accuracy=not args.no_accuracy)
@@ -329,7 +333,7 @@ def main(argv=None) -> int:
             except (ValueError, TypeError) as err:  # e.g. --shape 4096x8192 for instance norm: not a valid input
                 skipped.append(f"{case.name} (invalid for this variant: {err})")
     if not rows:
-        print("normbench run: no case ran (no backend implements the selection)", file=sys.stderr)
+        print("normbench run: no case ran:\n" + "\n".join(f"  {s}" for s in skipped), file=sys.stderr)
         return 1
     df = pd.DataFrame(rows)
     info = machine_info()
@@ -338,7 +342,6 @@ def main(argv=None) -> int:
            "argv": list(argv) if argv is not None else sys.argv[1:], "peers": peers,
            "peer_timing": PEER_TIMING, "code": code_version(),
            "skipped": skipped, "verdict": verdict(df), "rows": json.loads(df.to_json(orient="records"))}
-    out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     jpath, cpath = result_paths(out_dir, f"{info['machine']}-{info['numba_threads']}t", now)
     jpath.write_text(json.dumps(doc, indent=1))
@@ -348,7 +351,9 @@ def main(argv=None) -> int:
         return 0
     print(summary_tables(df))
     print(f"\n{doc['verdict']}")
-    print(f"results: {jpath} and {cpath.name}" + (f"; skipped {len(skipped)} case(s) with no backend" if skipped else ""))
+    print(f"results: {jpath} and {cpath.name}")
+    if skipped:
+        print(f"skipped {len(skipped)} case(s):\n" + "\n".join(f"  {s}" for s in skipped))
     return 0
 
 
