@@ -1,12 +1,17 @@
 """The ``normbench`` command: ``run | accuracy | report | bandwidth | study``.
 
 Each subcommand lives in its own module with a ``main(argv)``; this file only dispatches, so that a
-subcommand's dependencies (pandas, matplotlib, tqdm, scikit-learn) are imported only when it runs.
+subcommand's dependencies (pandas, matplotlib, tqdm, scikit-learn) are imported only when it runs. It also holds
+the argparse types the subcommands share (:func:`positive_int`, :func:`positive_float`).
 """
 from __future__ import annotations
 
+import argparse
 import importlib
+import math
 import sys
+
+from . import __version__
 
 SUBCOMMANDS = {
     "run": ("normbench.benchmarks.runner", "time every kernel against the copy limit and the peers (make bench)"),
@@ -17,13 +22,48 @@ SUBCOMMANDS = {
 }
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse reports "argument --X: expected an integer >= 1, got '0'")."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (not nan, not inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+def _usage(file) -> None:
+    print("usage: normbench {" + ",".join(SUBCOMMANDS) + "} [options]   (normbench <command> --help; "
+          "normbench --version)\n", file=file)
+    for name, (_, text) in SUBCOMMANDS.items():
+        print(f"  {name:10s} {text}", file=file)
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
-        print("usage: normbench {" + ",".join(SUBCOMMANDS) + "} [options]\n")
-        for name, (_, text) in SUBCOMMANDS.items():
-            print(f"  {name:10s} {text}")
-        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    if argv and argv[0] in ("-h", "--help"):
+        _usage(sys.stdout)
+        return 0
+    if argv and argv[0] in ("-V", "--version"):
+        print(f"normbench {__version__}")
+        return 0
+    if not argv or argv[0] not in SUBCOMMANDS:
+        _usage(sys.stderr)
+        print("\nnormbench: error: " + (f"unknown command {argv[0]!r}" if argv else "no command given"),
+              file=sys.stderr)
+        return 2
     module_name = SUBCOMMANDS[argv[0]][0]
     try:
         module = importlib.import_module(module_name)

@@ -25,11 +25,13 @@ from pathlib import Path
 import numpy as np
 
 from . import functional as nb
+from .cli import positive_float, positive_int
 
 NORMS = ("none", "batch", "layer", "group", "rms")
 LRS = (0.03, 0.1, 0.3, 1.0, 3.0)
 EPS = 1e-5
 COLLAPSED = 0.9 * math.log(10)  # a final train loss above this is close to ln(10), the uniform guess
+N_TRAIN = 1347  # training images in load_digits_split(): 1797 digits, a quarter held out for the test
 
 
 @dataclass
@@ -334,37 +336,65 @@ def write_outputs(runs, curves, cfg: Config, seconds):
     return table
 
 
+def check_config(cfg: Config) -> None:
+    """Raise ValueError naming the option for a combination the study cannot run (single values are checked by
+    the parser's types); called before any training, so a bad run writes nothing."""
+    if "batch" in cfg.norms and cfg.batch_size < 2:
+        raise ValueError(f"--batch-size {cfg.batch_size}: batch norm needs at least 2 samples per batch")
+    if cfg.batch_size > N_TRAIN:
+        raise ValueError(f"--batch-size {cfg.batch_size}: expected at most {N_TRAIN}, the training set size")
+    if "group" in cfg.norms and any(h % cfg.groups for h in cfg.hidden):
+        raise ValueError(f"--groups {cfg.groups} with --hidden {' '.join(map(str, cfg.hidden))}: group norm "
+                         "needs every hidden width divisible by the number of groups")
+    if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+        raise ValueError(f"--out {cfg.out} is a file; expected a folder (created if missing)")
+    if cfg.backend == "cuda":
+        from . import cuda
+
+        try:
+            cuda.require()
+        except cuda.CudaUnavailableError as err:
+            raise ValueError(f"--backend cuda: {err}") from None
+
+
 def _parser():
-    p = argparse.ArgumentParser(prog="normbench study lr", description=__doc__.split("\n\n")[1])
+    p = argparse.ArgumentParser(prog="normbench study", description=__doc__.split("\n\n")[0])
+    commands = p.add_subparsers(dest="command", required=True)
+    lr = commands.add_parser("lr", help="does normalization let the network train at a larger learning rate?",
+                             usage="normbench study lr [options]   (normbench study lr --help)",
+                             description=__doc__.split("\n\n")[1])
     d = Config()
-    p.add_argument("--lrs", type=float, nargs="+", default=list(d.lrs))
-    p.add_argument("--norms", nargs="+", choices=NORMS, default=list(d.norms))
-    p.add_argument("--seeds", type=int, default=len(d.seeds), help="number of seeds (0, 1, ...)")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--hidden", type=int, nargs="+", default=list(d.hidden))
-    p.add_argument("--groups", type=int, default=d.groups)
-    p.add_argument("--dtype", choices=("float32", "float64"), default=d.dtype)
-    p.add_argument("--backend", choices=("reference", "cpu", "cuda"), default=None)
-    p.add_argument("--out", default=d.out)
-    return p
+    lr.add_argument("--lrs", type=positive_float, nargs="+", default=list(d.lrs), help="learning rates (> 0)")
+    lr.add_argument("--norms", nargs="+", choices=NORMS, default=list(d.norms))
+    lr.add_argument("--seeds", type=positive_int, default=len(d.seeds), help="number of seeds, >= 1 (seeds 0, 1, ...)")
+    lr.add_argument("--epochs", type=positive_int, default=d.epochs)
+    lr.add_argument("--batch-size", type=positive_int, default=d.batch_size)
+    lr.add_argument("--hidden", type=positive_int, nargs="+", default=list(d.hidden), help="hidden layer widths")
+    lr.add_argument("--groups", type=positive_int, default=d.groups, help="group norm: groups per hidden layer")
+    lr.add_argument("--dtype", choices=("float32", "float64"), default=d.dtype)
+    lr.add_argument("--backend", choices=("reference", "cpu", "cuda"), default=None)
+    lr.add_argument("--out", default=d.out)
+    return p, lr
 
 
 def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] != "lr":
-        print("usage: normbench study lr [options]   (see normbench study lr --help)", file=sys.stderr)
-        return 2
-    a = _parser().parse_args(argv[1:])
+    """``normbench study lr [options]``; a bad option or combination exits 2 (argparse's message) before any
+    training."""
+    p, lr = _parser()
+    a = p.parse_args(sys.argv[1:] if argv is None else argv)
+    cfg = Config(lrs=tuple(a.lrs), norms=tuple(a.norms), seeds=tuple(range(a.seeds)), epochs=a.epochs,
+                 batch_size=a.batch_size, hidden=tuple(a.hidden), groups=a.groups, dtype=a.dtype,
+                 backend=a.backend, out=a.out)
+    try:
+        check_config(cfg)
+    except ValueError as err:
+        lr.error(str(err))
     try:
         import matplotlib  # noqa: F401
         import sklearn  # noqa: F401
     except ModuleNotFoundError as err:
         print(f"normbench study needs {err.name!r}: pip install 'normbench[study]'", file=sys.stderr)
         return 2
-    cfg = Config(lrs=tuple(a.lrs), norms=tuple(a.norms), seeds=tuple(range(a.seeds)), epochs=a.epochs,
-                 batch_size=a.batch_size, hidden=tuple(a.hidden), groups=a.groups, dtype=a.dtype,
-                 backend=a.backend, out=a.out)
     t0 = time.perf_counter()
     with single_threaded():
         runs, curves = run_study(cfg)

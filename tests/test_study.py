@@ -74,7 +74,68 @@ def test_tiny_study_writes_table_csv_and_png(tmp_path):
     assert (tmp_path / "lr_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_cli_usage_errors():
-    assert study.main([]) == 2
+def test_cli_usage_errors(capsys):
+    with pytest.raises(SystemExit) as exc:
+        study.main([])
+    assert exc.value.code == 2 and "required: command" in capsys.readouterr().err
     with pytest.raises(ValueError, match="norm="):
         study.MLP(4, (4,), 2, "batchnorm", np.random.default_rng(0))
+
+
+TINY = ["lr", "--epochs", "1", "--seeds", "1", "--norms", "layer", "--hidden", "8", "--lrs", "0.1"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--seeds", "0"], "argument --seeds: expected an integer >= 1, got '0'"),
+    (["--seeds", "-1"], "argument --seeds: expected an integer >= 1, got '-1'"),
+    (["--seeds", "two"], "argument --seeds: expected an integer >= 1, got 'two'"),
+    (["--epochs", "0"], "argument --epochs: expected an integer >= 1, got '0'"),
+    (["--batch-size", "0"], "argument --batch-size: expected an integer >= 1, got '0'"),
+    (["--hidden", "8", "0"], "argument --hidden: expected an integer >= 1, got '0'"),
+    (["--groups", "0"], "argument --groups: expected an integer >= 1, got '0'"),
+    (["--lrs", "0.1", "nan"], "argument --lrs: expected a finite number > 0, got 'nan'"),
+    (["--lrs", "inf"], "argument --lrs: expected a finite number > 0, got 'inf'"),
+    (["--lrs", "-0.1"], "argument --lrs: expected a finite number > 0, got '-0.1'"),
+    (["--norms", "batch", "--batch-size", "1"], "--batch-size 1: batch norm needs at least 2 samples per batch"),
+    (["--batch-size", "1348"], f"--batch-size 1348: expected at most {study.N_TRAIN}, the training set size"),
+    (["--norms", "group", "--groups", "3"], "--groups 3 with --hidden 8: group norm needs every hidden width "
+                                            "divisible by the number of groups"),
+])
+def test_bad_options_exit_2_before_training(tmp_path, capsys, monkeypatch, extra, message):
+    """Every bad option or combination: argparse's exit 2 and a message naming the option, the value and what
+    was expected, before any training (run_study is not reached) and with nothing written."""
+    monkeypatch.setattr(study, "run_study", lambda *a, **k: pytest.fail("trained despite a bad option"))
+    out = tmp_path / "st"
+    with pytest.raises(SystemExit) as exc:
+        study.main(TINY + ["--out", str(out)] + extra)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == f"normbench study lr: error: {message}"
+    assert not out.exists()
+
+
+def test_out_is_a_file_and_cuda_unavailable_exit_2(tmp_path, capsys, monkeypatch):
+    from normbench import cuda
+
+    monkeypatch.setattr(study, "run_study", lambda *a, **k: pytest.fail("trained despite a bad option"))
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    with pytest.raises(SystemExit) as exc:
+        study.main(TINY + ["--out", str(afile)])
+    assert exc.value.code == 2 and f"--out {afile} is a file" in capsys.readouterr().err
+
+    def no_gpu():
+        raise cuda.CudaUnavailableError("backend='cuda' needs a CUDA GPU (none found)")
+
+    monkeypatch.setattr(cuda, "require", no_gpu)  # whether or not this machine has a GPU
+    out = tmp_path / "st"
+    with pytest.raises(SystemExit) as exc:
+        study.main(TINY + ["--backend", "cuda", "--out", str(out)])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == ("normbench study lr: error: --backend cuda: backend='cuda' "
+                                                        "needs a CUDA GPU (none found)")
+    assert not out.exists()
+
+
+def test_training_set_size_is_the_split():
+    assert len(study.load_digits_split()[0]) == study.N_TRAIN

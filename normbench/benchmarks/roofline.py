@@ -9,11 +9,13 @@ can use (reported, not the limit).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import numpy as np
 
 from normbench import bandwidth
+from normbench.cli import positive_float, positive_int
 
 DEFAULT_MIB = (1, 4, 16, 32, 64, 128, 256, 512)
 
@@ -37,19 +39,35 @@ def measure(sizes_mib, repeats: int = 7) -> list[dict]:
     return rows
 
 
+def peak_bytes(mib) -> int:
+    """Memory one size needs at once: the copy's source and destination (the working set) plus the streaming
+    copy's own pair, allocated while the first is alive."""
+    return 2 * int(mib * 2**20)
+
+
+def physical_memory_bytes():
+    """This machine's physical memory, or None where the OS does not say (no ``os.sysconf``)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def main(argv=None) -> int:
     import numba
     import pandas as pd
 
     ap = argparse.ArgumentParser(prog="normbench bandwidth", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--mib", type=float, action="append", help="working-set size in MiB (repeatable)")
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--mib", type=positive_float, action="append", help="working-set size in MiB (repeatable)")
+    ap.add_argument("--repeats", type=positive_int, default=7)
     ap.add_argument("--json", action="store_true", help="print JSON records instead of a table")
     args = ap.parse_args(argv)
     sizes = args.mib or DEFAULT_MIB
-    if min(sizes) <= 0 or args.repeats < 1:
-        print("normbench bandwidth: --mib must be > 0 and --repeats >= 1", file=sys.stderr)
-        return 2
+    memory = physical_memory_bytes()
+    too_big = [mib for mib in sizes if memory is not None and peak_bytes(mib) > memory]
+    if too_big:
+        ap.error(f"--mib {too_big[0]:g}: needs {peak_bytes(too_big[0]) / 2**20:.0f} MiB of memory (the working set "
+                 f"twice); expected at most {memory // 2 // 2**20} MiB on this machine ({memory / 2**30:.1f} GiB)")
     df = pd.DataFrame(measure(sizes, args.repeats))
     if args.json:
         print(df.to_json(orient="records", indent=1))

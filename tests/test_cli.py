@@ -1,0 +1,86 @@
+"""The ``normbench`` dispatcher (unknown or missing command, --help, --version, a subcommand's --help) and
+`normbench bandwidth`'s argument checks: exit 2 with a message naming the option, before anything runs."""
+import pytest
+
+import normbench
+from normbench import cli
+from normbench.benchmarks import roofline
+
+
+def test_no_command_prints_usage_and_exits_2(capsys):
+    assert cli.main([]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("usage: normbench {run,")
+    assert captured.err.splitlines()[-1] == "normbench: error: no command given"
+
+
+def test_unknown_command_is_named(capsys):
+    assert cli.main(["bogus", "--x"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "usage: normbench" in captured.err
+    assert captured.err.splitlines()[-1] == "normbench: error: unknown command 'bogus'"
+
+
+@pytest.mark.parametrize("flag", ["--version", "-V"])
+def test_version(capsys, flag):
+    assert cli.main([flag]) == 0
+    assert capsys.readouterr().out == f"normbench {normbench.__version__}\n"
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_exits_0(capsys, flag):
+    assert cli.main([flag]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: normbench") and all(name in out for name in cli.SUBCOMMANDS)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["study", "--help"], "usage: normbench study [-h] {lr} ..."),
+    (["study", "lr", "--help"], "usage: normbench study lr [options]"),
+])
+def test_study_help_exits_0(capsys, argv, expected):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith(expected) and captured.err == ""
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--mib", "nan"], "argument --mib: expected a finite number > 0, got 'nan'"),
+    (["--mib", "inf"], "argument --mib: expected a finite number > 0, got 'inf'"),
+    (["--mib", "1", "--mib", "0"], "argument --mib: expected a finite number > 0, got '0'"),
+    (["--mib", "-4"], "argument --mib: expected a finite number > 0, got '-4'"),
+    (["--repeats", "0"], "argument --repeats: expected an integer >= 1, got '0'"),
+])
+def test_bandwidth_bad_values_exit_2(capsys, monkeypatch, argv, message):
+    monkeypatch.setattr(roofline, "measure", lambda *a, **k: pytest.fail("measured despite a bad option"))
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bandwidth", *argv])
+    assert exc.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.splitlines()[-1] == f"normbench bandwidth: error: {message}"
+
+
+def test_bandwidth_size_beyond_memory_exits_2(capsys, monkeypatch):
+    """A working set that cannot be allocated: a clear error up front, not a MemoryError from NumPy."""
+    monkeypatch.setattr(roofline, "measure", lambda *a, **k: pytest.fail("measured despite a bad option"))
+    monkeypatch.setattr(roofline, "physical_memory_bytes", lambda: 8 * 2**30)  # an 8 GiB machine
+    with pytest.raises(SystemExit) as exc:
+        roofline.main(["--mib", "1", "--mib", "5000"])
+    assert exc.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.splitlines()[-1] == (
+        "normbench bandwidth: error: --mib 5000: needs 10000 MiB of memory (the working set twice); expected at "
+        "most 4096 MiB on this machine (8.0 GiB)")
+    # and on this machine: 1e9 MiB (an exbibyte) is beyond any
+    monkeypatch.undo()
+    monkeypatch.setattr(roofline, "measure", lambda *a, **k: pytest.fail("measured despite a bad option"))
+    with pytest.raises(SystemExit) as exc:
+        roofline.main(["--mib", "1e9"])
+    assert exc.value.code == 2 and "--mib 1e+09: needs 2000000000 MiB" in capsys.readouterr().err
+
+
+def test_physical_memory_is_known_here():
+    assert roofline.physical_memory_bytes() > 2**20
