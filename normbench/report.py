@@ -10,12 +10,16 @@ Sources (each optional; whatever is present is reported):
 Output: ``<out>/report.md`` and PNGs beside it (bandwidth fraction per variant and pass — the roofline bar
 chart —, speed-up over the peers, asv history of chosen benchmarks, accuracy vs mean offset).  ``--readme``
 rewrites the results table of README.md between ``<!-- results:start -->`` and ``<!-- results:end -->``: that
-table is generated, never typed.  A file that is truncated, not JSON/CSV, or from another schema is reported
-with a one-line message naming it and skipped: never a traceback.
+table is generated, never typed.  A file that is truncated, not JSON/CSV, from another schema, or holds the wrong
+types (a string for a number, a list for an object) is reported with a one-line message naming it and skipped:
+never a traceback; a null number is shown blank.  A source path given on the command line that does not exist,
+or a --history that is not a regular expression, is an argument error (exit code 2); a default source folder
+that does not exist is passed over quietly.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import sys
@@ -28,6 +32,7 @@ RUN_SCHEMA = "normbench.run/1"
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 RUN_COLUMNS = ("case", "variant", "shape", "dtype", "params", "pass", "backend", "bytes", "time_s", "gbps",
                "copy_gbps", "frac_copy", "limit", "frac_limit", "err_eps")
+RUN_NUMBERS = ("bytes", "time_s", "gbps", "copy_gbps", "frac_copy", "frac_limit", "err_eps")
 ACCURACY_COLUMNS = ("variant", "family", "dtype", "impl", "pass", "output", "max_err")
 
 
@@ -36,6 +41,32 @@ class ResultFileError(ValueError):
 
 
 # ============================================================================================ loaders
+def _loader(load):
+    """A loader that reports a file of the right shape but wrong content (a list where an object belongs, a
+    string for a number, a bad date) as ResultFileError naming the file, like a truncated one: one place for
+    what the CLI skips, rather than a guard per field."""
+    @functools.wraps(load)
+    def wrapper(path):
+        try:
+            return load(path)
+        except ResultFileError:
+            raise
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as err:
+            raise ResultFileError(f"{path}: unexpected content ({type(err).__name__}: {err})") from None
+
+    return wrapper
+
+
+def _numbers(df: pd.DataFrame, columns, path) -> None:
+    """Make ``columns`` float in place: null stays NaN (shown blank), anything else non-numeric is damage."""
+    for c in columns:
+        values = pd.to_numeric(df[c], errors="coerce")
+        bad = values.isna() & df[c].notna()
+        if bad.any():
+            raise ResultFileError(f"{path}: non-numeric {c!r} ({df[c][bad].iloc[0]!r})")
+        df[c] = values.astype(float)
+
+
 def _read_json(path: Path):
     try:
         text = Path(path).read_text()
@@ -50,6 +81,7 @@ def _read_json(path: Path):
         raise ResultFileError(f"{path}: {hint} at line {err.lineno} column {err.colno}") from None
 
 
+@_loader
 def load_run(path) -> pd.DataFrame:
     """One ``normbench run`` document -> rows, with its machine tag and creation time."""
     doc = _read_json(path)
@@ -64,40 +96,58 @@ def load_run(path) -> pd.DataFrame:
     missing = [c for c in RUN_COLUMNS if c not in df.columns]
     if missing:
         raise ResultFileError(f"{path}: rows lack columns {missing} (older schema?)")
+    _numbers(df, RUN_NUMBERS + tuple(c for c in df.columns if c.startswith("speedup_")), path)
+    text = [c for c in RUN_COLUMNS if c not in RUN_NUMBERS]
+    df[text] = df[text].fillna("").astype(str)  # the tables and plot labels join them as strings
     m = doc.get("machine", {})
     df["machine"] = f"{m.get('machine', '?')}-{m.get('numba_threads', '?')}t"
-    df["created"] = doc.get("created", "")
+    df["created"] = str(doc.get("created", ""))  # compared across files by latest_runs
     df["peers_paired"] = doc.get("peer_timing") == "paired"  # older runs overstate the speed-ups (runner.py)
     df["file"] = Path(path).name
     return df
 
 
+ASV_COLUMNS = ["machine", "commit", "date", "benchmark", "params", "value", "env"]
+
+
+def asv_files(results_dir) -> list[Path]:
+    """The result files under an asv results folder (``<machine>/<commit>-<env>.json``), or the one file given."""
+    root = Path(results_dir)
+    if root.is_file():
+        return [root]
+    machines = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    return [f for d in machines for f in sorted(d.glob("*.json")) if f.name != "machine.json"]
+
+
+@_loader
+def load_asv_file(path) -> pd.DataFrame:
+    """One asv result file (format version 2) -> a row per benchmark and parameter set; the machine is its
+    folder's name."""
+    doc = _read_json(path)
+    if not isinstance(doc, dict) or doc.get("version") != 2 or "result_columns" not in doc:
+        raise ResultFileError(f"{path}: not an asv results file of format version 2")
+    cols = doc["result_columns"]
+    commit, date = doc.get("commit_hash", "")[:8], pd.to_datetime(doc.get("date", 0), unit="ms")
+    rows = []
+    for name, entry in doc.get("results", {}).items():
+        rec = dict(zip(cols, entry))
+        values, params = rec.get("result"), rec.get("params") or []
+        if values is None:
+            continue
+        combos = list(_product(params)) if params else [()]
+        if not isinstance(values, list):
+            values = [values]
+        for combo, value in zip(combos, values):
+            rows.append({"machine": Path(path).parent.name, "commit": commit, "date": date, "benchmark": name,
+                         "params": ", ".join(combo), "value": np.nan if value is None else float(value),
+                         "env": doc.get("env_name", "")})
+    return pd.DataFrame(rows, columns=ASV_COLUMNS)
+
+
 def load_asv(results_dir) -> pd.DataFrame:
     """asv result files (format version 2) -> one row per machine, commit, benchmark and parameter set."""
-    root = Path(results_dir)
-    rows = []
-    for machine_dir in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
-        for f in sorted(machine_dir.glob("*.json")):
-            if f.name == "machine.json":
-                continue
-            doc = _read_json(f)
-            if not isinstance(doc, dict) or doc.get("version") != 2 or "result_columns" not in doc:
-                raise ResultFileError(f"{f}: not an asv results file of format version 2")
-            cols = doc["result_columns"]
-            for name, entry in doc.get("results", {}).items():
-                rec = dict(zip(cols, entry))
-                values, params = rec.get("result"), rec.get("params") or []
-                if values is None:
-                    continue
-                combos = list(_product(params)) if params else [()]
-                if not isinstance(values, list):
-                    values = [values]
-                for combo, value in zip(combos, values):
-                    rows.append({"machine": machine_dir.name, "commit": doc.get("commit_hash", "")[:8],
-                                 "date": pd.to_datetime(doc.get("date", 0), unit="ms"), "benchmark": name,
-                                 "params": ", ".join(combo), "value": np.nan if value is None else float(value),
-                                 "env": doc.get("env_name", "")})
-    return pd.DataFrame(rows, columns=["machine", "commit", "date", "benchmark", "params", "value", "env"])
+    frames = [load_asv_file(f) for f in asv_files(results_dir)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=ASV_COLUMNS)
 
 
 def _product(params):
@@ -106,25 +156,31 @@ def _product(params):
     return itertools.product(*params)
 
 
+@_loader
 def load_pytest_benchmark(path) -> pd.DataFrame:
     """One pytest-benchmark JSON -> a row per benchmark: group (case and pass), implementation, median, extra_info."""
     doc = _read_json(path)
-    if not isinstance(doc, dict) or "benchmarks" not in doc:
+    if not isinstance(doc, dict) or not isinstance(doc.get("benchmarks"), list):
         raise ResultFileError(f"{path}: not a pytest-benchmark file (no 'benchmarks' list)")
+    if not doc["benchmarks"]:
+        raise ResultFileError(f"{path}: no benchmarks")
     rows = []
     for b in doc["benchmarks"]:
         try:
             row = {"group": b["group"], "impl": b["name"], "median_s": b["stats"]["median"]}
         except (KeyError, TypeError):
             raise ResultFileError(f"{path}: a benchmark entry lacks group/name/stats.median") from None
-        row.update(b.get("extra_info", {}))
+        row.update(b.get("extra_info") or {})
         rows.append(row)
     df = pd.DataFrame(rows)
+    _numbers(df, [c for c in ("median_s", "fraction_of_copy") if c in df.columns], path)
+    df[["group", "impl"]] = df[["group", "impl"]].astype(str)  # pivot_table keys
     df["file"] = Path(path).name
     df["datetime"] = doc.get("datetime", "")
     return df
 
 
+@_loader
 def load_accuracy(path) -> pd.DataFrame:
     try:
         df = pd.read_csv(path)
@@ -133,6 +189,7 @@ def load_accuracy(path) -> pd.DataFrame:
     missing = [c for c in ACCURACY_COLUMNS if c not in df.columns]
     if missing:
         raise ResultFileError(f"{path}: accuracy CSV lacks columns {missing} (older schema?)")
+    _numbers(df, ["max_err"], path)
     return df
 
 
@@ -145,6 +202,11 @@ def latest_runs(runs: pd.DataFrame) -> pd.DataFrame:
     return runs[runs["created"] == newest]
 
 
+def _fmt(values: pd.Series, spec: str) -> pd.Series:
+    """Numbers as text, a missing one (null in the file) blank."""
+    return values.map(lambda v: "" if pd.isna(v) else format(v, spec))
+
+
 def results_table(runs: pd.DataFrame) -> str:
     """The README table: the bandwidth-bound cases (the quick matrix's large shapes) of the latest run per
     machine, with the fraction of the applicable limit, speed-ups over the peers and the error."""
@@ -154,14 +216,13 @@ def results_table(runs: pd.DataFrame) -> str:
     t = pd.DataFrame({
         "machine": df["machine"], "variant": df["variant"], "pass": df["pass"], "shape": df["shape"],
         "dtype": df["dtype"], "params": df["params"].fillna(""), "backend": df["backend"],
-        "GB/s": df["gbps"].round(1), "% of limit": (100 * df["frac_limit"]).round(0).astype(int),
-        "limit": df["limit"],
+        "GB/s": _fmt(df["gbps"], ".1f"), "% of limit": _fmt(100 * df["frac_limit"], ".0f"), "limit": df["limit"],
     })
     paired = df["peers_paired"] if "peers_paired" in df.columns else pd.Series(False, index=df.index)
     for c in sorted(c for c in df.columns if c.startswith("speedup_")):
         # speed-ups only from runs that timed the peers beside the kernel, on reused memory
         t["vs " + c[8:]] = [f"{v:.1f}x" if ok and not pd.isna(v) else "" for v, ok in zip(df[c], paired)]
-    t["error (eps)"] = df["err_eps"].map(lambda v: "" if pd.isna(v) else f"{v:.2g}")
+    t["error (eps)"] = _fmt(df["err_eps"], ".2g")
     table = t.to_markdown(index=False)
     if not paired.all():
         table += ("\n\nBlank speed-ups: rows from runs that timed the peers apart from the kernel and charged them "
@@ -247,8 +308,8 @@ def plot_history(asv: pd.DataFrame, pattern: str, path: Path) -> Path | None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(9, 4.5))
     for (machine, bench, params), g in d.groupby(["machine", "benchmark", "params"]):
-        g = g.sort_values("date")
-        ax.plot(g["date"], g["value"], marker="o", label=f"{machine}: {bench.split('.')[-2]} {params}"[:90])
+        g = g.sort_values("date")  # label: the benchmark's class, or its whole name if it has no dot
+        ax.plot(g["date"], g["value"], marker="o", label=f"{machine}: {bench.split('.')[-2:][0]} {params}"[:90])
     ax.set_ylabel(pattern)
     ax.set_xlabel("commit date")
     ax.legend(fontsize=6)
@@ -306,10 +367,11 @@ def write_readme(readme: Path, table: str) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="normbench report", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runs", default="results/runs", help="normbench run JSON: a file or a folder")
-    ap.add_argument("--asv", default="results/asv", help="asv results folder")
-    ap.add_argument("--pytest", default="results/pytest", help="pytest-benchmark JSON: a file or a folder")
-    ap.add_argument("--accuracy", default="results/accuracy", help="accuracy CSV: a file or a folder")
+    # sources default to None so that a path the user typed can be told from the default (see below)
+    ap.add_argument("--runs", help="normbench run JSON: a file or a folder (default: results/runs)")
+    ap.add_argument("--asv", help="asv results: the folder, or one result file (default: results/asv)")
+    ap.add_argument("--pytest", help="pytest-benchmark JSON: a file or a folder (default: results/pytest)")
+    ap.add_argument("--accuracy", help="accuracy CSV: a file or a folder (default: results/accuracy)")
     ap.add_argument("--history", default=r"track_fraction_of_limit",
                     help="regex of asv benchmarks to tabulate and plot across commits")
     ap.add_argument("--out", default="results/report", help="folder for report.md and the PNGs")
@@ -317,6 +379,16 @@ def main(argv=None) -> int:
                     help="rewrite the results table of README.md (or the given file) between the markers")
     ap.add_argument("--no-plots", action="store_true")
     args = ap.parse_args(argv)
+    for source in ("runs", "asv", "pytest", "accuracy"):
+        given = getattr(args, source)
+        if given is None:  # a missing default is no error: a fresh clone has no results yet
+            setattr(args, source, f"results/{source}")
+        elif not Path(given).exists():  # a typo would otherwise just drop a section from the report
+            ap.error(f"--{source} {given}: no such file or folder")
+    try:
+        re.compile(args.history)
+    except re.error as err:
+        ap.error(f"--history {args.history!r}: not a regular expression ({err})")
 
     def files(where, pattern):
         p = Path(where)
@@ -326,11 +398,7 @@ def main(argv=None) -> int:
     runs = _gather(files(args.runs, "*.json"), load_run, problems)
     bench = _gather(files(args.pytest, "*.json"), load_pytest_benchmark, problems)
     acc = _gather(files(args.accuracy, "accuracy*.csv"), load_accuracy, problems)  # the sweep, not the studies
-    try:
-        asv = load_asv(args.asv)
-    except ResultFileError as err:
-        problems.append(str(err))
-        asv = None
+    asv = _gather(asv_files(args.asv), load_asv_file, problems)
     if asv is not None and asv.empty:
         asv = None
     for msg in problems:

@@ -1,6 +1,7 @@
 """normbench report on the real result files committed under tests/data/ (a normbench run, asv results, a
 pytest-benchmark JSON, an accuracy CSV), and the clear messages for truncated or foreign files."""
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -97,6 +98,7 @@ def test_damaged_run_files_give_one_clear_message(tmp_path, capsys, damage, mess
     (tmp_path / "bad.json").write_text(damage(good.read_text()))
     with pytest.raises(report.ResultFileError, match=message):
         report.load_run(tmp_path / "bad.json")
+    (tmp_path / "none").mkdir()
     rc = report.main(["--runs", str(tmp_path), "--asv", str(tmp_path / "none"), "--pytest", str(tmp_path / "none"),
                       "--accuracy", str(tmp_path / "none"), "--out", str(tmp_path / "rep"), "--no-plots"])
     err = capsys.readouterr().err
@@ -114,6 +116,7 @@ def test_foreign_and_missing_files(tmp_path, capsys):
     (tmp_path / "asv" / "box" / "abc-env.json").write_text(json.dumps({"version": 1}))
     with pytest.raises(report.ResultFileError, match="format version 2"):
         report.load_asv(tmp_path / "asv")
+    (tmp_path / "x").mkdir()
     assert report.main(["--runs", str(tmp_path / "x"), "--asv", str(tmp_path / "x"), "--pytest", str(tmp_path / "x"),
                         "--accuracy", str(tmp_path / "x"), "--out", str(tmp_path / "rep")]) == 1
     assert "no readable result files" in capsys.readouterr().err
@@ -124,3 +127,106 @@ def test_latest_run_per_machine():
     older = runs.assign(created="2000-01-01T00:00:00+00:00", gbps=-1.0)
     latest = report.latest_runs(pd.concat([older, runs], ignore_index=True))
     assert (latest["gbps"] >= 0).all() and len(latest) == len(runs)
+
+
+# ---------------------------------------------------------------- damaged content: skipped by name, never a traceback
+def _set_first_result(doc, value):
+    entry = next(iter(doc["results"].values()))
+    entry[0] = [value] * len(entry[0]) if isinstance(entry[0], list) else value
+
+
+# kind -> (good file under tests/data, loader of one file, report section that shows the good file)
+KINDS = {
+    "runs": ("runs/*.json", report.load_run, "## normbench run"),
+    "pytest": ("pytest/*.json", report.load_pytest_benchmark, "## pytest-benchmark"),
+    "asv": ("asv/testbox/*-*.json", report.load_asv_file, "## asv history"),
+}
+
+
+@pytest.mark.parametrize("kind, damage, reason", [
+    ("pytest", lambda d: d.update(benchmarks=[]), "no benchmarks"),
+    ("pytest", lambda d: d.update(benchmarks=5), "no 'benchmarks' list"),
+    ("pytest", lambda d: d["benchmarks"][0].update(extra_info=[1, 2]), "unexpected content (TypeError"),
+    ("pytest", lambda d: d["benchmarks"][0]["stats"].update(median="fast"), "non-numeric 'median_s' ('fast')"),
+    ("runs", lambda d: d.update(machine="abc"), "unexpected content (AttributeError"),
+    ("runs", lambda d: d["rows"][0].update(frac_limit="big"), "non-numeric 'frac_limit' ('big')"),
+    ("asv", lambda d: d.update(commit_hash=5), "unexpected content (TypeError"),
+    ("asv", lambda d: d.update(results=[]), "unexpected content (AttributeError"),
+    ("asv", lambda d: _set_first_result(d, "x"), "could not convert string to float: 'x'"),
+    ("asv", lambda d: d.update(date="yesterday"), "unexpected content (DateParseError"),
+])
+def test_damaged_content_is_skipped_by_name(tmp_path, capsys, kind, damage, reason):
+    """A file with the wrong types inside: the loader raises ResultFileError, and the command names the file with
+    the reason, exits 0 and still reports the good file beside it."""
+    pattern, loader, section = KINDS[kind]
+    good = _one(pattern)
+    folder = tmp_path / kind / ("testbox" if kind == "asv" else "")
+    folder.mkdir(parents=True)
+    shutil.copy(good, folder / good.name)
+    doc = json.loads(good.read_text())
+    damage(doc)
+    bad = folder / "bad-env.json"
+    bad.write_text(json.dumps(doc))
+    with pytest.raises(report.ResultFileError, match=re.escape(reason)):
+        loader(bad)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = {"--runs": empty, "--asv": empty, "--pytest": empty, "--accuracy": empty, "--out": tmp_path / "rep"}
+    args["--" + kind] = tmp_path / kind
+    argv = [str(a) for kv in args.items() for a in kv] + ["--history", "time_pass", "--no-plots"]
+    rc = report.main(argv)
+    err = capsys.readouterr().err
+    assert rc == 0 and "Traceback" not in err
+    assert f"skipped {bad}: " in err and reason in err and good.name not in err
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert section in md and "layer_norm" in md
+
+
+def test_damaged_accuracy_csv_is_skipped_by_name(tmp_path, capsys):
+    good = _one("accuracy/*.csv")
+    shutil.copy(good, tmp_path / good.name)
+    df = pd.read_csv(good)
+    df["max_err"] = df["max_err"].astype(object)
+    df.loc[0, "max_err"] = "abc"
+    df.to_csv(tmp_path / "accuracy-bad.csv", index=False)
+    (tmp_path / "empty").mkdir()
+    e = str(tmp_path / "empty")
+    rc = report.main(["--runs", e, "--asv", e, "--pytest", e, "--accuracy", str(tmp_path),
+                      "--out", str(tmp_path / "rep"), "--no-plots"])
+    err = capsys.readouterr().err
+    assert rc == 0 and f"skipped {tmp_path / 'accuracy-bad.csv'}: non-numeric 'max_err' ('abc')" in err
+    assert "## accuracy" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_null_numbers_are_shown_blank(tmp_path):
+    """null in a run row (a measurement that was not taken) is a blank cell and a missing bar, not a crash."""
+    doc = json.loads(_one("runs/*.json").read_text())
+    doc["rows"][0].update(frac_limit=None, gbps=None, variant=None)
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(doc))
+    runs = report.load_run(path)
+    lines = [[c.strip() for c in ln.split("|")[1:-1]] for ln in report.results_table(runs).splitlines()
+             if ln.startswith("|")]
+    header, rows = lines[0], lines[2:]
+    cells = [dict(zip(header, r)) for r in rows]
+    blank = [c for c in cells if c["% of limit"] == ""]
+    assert len(blank) == 1 and blank[0]["GB/s"] == "" and blank[0]["variant"] == ""
+    assert all(float(c["% of limit"]) > 0 and float(c["GB/s"]) > 0 for c in cells if c not in blank)
+    assert report.plot_roofline(runs, tmp_path / "r.png").read_bytes()[:8] == PNG
+
+
+def test_argument_errors_name_the_option(tmp_path, capsys, monkeypatch):
+    """A typo in a source path or a broken --history regex is an argument error (exit code 2) naming the option;
+    a default folder that does not exist (a fresh clone) is passed over quietly."""
+    typo = tmp_path / "typo"
+    with pytest.raises(SystemExit) as exc:
+        report.main(["--runs", str(typo), "--out", str(tmp_path / "rep"), "--no-plots"])
+    assert exc.value.code == 2 and f"--runs {typo}: no such file or folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        report.main(["--asv", str(DATA / "asv"), "--history", "(", "--out", str(tmp_path / "rep")])
+    assert exc.value.code == 2 and "--history '(': not a regular expression" in capsys.readouterr().err
+    assert not (tmp_path / "rep").exists()
+    monkeypatch.chdir(tmp_path)
+    assert report.main(["--no-plots"]) == 1
+    err = capsys.readouterr().err
+    assert "no readable result files" in err and "no such" not in err
