@@ -225,13 +225,15 @@ def test_sweep_is_tidy_and_catches_a_known_bad_algorithm(tmp_path):
     assert "## The defaults" in text and "naive / float32" in text
 
 
-@pytest.mark.skipif(registry.has_backend("layer_norm", "cuda"), reason="tests the message when CUDA is absent")
-def test_accuracy_command_bad_arguments_write_nothing(tmp_path, capsys):
+def test_accuracy_command_bad_arguments_write_nothing(tmp_path, capsys, monkeypatch):
     """Argument errors exit 2 before anything is written; a backend not available here is one (it used to write
-    a header-only CSV over the previous results and exit 0)."""
+    a header-only CSV over the previous results and exit 0). No GPU, whatever this machine has."""
+    real = registry.available_backends
+    monkeypatch.setattr(registry, "available_backends", lambda v: [b for b in real(v) if b != "cuda"])
     out = tmp_path / "acc"
     base = ["--quick", "--variant", "layer_norm", "--family", "standard", "--no-peers", "--out", str(out)]
-    for extra, word in ((["--backend", "cuda"], "--backend cuda"), (["--seed", "-1"], "non-negative integer")):
+    for extra, word in ((["--backend", "cuda"], "--backend cuda"), (["--backend", "cpu", "cuda"], "--backend cpu cuda"),
+                        (["--seed", "-1"], "non-negative integer")):
         with pytest.raises(SystemExit) as exit_:
             sweep.main(base + extra)
         assert exit_.value.code == 2 and word in capsys.readouterr().err

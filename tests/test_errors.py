@@ -398,7 +398,9 @@ def test_strided_running_stats_are_updated_in_place(variant, rng):
 
 # ---------------------------------------------------------------------------------------------- division by zero
 def _same(a, b, what):
+    assert len(a) == len(b), what
     for u, v in zip(a, b):
+        assert isinstance(u, np.ndarray) == isinstance(v, np.ndarray), what  # None where the other has an array
         if isinstance(u, np.ndarray):
             np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-12, equal_nan=True, err_msg=what)
 

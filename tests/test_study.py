@@ -97,7 +97,8 @@ TINY = ["lr", "--epochs", "1", "--seeds", "1", "--norms", "layer", "--hidden", "
     (["--lrs", "inf"], "argument --lrs: expected a finite number > 0, got 'inf'"),
     (["--lrs", "-0.1"], "argument --lrs: expected a finite number > 0, got '-0.1'"),
     (["--norms", "batch", "--batch-size", "1"], "--batch-size 1: batch norm needs at least 2 samples per batch"),
-    (["--batch-size", "1348"], f"--batch-size 1348: expected at most {study.N_TRAIN}, the training set size"),
+    (["--batch-size", str(study.N_TRAIN + 1)],
+     f"--batch-size {study.N_TRAIN + 1}: expected at most {study.N_TRAIN}, the training set size"),
     (["--norms", "group", "--groups", "3"], "--groups 3 with --hidden 8: group norm needs every hidden width "
                                             "divisible by the number of groups"),
 ])

@@ -44,7 +44,7 @@ def alternated_medians(children, variant, shape, params, rounds):
     """``{name: ({pass: median over rounds child processes of their medians}, {normbench's __file__ in them})}``;
     ``children`` maps a name to the (impl, extra environment) of a child; the children run in turn, round after
     round, in reverse order every other round (a child following another may find the machine in another state:
-    identical trees measured 1.03-1.06x in the fixed order)."""
+    identical code measured 0.97-1.06x in the fixed order)."""
     med = {name: [] for name in children}
     for i in range(rounds):
         for name, (impl, env) in list(children.items())[::-1 if i % 2 else 1]:

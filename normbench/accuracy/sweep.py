@@ -282,7 +282,7 @@ def main(argv=None):
     if out.exists() and not out.is_dir():
         ap.error(f"--out {out} is a file; expected a folder (created if missing)")
     variants = args.variant or list(registry.VARIANTS)
-    if args.backend and not any(b in registry.available_backends(v) for v in variants for b in args.backend):
+    if args.backend and not all(any(b in registry.available_backends(v) for v in variants) for b in args.backend):
         ap.error(f"--backend {' '.join(args.backend)}: not available here for {' '.join(variants)} (cuda needs a "
                  "GPU, or NUMBA_ENABLE_CUDASIM=1 for the simulator)")
     dtypes = args.dtype or (("float32",) if args.quick else DTYPES)

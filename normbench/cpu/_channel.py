@@ -15,7 +15,8 @@ Two memory layouts cover every case, so each pass is written once:
   adjacent columns); per-column affine vectors. Batch norm ``(N, *sp, C)``: B=1, R=N*S, Cg=1.  Group norm:
   B=N, R=S, Cg=C/G.  Batch norm ``(N, C, S)`` with small S: B=1, R=N, C*S columns, Cg=S (slabs too short to
   be worth a range reduction each).  Vectorised over the columns with per-task partial buffers merged with
-  Chan's formula; ``*_fused`` runs one block per iteration (B >= threads), ``*_split`` cuts the rows of each
+  Chan's formula; ``cl_forward_fused``/``*_pipelined``/``cl_backward_eval`` run whole blocks (B >= threads: one
+  per iteration, or a run of them per thread, pipelined), ``*_split`` cuts the rows of each
   block into ``P`` chunks (statistics, merge, then outputs: x is read twice, the 2/3 and 3/5 limits).
 
 Outputs are computed in float64 from float64 statistics ((x - mean) * scale + shift, never a folded

@@ -21,7 +21,7 @@ from ._moments import FAST, JIT
 
 SBLOCK = 256  # spatial positions per work unit (float64 scratch per thread: SBLOCK values)
 #: a lane's sliding sum is recomputed directly when its peak (see the module docstring) exceeds RATIO times it,
-#: which bounds its relative rounding error by ~2 * C * RATIO * 2**-53 (1e-10 at C = 4096)
+#: which bounds its relative rounding error by ~2 * C * RATIO * 2**-53 (2.3e-10 at C = 4096)
 RATIO = 256.0
 PARALLEL_MIN = 1 << 15
 
