@@ -46,41 +46,42 @@ def _neg_pow(p, m, beta):
 
 
 @njit(**FAST)
-def _window(src, n, c, s0, m, lo, hi, C, S, ws, kind, aux1, aux2):
-    """ws[:m] = sum over channels lo..hi (clipped) of term(c') at spatial s0.. (direct, for non-finite blocks).
-    kind 0: x**2 (src = x); kind 1: dy * y / scale (src = dy, aux1 = y, aux2 = scale)."""
+def _window(src, n, s0, m, lo, hi, C, S, ws, wa, kind, aux1, aux2):
+    """Direct window sums at spatial positions s0..s0+m: ws[:m] = sum over channels lo..hi (clipped) of term(c'),
+    wa[:m] = the sum of |term(c')|.  kind 0: x**2 (src = x); kind 1: dy * y / scale (src = dy, aux1 = y, aux2 =
+    scale).  For blocks whose sliding sums went non-finite, and lanes whose sliding sum lost its precision."""
     for s in range(m):
         ws[s] = 0.0
+        wa[s] = 0.0
     for cc in range(max(lo, 0), min(hi, C - 1) + 1):
         base = (n * C + cc) * S + s0
         a = src[base:base + m]
-        if kind == 0:
-            for s in range(m):
+        b1 = aux1[base:base + m]
+        b2 = aux2[base:base + m]
+        for s in range(m):
+            if kind == 0:
                 v = np.float64(a[s])
-                ws[s] += v * v
-        else:
-            b1 = aux1[base:base + m]
-            b2 = aux2[base:base + m]
-            for s in range(m):
-                ws[s] += np.float64(a[s]) * np.float64(b1[s]) / np.float64(b2[s])
+                t = v * v
+            else:
+                t = np.float64(a[s]) * np.float64(b1[s]) / np.float64(b2[s])
+            ws[s] += t
+            wa[s] += abs(t)
 
 
 @njit(**FAST)
-def _lane_window(src, n, c, s, lo, hi, C, S, kind, aux1, aux2):
-    """(sum, sum of absolute values) over channels lo..hi (clipped) of term(c') at spatial position s (the
-    direct sum of one lane; kinds as :func:`_window`)."""
-    t = 0.0
-    a = 0.0
-    for cc in range(max(lo, 0), min(hi, C - 1) + 1):
-        i = (n * C + cc) * S + s
-        if kind == 0:
-            v = np.float64(src[i])
-            v = v * v
-        else:
-            v = np.float64(src[i]) * np.float64(aux1[i]) / np.float64(aux2[i])
-        t += v
-        a += abs(v)
-    return t, a
+def _resum_lost(src, n, s0, m, lo, hi, C, S, ws, wa, level, pk, lost, kind, aux1, aux2):
+    """Sums again directly (into ws and wa) the lanes whose ``level`` (the sum of |terms|: ws in the forward, wa
+    in the backward) fell below 1/RATIO of its peak pk, ``lost`` of the m, and restarts their peaks: the whole
+    channel in one vectorised pass when many are lost (all-zero windows after a ReLU), else lane by lane."""
+    if lost * 8.0 > m:
+        _window(src, n, s0, m, lo, hi, C, S, ws, wa, kind, aux1, aux2)
+        for s in range(m):
+            pk[s] = wa[s]
+        return
+    for s in range(m):
+        if pk[s] > RATIO * level[s]:
+            _window(src, n, s0 + s, 1, lo, hi, C, S, ws[s:], wa[s:], kind, aux1, aux2)
+            pk[s] = wa[s]
 
 
 @njit(**FAST)
@@ -123,10 +124,8 @@ def _forward_units(x, y, scale, N, C, S, size, alpha, beta, k, u0, u1, ws, pw, p
                     t = ws[s] - v * v
                     ws[s] = t
                     lost += 1.0 if pk[s] > RATIO * t else 0.0
-                if lost > 0.0:  # rare: lanes whose sum fell far below its peak are summed again
-                    for s in range(m):
-                        if pk[s] > RATIO * ws[s]:
-                            ws[s], pk[s] = _lane_window(x, n, c, s0 + s, c - before, c + after, C, S, 0, x, x)
+                if lost > 0.0:  # lanes whose sum fell far below its peak are summed again (pw: scratch here)
+                    _resum_lost(x, n, s0, m, c - before, c + after, C, S, ws, pw, ws, pk, lost, 0, x, x)
             xc = x[base:base + m]
             sca = scale[base:base + m]
             yc = y[base:base + m]
@@ -144,7 +143,7 @@ def _forward_units(x, y, scale, N, C, S, size, alpha, beta, k, u0, u1, ws, pw, p
         if bad != 0.0:  # NaN: redo the block with direct sums
             for c in range(C):
                 base = (n * C + c) * S + s0
-                _window(x, n, c, s0, m, c - before, c + after, C, S, ws, 0, x, x)
+                _window(x, n, s0, m, c - before, c + after, C, S, ws, pw, 0, x, x)
                 for s in range(m):
                     sc = k + coef * ws[s]
                     scale[base + s] = sc
@@ -197,12 +196,9 @@ def _backward_units(dy, x, y, scale, dx, N, C, S, size, alpha, beta, u0, u1, ws,
             if c + after < C:
                 _add_t(dy, y, scale, (n * C + c + after) * S + s0, m, ws, wa, pk, 1.0)
             if c - before - 1 >= 0:
-                if _add_t(dy, y, scale, (n * C + c - before - 1) * S + s0, m, ws, wa, pk, -1.0) > 0.0:
-                    for s in range(m):  # rare: lanes summed again (see _forward_units)
-                        if pk[s] > RATIO * wa[s]:
-                            ws[s], wa[s] = _lane_window(dy, n, c, s0 + s, c - before, c + after, C, S, 1, y,
-                                                        scale)
-                            pk[s] = wa[s]
+                lost = _add_t(dy, y, scale, (n * C + c - before - 1) * S + s0, m, ws, wa, pk, -1.0)
+                if lost > 0.0:  # see _forward_units
+                    _resum_lost(dy, n, s0, m, c - before, c + after, C, S, ws, wa, wa, pk, lost, 1, y, scale)
             dyc = dy[base:base + m]
             sca = scale[base:base + m]
             xc = x[base:base + m]
@@ -217,7 +213,7 @@ def _backward_units(dy, x, y, scale, dx, N, C, S, size, alpha, beta, u0, u1, ws,
         if bad != 0.0:
             for c in range(C):
                 base = (n * C + c) * S + s0
-                _window(dy, n, c, s0, m, c - before, c + after, C, S, ws, 1, y, scale)
+                _window(dy, n, s0, m, c - before, c + after, C, S, ws, wa, 1, y, scale)
                 for s in range(m):
                     sc = np.float64(scale[base + s])
                     dx[base + s] = np.float64(dy[base + s]) * sc ** (-beta) - coef * np.float64(x[base + s]) * ws[s]
