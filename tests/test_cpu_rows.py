@@ -435,6 +435,14 @@ def test_lrn_small_terms_next_to_a_huge_one(backend, rng):
         x = np.array([big, 1, 1, 1, 1, 1], dtype).reshape(1, 6, 1)
         _, s = nb.local_response_norm_forward(x, 3, alpha=3.0, beta=0.75, k=0.0, backend=backend)
         np.testing.assert_allclose(s.ravel()[2:], [3.0, 3.0, 3.0, 2.0], rtol=1e-6, err_msg=str(dtype))
+    # one lane of 40 holding the huge value: summed again alone (the others keep their sliding sums), against
+    # direct float64 window sums
+    x = rng.standard_normal((1, 6, 40))
+    x[0, 0, 7] = 1e20
+    _, s = nb.local_response_norm_forward(x, 3, alpha=3.0, beta=0.75, k=0.0, backend=backend)
+    sq = x * x
+    direct = np.stack([sq[:, max(c - 1, 0):c + 2].sum(axis=1) for c in range(6)], axis=1)  # window [c-1, c+1]
+    np.testing.assert_allclose(s, direct, rtol=1e-12)
     # the backward's signed sums: one channel of dy a trillion times the others, against the direct float64
     # sums of the reference (the cpu's own sums are checked; the reference's closed form is its direct sum)
     x = rng.standard_normal((2, 9, 300))
