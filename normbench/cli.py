@@ -2,7 +2,7 @@
 
 Each subcommand lives in its own module with a ``main(argv)``; this file only dispatches, so that a
 subcommand's dependencies (pandas, matplotlib, tqdm, scikit-learn) are imported only when it runs. It also holds
-the argparse types the subcommands share (:func:`positive_int`, :func:`positive_float`).
+the argparse types the subcommands share (:func:`positive_int`, :func:`non_negative_int`, :func:`positive_float`).
 """
 from __future__ import annotations
 
@@ -22,15 +22,24 @@ SUBCOMMANDS = {
 }
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (argparse reports "argument --X: expected an integer >= 1, got '0'")."""
+def _int_at_least(text: str, low: int, expected: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+        value = low - 1
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse reports "argument --X: expected an integer >= 1, got '0'")."""
+    return _int_at_least(text, 1, "an integer >= 1")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (a seed)."""
+    return _int_at_least(text, 0, "a non-negative integer")
 
 
 def positive_float(text: str) -> float:

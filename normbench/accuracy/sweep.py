@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import registry
+from ..cli import non_negative_int
 from ..numerics import ACCUMULATORS, VARIANCE_ALGORITHMS, resolve
 from . import families, metrics, oracle
 
@@ -254,16 +255,6 @@ def summary(df) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def _seed(text):
-    value = int(text)
-    if value < 0:
-        raise ValueError(text)
-    return value
-
-
-_seed.__name__ = "non-negative integer"  # argparse's message: "invalid non-negative integer value: '-1'"
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="normbench accuracy", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small shapes, float32 only, no long rows")
@@ -276,7 +267,7 @@ def main(argv=None):
     ap.add_argument("--plot", action="store_true", help="also run the studies and write PNG figures")
     ap.add_argument("--docs", nargs="?", const="docs/numerics.md", default=None,
                     help="write docs/numerics.md (or the given path) from the results in --out")
-    ap.add_argument("--seed", type=_seed, default=0, help="data seed, a non-negative integer (default 0)")
+    ap.add_argument("--seed", type=non_negative_int, default=0, help="data seed, a non-negative integer (default 0)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
