@@ -50,32 +50,37 @@ __all__ = ["sync_batch_norm_forward", "sync_batch_norm_backward", "allreduce_pop
 
 
 # ------------------------------------------------------------------------------------------- kernels
+#: _affine_map's terms: x only (forward), x and dy (training backward), dy only (evaluation backward)
+X_TERM, X_DY_TERMS, DY_TERM = 0, 1, 2
+
+
+@njit(inline="always", **FAST)
+def _affine(x, dy, m, p, q, s, terms):
+    if terms == DY_TERM:
+        return s * np.float64(dy)
+    v = (np.float64(x) - m) * p + q
+    return v + s * np.float64(dy) if terms == X_DY_TERMS else v
+
+
 @njit(parallel=True, **FAST)
-def _affine_map(x, dy, mean, p, q, s, use_dy, out):
-    """``out = (x - mean) * p + q (+ s * dy)`` per channel, in float64, on (outer, C, inner) views.
-    Forward: p = rstd * weight, q = bias. Backward: p and q the global-statistics terms, s = rstd * weight."""
+def _affine_map(x, dy, mean, p, q, s, terms, out):
+    """``out = (x - mean) * p + q (+ s * dy)``, or ``s * dy`` alone, per channel, in float64, on (outer, C, inner)
+    views (``terms``: X_TERM, X_DY_TERMS, DY_TERM). Forward: p = rstd * weight, q = bias. Backward: p and q the
+    global-statistics terms, s = rstd * weight."""
     O, C, inner = x.shape
     if inner == 1:  # channels-last: vectorise over C
         for o in prange(O):
-            if use_dy:
-                for c in range(C):
-                    out[o, c, 0] = (np.float64(x[o, c, 0]) - mean[c]) * p[c] + q[c] + s[c] * np.float64(dy[o, c, 0])
-            else:
-                for c in range(C):
-                    out[o, c, 0] = (np.float64(x[o, c, 0]) - mean[c]) * p[c] + q[c]
+            for c in range(C):
+                out[o, c, 0] = _affine(x[o, c, 0], dy[o, c, 0], mean[c], p[c], q[c], s[c], terms)
         return
     for o in prange(O):
         for c in range(C):
             m = mean[c]
             pc = p[c]
             qc = q[c]
-            if use_dy:
-                sc = s[c]
-                for i in range(inner):
-                    out[o, c, i] = (np.float64(x[o, c, i]) - m) * pc + qc + sc * np.float64(dy[o, c, i])
-            else:
-                for i in range(inner):
-                    out[o, c, i] = (np.float64(x[o, c, i]) - m) * pc + qc
+            sc = s[c]
+            for i in range(inner):
+                out[o, c, i] = _affine(x[o, c, i], dy[o, c, i], m, pc, qc, sc, terms)
 
 
 @njit(parallel=True, **FAST)
@@ -153,8 +158,15 @@ def _exchange(comm, fname, local):
         meta, payload = local()
     except Exception as exc:  # sent to every rank, re-raised everywhere below
         error, cause = (type(exc).__name__, str(exc)), exc
-    gathered = comm.allgather((error, meta, payload))
+    gathered = comm.allgather((fname, error, meta, payload))
     size = len(gathered)
+    names = [g[0] for g in gathered]
+    if any(name != fname for name in names):  # e.g. a layer that runs on some ranks only (one message everywhere)
+        listing = ", ".join(f"rank {r}: {name}" for r, name in enumerate(names))
+        raise ValueError(f"normbench.distributed: ranks called different collective functions in the same step "
+                         f"({listing}); "
+                         "every rank must make the same normbench.distributed calls in the same order")
+    gathered = [g[1:] for g in gathered]
     for rank, (err, _, _) in enumerate(gathered):
         if err is not None:
             kind, message = err
@@ -227,6 +239,8 @@ def sync_batch_norm_forward(x, weight, bias, running_mean, running_var, *, comm=
 
     payloads = _exchange(comm, fname, local)
     C, opts, eps_ = a["C"], a["opts"], a["eps"]
+    if training and C == 0:  # no channels: an empty output, as single-process batch norm
+        return _empty_output(a), np.empty(0), np.empty(0)
     if training:
         stats = PopulationStats(C)
         for count, mean, m2 in payloads:  # rank order: the same float operations on every rank
@@ -253,8 +267,9 @@ def _empty_output(a):
     return a["out"] if a["out"] is not None else np.empty(a["x"].shape, a["dtype"])
 
 
-def _apply(a, mean, p, q, dy=None, s=None):
-    """Run :func:`_affine_map` on (outer, C, inner) views, into ``out`` (or a new array)."""
+def _apply(a, mean, p, q, dy=None, s=None, read_x=True):
+    """Run :func:`_affine_map` on (outer, C, inner) views, into ``out`` (or a new array); ``read_x=False``:
+    ``s * dy`` alone."""
     x, dtype = a["x"], a["dtype"]
     if dtype != x.dtype:  # the reference backend returns float64
         x = x.astype(dtype)
@@ -263,8 +278,9 @@ def _apply(a, mean, p, q, dy=None, s=None):
     if x.size:
         kaxis, C = a["kaxis"], a["C"]
         x3 = _view3(x, kaxis, C)
+        terms = X_TERM if dy is None else X_DY_TERMS if read_x else DY_TERM
         _affine_map(x3, x3 if dy is None else _view3(dy, kaxis, C), np.ascontiguousarray(mean, np.float64), p, q,
-                    p if s is None else s, dy is not None, _view3(out, kaxis, C))
+                    p if s is None else s, terms, _view3(out, kaxis, C))
     return out
 
 
@@ -306,11 +322,12 @@ def sync_batch_norm_backward(dy, x, weight, bias, save_mean, save_invstd, *, com
     C, opts, r, mean = a["C"], a["opts"], a["r"], a["mean"]
     dtype = a["dtype"]
     w = a["w"].astype(np.float64) if a["w"] is not None else np.ones(C)
-    dweight = None if a["w"] is None else (a["s2"] * r).astype(dtype)
+    # a rank without samples contributes 0, as single-process batch norm on an empty batch (r may be NaN there)
+    dweight = None if a["w"] is None else (a["s2"] * r if a["x"].size else np.zeros(C)).astype(dtype)
     dbias = None if a["b"] is None else a["s1"].astype(dtype)
     scale = r * w  # d y / d x with the statistics held constant
-    if not training:
-        return _apply(a, mean, np.zeros(C), np.zeros(C), a["dy"], scale), dweight, dbias
+    if not training:  # dx = scale * dy: x is not read (an Inf or NaN in x must not reach dx)
+        return _apply(a, np.zeros(C), np.zeros(C), np.zeros(C), a["dy"], scale, read_x=False), dweight, dbias
     total = sum(p[0] for p in payloads)
     check_correction(opts, total, "channel over all ranks")
     if total == 0:

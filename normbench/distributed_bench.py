@@ -25,6 +25,8 @@ import time
 
 import numpy as np
 
+from .cli import positive_int
+
 SHAPE = (64, 64, 56, 56)
 
 
@@ -88,15 +90,21 @@ def worker(shape, repeats):
         row[f"{name}_bytes_sent"], row[f"{name}_bytes_received"] = type(comm).sent, type(comm).received
         row[f"{name}_s"] = _timed(world, fn, repeats)
     # the same rank-local work without synchronisation, and the collective alone
-    row["local_forward_s"] = _timed(world, lambda: nb.batch_norm_forward(x, w, b, rm, rv, out=y), repeats)
-    row["local_backward_s"] = _timed(
-        world, lambda: nb.batch_norm_backward(dy, x, w, b, mean, invstd, dx_out=dx), repeats)
+    # (not where a rank holds one value per channel: SyncBN takes it, single-process training batch norm not)
+    S = int(np.prod(shape[2:], dtype=np.int64))
+    local = all(c * S != 1 for c in counts)  # the same on every rank: _timed is collective
+    row["local_forward_s"] = row["local_backward_s"] = None
+    if local:
+        row["local_forward_s"] = _timed(world, lambda: nb.batch_norm_forward(x, w, b, rm, rv, out=y), repeats)
+        row["local_backward_s"] = _timed(
+            world, lambda: nb.batch_norm_backward(dy, x, w, b, mean, invstd, dx_out=dx), repeats)
     # the physical limit: x must be read twice forward (statistics must be global before any output) and
     # x, dy twice backward, so the bound is 1.5 copies forward, 2.5 copies backward (design.md's 2/3 and 3/5)
     row["copy_s"] = _timed(world, lambda: np.copyto(y, x), repeats)
     message = ({"C": C, "dtype": "float32", "numerics": ("inside", 0, "shifted", None)},
                (counts[rank], np.zeros(C), np.zeros(C)))
-    row["collective_s"] = _timed(world, lambda: world.allgather((None,) + message), repeats * 3)
+    row["collective_s"] = _timed(world, lambda: world.allgather(("sync_batch_norm_forward", None) + message),
+                                 repeats * 3)
     if rank == 0:
         print("NB_BENCH " + json.dumps(row), flush=True)
 
@@ -126,10 +134,11 @@ def table(rows):
             "| copy ms | fwd / bwd % of limit | fwd bytes sent/recv per rank | bwd bytes sent/recv per rank |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
+    ms = lambda s: "n/a" if s is None else f"{s * 1e3:.1f}"  # noqa: E731  (no local baseline: see worker)
     for r in rows:
         lines.append(f"| {r['P']} | {r['local_N']} x {r['MiB_per_rank']:.1f} MiB | {r['forward_s'] * 1e3:.1f} | "
-                     f"{r['local_forward_s'] * 1e3:.1f} | {r['backward_s'] * 1e3:.1f} | "
-                     f"{r['local_backward_s'] * 1e3:.1f} | {r['collective_s'] * 1e3:.3f} | {r['copy_s'] * 1e3:.1f} | "
+                     f"{ms(r['local_forward_s'])} | {r['backward_s'] * 1e3:.1f} | "
+                     f"{ms(r['local_backward_s'])} | {r['collective_s'] * 1e3:.3f} | {r['copy_s'] * 1e3:.1f} | "
                      f"{150 * r['copy_s'] / r['forward_s']:.0f} / {250 * r['copy_s'] / r['backward_s']:.0f} | "
                      f"{r['forward_bytes_sent']} / {r['forward_bytes_received']} | "
                      f"{r['backward_bytes_sent']} / {r['backward_bytes_received']} |")
@@ -138,12 +147,16 @@ def table(rows):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m normbench.distributed_bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 4], help="world sizes (default 1 2 4)")
-    parser.add_argument("--shape", type=int, nargs="+", default=list(SHAPE), help="global batch shape")
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--sizes", type=positive_int, nargs="+", default=[1, 2, 4],
+                        help="world sizes (default 1 2 4)")
+    parser.add_argument("--shape", type=positive_int, nargs="+", default=list(SHAPE),
+                        help="global batch shape (N, C, *spatial), channels first")
+    parser.add_argument("--repeats", type=positive_int, default=7)
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if len(args.shape) < 2:
+        parser.error(f"argument --shape: expected (N, C, *spatial), at least 2 sizes, got {args.shape}")
     if args.worker:
         return worker(tuple(args.shape), args.repeats)
     rows = run(args.sizes, tuple(args.shape), args.repeats)

@@ -52,8 +52,7 @@ class PopulationStats:
         backend = registry.pick_backend(x, backend, "batch_norm")
         module = registry._backend_module(backend, "batch")
         count, mean, m2 = module.channel_moments(x, 1 if ax == 1 or x.ndim == 2 else -1)
-        self.merge_moments(count, np.asarray(mean, np.float64), np.asarray(m2, np.float64))
-        return self
+        return self._merge_moments(int(count), np.asarray(mean, np.float64), np.asarray(m2, np.float64))
 
     def _chan(self, n_self, n_other, mean, m2):
         """Chan's merge of (n_other, mean, m2) into (n_self, self._mean, self._m2)."""
@@ -64,7 +63,21 @@ class PopulationStats:
 
     def merge_moments(self, count, mean, m2, num_batches=1):
         """Merge per-channel moments of ``count`` samples: one batch, or for "samples" the concatenation of
-        ``num_batches`` batches."""
+        ``num_batches`` batches. ``mean`` and ``m2``: float arrays of shape (num_features,), ``m2 >= 0``.
+        Arguments are checked before anything changes."""
+        count = _checks.integer("count", count, "a non-negative integer (samples per channel)")
+        num_batches = _checks.integer("num_batches", num_batches, "a positive integer")
+        if count < 0 or num_batches < 1:
+            raise ValueError(f"count={count}, num_batches={num_batches}; expected count >= 0 and num_batches >= 1")
+        mean = _checks.stats("mean", mean, (self.num_features,))
+        m2 = _checks.stats("m2", m2, (self.num_features,))
+        if np.any(m2 < 0):  # NaN passes: it stays in its channel
+            raise ValueError("m2 has negative entries; expected sums of squared deviations (>= 0)")
+        return self._merge_moments(count, mean, m2, num_batches)
+
+    def _merge_moments(self, count, mean, m2, num_batches=1):
+        """:meth:`merge_moments` on arguments known to be well formed (a backend's moments, another
+        accumulator's state)."""
         if count == 0:
             return self
         if self.weighting == "samples":
@@ -81,12 +94,14 @@ class PopulationStats:
 
     def merge(self, other: "PopulationStats"):
         """Merge another accumulator of the same kind (e.g. from another process)."""
+        if not isinstance(other, PopulationStats):
+            raise TypeError(f"other has type {type(other).__name__}; expected a normbench.PopulationStats")
         if other.num_features != self.num_features or other.weighting != self.weighting:
             raise ValueError("can only merge PopulationStats with the same num_features and weighting")
         if other.count == 0:
             return self
         if self.weighting == "samples":
-            return self.merge_moments(other.count, other._mean, other._m2, other.num_batches)
+            return self._merge_moments(other.count, other._mean, other._m2, other.num_batches)
         self._chan(self.num_batches, other.num_batches, other._mean, other._m2)
         self._vsum = self._vsum + other._vsum
         self.count += other.count

@@ -158,6 +158,76 @@ def _bad_comm_case():
     return res
 
 
+def _mixed_calls_case(comm, other):
+    """Rank 0 calls sync_batch_norm_backward (or allreduce_population_stats) while the others call the forward
+    in the same step: every rank raises the same error naming the functions (the gathered payloads would
+    otherwise be merged as the wrong kind of data)."""
+    import normbench as nb
+    from normbench import distributed as dist
+
+    x = np.random.default_rng(comm.rank).standard_normal((3, 4, 5)).astype(np.float32)
+    rm, rv = np.zeros(4, np.float32), np.ones(4, np.float32)
+    if comm.rank == 0 and other == "backward":
+        fn = lambda: dist.sync_batch_norm_backward(x, x, None, None, np.zeros(4), np.ones(4), comm=comm,  # noqa
+                                                   backend="reference")
+    elif comm.rank == 0:
+        fn = lambda: dist.allreduce_population_stats(nb.PopulationStats(4), comm=comm)  # noqa: E731
+    else:
+        fn = lambda: dist.sync_batch_norm_forward(x, None, None, rm, rv, comm=comm, backend="reference")  # noqa
+    res = _expect_error(fn)
+    res["must_mention"] = "ranks called different collective functions"
+    res["running_untouched"] = bool(np.all(rm == 0) and np.all(rv == 1))
+    return res
+
+
+def _eval_nonfinite_case(comm, axis):
+    """Evaluation backward: dx = dy * weight * invstd does not read x, so an Inf or NaN in x leaves dx finite
+    (single-process batch norm on the concatenation gives the same)."""
+    import normbench as nb
+    from normbench import distributed as dist
+
+    counts = [2] * comm.size
+    rest = (3, 4) if axis == 1 else (4, 3)
+    rng = np.random.default_rng(22)
+    xg = rng.standard_normal((sum(counts), *rest)).astype(np.float32)
+    xg[0, 1, 0], xg[-1, 0, 1] = np.inf, np.nan
+    dyg = rng.standard_normal(xg.shape).astype(np.float32)
+    w = (1 + rng.random(3)).astype(np.float32)
+    rm, rv = rng.standard_normal(3).astype(np.float32), (1 + rng.random(3)).astype(np.float32)
+    _, mg, rg = nb.batch_norm_forward(xg, w, None, rm, rv, training=False, axis=axis, backend="reference")
+    dxg, _, _ = nb.batch_norm_backward(dyg, xg, w, None, mg, rg, training=False, axis=axis, backend="reference")
+    sl = _split(counts, comm.rank)
+    _, m, r = dist.sync_batch_norm_forward(xg[sl], w, None, rm, rv, training=False, axis=axis, comm=comm)
+    dx, _, _ = dist.sync_batch_norm_backward(dyg[sl], xg[sl], w, None, m, r, training=False, axis=axis, comm=comm)
+    return {"dx_finite": bool(np.isfinite(dx).all()), "dx": _err(dx, dxg[sl], np.abs(dxg).max(), np.float32),
+            "tol": TOL}
+
+
+def _empty_global_batch_case(comm):
+    """Every rank empty: empty outputs, running statistics untouched and parameter gradients 0 (single-process
+    batch norm on the empty concatenation), not 0 * the NaN saved invstd."""
+    from normbench import distributed as dist
+
+    x = np.zeros((0, 3, 4), np.float32)
+    w, b = np.ones(3, np.float32), np.zeros(3, np.float32)
+    rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
+    y, m, r = dist.sync_batch_norm_forward(x, w, b, rm, rv, comm=comm)
+    dx, dw, db = dist.sync_batch_norm_backward(x, x, w, b, m, r, comm=comm)
+    return {"empty_outputs": y.shape == x.shape and dx.shape == x.shape,
+            "running_untouched": bool(np.all(rm == 0) and np.all(rv == 1)),
+            "param_grads_zero": bool(np.all(dw == 0) and np.all(db == 0)), "tol": TOL}
+
+
+def _zero_channels_case(comm):
+    """C = 0: empty outputs, as single-process batch norm (not a num_features error)."""
+    from normbench import distributed as dist
+
+    x = np.zeros((2, 0, 4), np.float32)
+    y, m, r = dist.sync_batch_norm_forward(x, None, None, None, None, comm=comm)
+    dx, _, _ = dist.sync_batch_norm_backward(x, x, None, None, m, r, comm=comm)
+    return {"empty_outputs": y.shape == x.shape and dx.shape == x.shape and m.shape == r.shape == (0,), "tol": TOL}
+
+
 def _subcomm_case(comm):
     """Ranks 0 and 1 form one group, rank 2 another: statistics never cross groups."""
     sub = comm.Split(0 if comm.rank < 2 else 1, key=comm.rank)
@@ -249,6 +319,12 @@ def cases(P):
         "one_value_per_channel_globally": lambda comm: _global_count_case(comm, [1] + [0] * (P - 1), "ValueError"),
         "one_value_per_rank_is_fine": lambda comm: _global_count_case(comm, [1] * P, None),
         "comm_not_a_communicator": lambda comm: _bad_comm_case(),
+        "backward_on_one_rank_forward_on_others": lambda comm: _mixed_calls_case(comm, "backward"),
+        "precise_bn_on_one_rank_forward_on_others": lambda comm: _mixed_calls_case(comm, "population"),
+        "eval_backward_nonfinite_x": lambda comm: _eval_nonfinite_case(comm, 1),
+        "eval_backward_nonfinite_x_channels_last": lambda comm: _eval_nonfinite_case(comm, -1),
+        "empty_global_batch": _empty_global_batch_case,
+        "zero_channels": _zero_channels_case,
         "precise_bn_samples": lambda comm: _precise_bn_case(comm, "samples"),
         "precise_bn_batches": lambda comm: _precise_bn_case(comm, "batches"),
         "default_comm_is_world": lambda comm: _bn_case(comm, uneven, (3, 5), seed=21, pass_comm=False),

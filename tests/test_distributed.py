@@ -81,6 +81,10 @@ def test_sync_case(mpi_results, P, case):
         messages = {res["message"] for res in ranks}
         assert len(messages) == 1, f"{case}: ranks raised different messages: {messages}"
         assert ranks[0]["must_mention"] in ranks[0]["message"], f"{case}: unclear message {ranks[0]['message']!r}"
+        for rank, res in enumerate(ranks):  # e.g. running statistics untouched by the failed call
+            for key, value in res.items():
+                if isinstance(value, bool) and key != "ok":
+                    assert value, f"{case}, rank {rank} of {P}: {key} is False"
         return
     for rank, res in enumerate(ranks):
         tol = res["tol"]
@@ -103,3 +107,31 @@ def test_import_does_not_need_mpi4py():
     """normbench (and normbench.distributed) import without touching mpi4py: it is loaded on first use."""
     code = "import sys, normbench, normbench.distributed; assert 'mpi4py' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120, cwd=HERE.parent)
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--sizes", "0"], "--sizes: expected an integer >= 1"),
+    (["--repeats", "0"], "--repeats: expected an integer >= 1"),
+    (["--shape", "64"], "--shape: expected (N, C, *spatial)"),
+])
+def test_distributed_bench_rejects_bad_arguments(args, words, capsys):
+    """`--sizes 0` used to run on every slot (mpiexec -n 0), `--repeats 0` to print NaN timings with exit 0, and a
+    1-D shape to crash inside the workers; each is now an argument error before anything is launched."""
+    from normbench import distributed_bench
+
+    with pytest.raises(SystemExit) as info:
+        distributed_bench.main(args)
+    assert info.value.code == 2
+    assert words in capsys.readouterr().err
+
+
+def test_distributed_bench_one_value_per_channel_per_rank(mpi_results):
+    """Two ranks of a (2, 3) batch hold one value per channel each: SyncBN runs, and the single-process local
+    baseline (which rejects one value per channel) is reported as n/a instead of crashing the job."""
+    from normbench import distributed_bench
+
+    mpi_results  # skips where mpi4py or mpiexec is missing
+    rows = distributed_bench.run([2], (2, 3), 1)
+    assert rows[0]["P"] == 2 and rows[0]["local_N"] == 1
+    assert rows[0]["local_forward_s"] is None and rows[0]["forward_s"] > 0
+    assert "| 2 | 1 x 0.0 MiB |" in distributed_bench.table(rows) and "n/a" in distributed_bench.table(rows)

@@ -142,3 +142,36 @@ def test_empty_and_errors(rng):
     with pytest.raises(ValueError, match="correction"):
         s.var(correction=-1)
     assert s.count == 0  # nothing was merged by the failed calls
+
+
+def test_merge_moments_checks_before_changing_anything(rng):
+    """merge_moments is public: a count that is not a non-negative integer, arrays not of shape (C,), negative M2
+    and a non-accumulator to merge are errors naming the argument, and a failed call leaves the state as it
+    was (a wrong M2 shape used to change the mean and not the count)."""
+    s = nb.PopulationStats(3).update(rng.standard_normal((4, 3)))
+    state = (s.count, s.num_batches, s.mean, s.var())
+    good = np.zeros(3)
+    bad_calls = [
+        ((-2, good, good), ValueError, "count=-2"),
+        ((2.5, good, good), TypeError, "count=2.5"),
+        ((True, good, good), TypeError, "count=True"),
+        ((2, good, np.zeros(4)), ValueError, "m2 has shape"),
+        ((2, np.ones(1), good), ValueError, "mean has shape"),
+        ((2, good, np.full(3, -0.25)), ValueError, "m2 has negative"),
+        ((2, [0.0, 0.0, 0.0], good), TypeError, "mean has type list"),
+    ]
+    for args, error, words in bad_calls:
+        with pytest.raises(error, match=words):
+            s.merge_moments(*args)
+    with pytest.raises(ValueError, match="num_batches"):
+        s.merge_moments(2, good, good, num_batches=-1)
+    for other in ("not stats", None):
+        with pytest.raises(TypeError, match="expected a normbench.PopulationStats"):
+            s.merge(other)
+    after = (s.count, s.num_batches, s.mean, s.var())
+    assert after[:2] == state[:2]
+    np.testing.assert_array_equal(after[2], state[2])
+    np.testing.assert_array_equal(after[3], state[3])
+    # a well-formed call still merges (closed form: two samples at 1, M2 0, into the empty accumulator)
+    t = nb.PopulationStats(3).merge_moments(np.int64(2), np.ones(3, np.float32), np.zeros(3))
+    assert t.count == 2 and np.array_equal(t.mean, np.ones(3)) and np.array_equal(t.var(), np.zeros(3))
