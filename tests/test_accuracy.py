@@ -225,6 +225,28 @@ def test_sweep_is_tidy_and_catches_a_known_bad_algorithm(tmp_path):
     assert "## The defaults" in text and "naive / float32" in text
 
 
+def test_sweep_measures_a_real_gpu_against_the_oracle(monkeypatch):
+    """On a GPU (no simulator) the cuda backend is measured against the oracle like cpu; it used to be skipped
+    there (the main loop skipped cuda, and the cpu-agreement rows are simulator-only), so `normbench accuracy
+    --backend cuda` on an H100 wrote nothing.  The GPU is stood in for by the cpu kernels: the plumbing is
+    what is tested; the kernels' own accuracy on the hardware is tests/cuda_sim/sim_kernels.py's
+    (NORMBENCH_CUDA_REAL=1)."""
+    real_run = sweep.run_backend
+    seen = []
+
+    def run_backend(variant, inputs, dy, backend, numerics, ref_fwd, ref_bwd, meta):
+        seen.append((backend, meta["against"]))
+        return real_run(variant, inputs, dy, "cpu" if backend == "cuda" else backend, numerics, ref_fwd, ref_bwd,
+                        meta)
+
+    monkeypatch.setattr(sweep, "run_backend", run_backend)
+    monkeypatch.setattr(sweep, "_simulated_cuda", lambda: False)
+    monkeypatch.setattr(registry, "available_backends", lambda variant: ["reference", "cpu", "cuda"])
+    df = sweep.sweep(["rms_norm"], ["standard"], ("float32",), ("cuda",), quick=True, peers=False)
+    assert seen and set(seen) == {("cuda", "oracle")}
+    assert set(df.impl) == {"cuda"} and (df.against == "oracle").all() and df.is_default.any()
+
+
 def test_accuracy_command_bad_arguments_write_nothing(tmp_path, capsys, monkeypatch):
     """Argument errors exit 2 before anything is written; a backend not available here is one (it used to write
     a header-only CSV over the previous results and exit 0). No GPU, whatever this machine has."""
