@@ -166,8 +166,50 @@ def integer(name: str, value, expected: str) -> int:
     return int(value)
 
 
+def _device_span(a):
+    """(first byte, one past the last byte) a device array can touch, from its __cuda_array_interface__ (the
+    simulator's arrays have none: their host buffer's __array_interface__ stands in); None when unknown/empty."""
+    iface = getattr(a, "__cuda_array_interface__", None)
+    if iface is None and isinstance(getattr(a, "_ary", None), np.ndarray):
+        iface = a._ary.__array_interface__
+    if not isinstance(iface, dict) or not iface.get("data") or iface["data"][0] is None:
+        return None
+    shape = tuple(iface["shape"])
+    itemsize = np.dtype(iface["typestr"]).itemsize
+    if math.prod(shape) == 0:
+        return None
+    strides = iface.get("strides")
+    if strides is None:  # C-contiguous
+        strides = tuple(itemsize * math.prod(shape[i + 1:]) for i in range(len(shape)))
+    lo = iface["data"][0] + sum(min(0, (n - 1) * s) for n, s in zip(shape, strides))
+    hi = iface["data"][0] + sum(max(0, (n - 1) * s) for n, s in zip(shape, strides)) + itemsize
+    return lo, hi
+
+
+def overlaps(a, b) -> bool:
+    """Whether two arrays may share memory: np.shares_memory for NumPy arrays, byte extents for device arrays
+    (conservative for strided ones), False for a host and a device array."""
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and bool(np.shares_memory(a, b))
+    if a is b:
+        return True
+    sa, sb = _device_span(a), _device_span(b)
+    return sa is not None and sb is not None and sa[0] < sb[1] and sb[0] < sa[1]
+
+
+def host_only(backend: str, arrays: dict) -> None:
+    """Backends other than "cuda" take NumPy arrays: a device array among ``arrays`` is a clear TypeError (Numba
+    would raise "can't unbox array" from inside a kernel, naming nothing)."""
+    for name, a in arrays.items():
+        if a is not None and type(a) is not np.ndarray and is_device_array(a):
+            raise TypeError(f"{name} is a CUDA device array but the call runs on backend {backend!r}, which takes "
+                            "NumPy arrays; pass NumPy arrays (.copy_to_host()) or device arrays with "
+                            "backend='cuda' (backend=None picks 'cuda' when x is a device array)")
+
+
 def output(name: str, out, shape: tuple, dtype, inputs: dict):
-    """A preallocated output: exact shape and dtype, writable, C-contiguous, sharing memory with no input."""
+    """A preallocated output: exact shape and dtype, writable, C-contiguous, sharing memory with no input
+    (NumPy and device arrays alike)."""
     if out is None:
         return None
     if not (isinstance(out, np.ndarray) or is_device_array(out)):
@@ -183,5 +225,9 @@ def output(name: str, out, shape: tuple, dtype, inputs: dict):
             if owns and a is not out and isinstance(a, np.ndarray) and a.flags.owndata:
                 continue  # two distinct NumPy allocations never overlap (np.shares_memory costs ~0.4 us)
             if isinstance(a, np.ndarray) and np.shares_memory(out, a):
+                raise ValueError(f"{name} shares memory with {in_name}; outputs must not overlap inputs")
+    else:
+        for in_name, a in inputs.items():
+            if a is not None and not isinstance(a, np.ndarray) and overlaps(out, a):
                 raise ValueError(f"{name} shares memory with {in_name}; outputs must not overlap inputs")
     return out

@@ -34,10 +34,36 @@ def _inputs(**arrays):
 
 def _output(name, out, backend, like, **inputs):
     """A preallocated output checked against ``like`` (shape; dtype per backend) and the inputs; None when not
-    given (tested first: small calls are overhead-bound). Inputs given as None are skipped by the overlap check."""
+    given (tested first: small calls are overhead-bound). Inputs given as None are skipped by the overlap check.
+    Every front function calls it: off backend "cuda", device arrays among the inputs and out are rejected here."""
+    if backend != "cuda":
+        _checks.host_only(backend, inputs)
+        if out is not None:
+            _checks.host_only(backend, {name: out})
     if out is None:
         return None
     return _checks.output(name, out, like.shape, registry.output_dtype(backend, like), inputs)
+
+
+def _like_x(x, a):
+    """An empty-batch result built on the host, handed back as a device array when x is one (as the kernels'
+    results are)."""
+    if type(x) is np.ndarray or a is None or not _checks.is_device_array(x):
+        return a
+    from numba import cuda
+
+    return cuda.to_device(a)
+
+
+def _host(a):
+    """A float64 NumPy copy of a (host or device) array."""
+    if isinstance(a, np.ndarray):
+        return np.asarray(a, np.float64).copy()
+    if not hasattr(a, "copy_to_host"):
+        from numba import cuda
+
+        a = cuda.as_cuda_array(a)
+    return a.copy_to_host().astype(np.float64)
 
 
 # --------------------------------------------------------------------------------------------- batch norm
@@ -104,11 +130,11 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, *, training=T
     out = _output("out", out, backend, x, x=x, weight=a.weight, bias=a.bias,
                   running_mean=a.running_mean, running_var=a.running_var)
     if n == 0:  # empty batch: empty output, running statistics untouched (as PyTorch)
-        y = out if out is not None else np.empty(x.shape, registry.output_dtype(backend, x))
+        y = out if out is not None else _like_x(x, np.empty(x.shape, registry.output_dtype(backend, x)))
         if training:
-            return y, np.full(C, np.nan), np.full(C, np.nan)
-        return y, np.asarray(a.running_mean, np.float64).copy(), rstd_from_var(
-            np.asarray(a.running_var, np.float64), a.eps, a.opts.eps_placement)
+            return y, _like_x(x, np.full(C, np.nan)), _like_x(x, np.full(C, np.nan))
+        return y, _like_x(x, _host(a.running_mean)), _like_x(x, rstd_from_var(
+            _host(a.running_var), a.eps, a.opts.eps_placement))
     impl = registry.implementation("batch_norm", backend, "forward")
     return impl(x, a.weight, a.bias, a.running_mean, a.running_var, training=training, momentum=a.momentum,
                 eps=a.eps, axis=a.axis, opts=a.opts, out=out)
@@ -140,8 +166,9 @@ def batch_norm_backward(dy, x, weight, bias, save_mean, save_invstd, *, training
 
 def _empty_backward(x, C, weight, bias, backend, dx_out):
     dtype = registry.output_dtype(backend, x)
-    dx = dx_out if dx_out is not None else np.empty(x.shape, dtype)
-    return (dx, None if weight is None else np.zeros(C, dtype), None if bias is None else np.zeros(C, dtype))
+    dx = dx_out if dx_out is not None else _like_x(x, np.empty(x.shape, dtype))
+    return (dx, None if weight is None else _like_x(x, np.zeros(C, dtype)),
+            None if bias is None else _like_x(x, np.zeros(C, dtype)))
 
 
 # --------------------------------------------------------------------------------------- frozen batch norm
@@ -283,8 +310,8 @@ def group_norm_forward(x, num_groups, weight=None, bias=None, *, eps=1e-5, axis=
     backend = registry.pick_backend(x, backend, "group_norm")
     out = _output("out", out, backend, x, x=x, weight=weight, bias=bias)
     if x.size == 0:  # empty batch (N = 0): empty output, as PyTorch
-        y = out if out is not None else np.empty(x.shape, registry.output_dtype(backend, x))
-        return y, np.full((x.shape[0], G), np.nan), np.full((x.shape[0], G), np.nan)
+        y = out if out is not None else _like_x(x, np.empty(x.shape, registry.output_dtype(backend, x)))
+        return y, _like_x(x, np.full((x.shape[0], G), np.nan)), _like_x(x, np.full((x.shape[0], G), np.nan))
     impl = registry.implementation("group_norm", backend, "forward")
     return impl(x, G, weight, bias, eps=eps, axis=kaxis, opts=opts, out=out)
 
@@ -338,8 +365,8 @@ def instance_norm_forward(x, weight=None, bias=None, running_mean=None, running_
     out = _output("out", out, backend, x, x=x, weight=weight, bias=bias,
                   running_mean=running_mean, running_var=running_var)
     if x.size == 0:
-        y = out if out is not None else np.empty(x.shape, registry.output_dtype(backend, x))
-        return y, np.full((x.shape[0], C), np.nan), np.full((x.shape[0], C), np.nan)
+        y = out if out is not None else _like_x(x, np.empty(x.shape, registry.output_dtype(backend, x)))
+        return y, _like_x(x, np.full((x.shape[0], C), np.nan)), _like_x(x, np.full((x.shape[0], C), np.nan))
     impl = registry.implementation("instance_norm", backend, "forward")
     return impl(x, weight, bias, running_mean, running_var, use_input_stats=use_input_stats, momentum=momentum,
                 eps=eps, axis=kaxis, opts=opts, out=out)
@@ -428,10 +455,12 @@ def fused_add_norm_forward(x, residual, normalized_shape, weight=None, bias=None
     check_correction(opts, D, "row (normalized_shape)")
     backend = registry.pick_backend(x, backend, "fused_add_norm")
     inputs = _inputs(x=x, residual=residual, weight=weight, bias=bias)
+    if backend != "cuda":
+        _checks.host_only(backend, dict(inputs, out=out, h_out=h_out))
     dtype = registry.output_dtype(backend, x)
     out = _checks.output("out", out, x.shape, dtype, inputs)
     h_out = _checks.output("h_out", h_out, x.shape, dtype, inputs)
-    if out is not None and h_out is not None and isinstance(out, np.ndarray) and np.shares_memory(out, h_out):
+    if out is not None and h_out is not None and _checks.overlaps(out, h_out):
         raise ValueError("out and h_out share memory; they must be distinct arrays")
     impl = registry.implementation("fused_add_norm", backend, "forward")
     return impl(x, residual, shape, weight, bias, alpha=alpha, norm=norm, eps=eps, opts=opts, out=out, h_out=h_out)
@@ -461,11 +490,12 @@ def fused_add_norm_backward(dy, h, normalized_shape, mean, rstd, weight=None, bi
     check_correction(opts, D, "row (normalized_shape)")
     backend = registry.pick_backend(dy, backend, "fused_add_norm")
     inputs = _inputs(dy=dy, h=h, weight=weight, bias=bias, dh=dh, mean=mean, rstd=rstd)
+    if backend != "cuda":
+        _checks.host_only(backend, dict(inputs, dx_out=dx_out, dresidual_out=dresidual_out))
     dtype = registry.output_dtype(backend, dy)
     dx_out = _checks.output("dx_out", dx_out, dy.shape, dtype, inputs)
     dresidual_out = _checks.output("dresidual_out", dresidual_out, dy.shape, dtype, inputs)
-    if dx_out is not None and dresidual_out is not None and isinstance(dx_out, np.ndarray) and \
-            np.shares_memory(dx_out, dresidual_out):
+    if dx_out is not None and dresidual_out is not None and _checks.overlaps(dx_out, dresidual_out):
         raise ValueError("dx_out and dresidual_out share memory; they must be distinct arrays")
     impl = registry.implementation("fused_add_norm", backend, "backward")
     return impl(dy, h, shape, mean, rstd, weight, bias, alpha=alpha, norm=norm, dh=dh, eps=eps, opts=opts,

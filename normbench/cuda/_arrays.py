@@ -65,10 +65,11 @@ def _simulator():
     return simulator()
 
 
-def output(out, shape, dtype, host):
-    """The device array a kernel writes into: ``out`` itself when it is a device array, else a new one."""
+def output(out, shape, dtype, host, name="out"):
+    """The device array a kernel writes into: ``out`` itself when it is a device array, else a new one.  Called
+    for every output before the first launch, so a bad device output (``name`` in the message) writes nothing."""
     if out is not None and not on_host(out):
-        return to_device(out, "out")
+        return to_device(out, name)
     return empty(shape, dtype)
 
 
@@ -83,9 +84,11 @@ def result(dev, host, out=None):
 
 
 def write_back(dev, target):
-    """Running statistics updated on the device are copied back into the caller's NumPy buffers."""
+    """Running statistics updated on the device are copied back into the caller's NumPy buffers.  Assigned
+    through NumPy, so a strided (writable) buffer works as on the CPU backend: copy_to_host(target) would reject
+    it, after the other buffer had been written."""
     if dev is not None and on_host(target):
-        dev.copy_to_host(target)
+        target[...] = dev.copy_to_host()
 
 
 # ------------------------------------------------------------------------------------------- launching

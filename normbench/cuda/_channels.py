@@ -184,14 +184,19 @@ def kernels(acc_name: str):
                 dbias[c] = a
 
     @cuda.jit(cache=True)
-    def dx_kernel(dy, x, mean, rstd, mg, kq, w, has_w, C, cdiv, CS, qn, Cg, dx):
+    def dx_kernel(dy, x, mean, rstd, mg, kq, w, has_w, C, cdiv, CS, qn, Cg, training, dx):
+        """Training: rstd*(g - mean g) + kq*(x - mean).  Evaluation: rstd*g only, x and mean never read (a NaN
+        or Inf there must not reach dx through 0 * NaN)."""
         for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
             c = (i // cdiv) % C
             q = (i // CS) * qn + c // Cg
             g = acc(dy[i])
             if has_w:
                 g *= acc(w[c])
-            dx[i] = acc(rstd[q]) * (g - acc(mg[q])) + acc(kq[q]) * (acc(x[i]) - acc(mean[q]))
+            if training:
+                dx[i] = acc(rstd[q]) * (g - acc(mg[q])) + acc(kq[q]) * (acc(x[i]) - acc(mean[q]))
+            else:
+                dx[i] = acc(rstd[q]) * g
 
     @cuda.jit(cache=True)
     def frozen_forward(x, w, b, rm, rv, eps, C, cdiv, y):
@@ -312,7 +317,7 @@ def backward(ks, dyd, xd, g, mean, rstd, weight, want_w, want_b, training, opts,
     launch(ks, "chan_grads", *_grid(g.C), db, ds, rstd, g.Nsum, g.C, g.qn, g.Cg, dw if want_w else none, want_w,
            dbias if want_b else none, want_b)
     launch(ks, "dx_kernel", *_grid(xd.size), dyd, xd, mean, rstd, mg, kq, w, has_w, g.C, g.cdiv, g.CS, g.qn, g.Cg,
-           dx)
+           bool(training), dx)
     return dw, dbias
 
 
@@ -321,5 +326,5 @@ def device_inputs(x, dtype=None, **named):
     return [flat(to_device(a, k, dtype)) if a is not None else None for k, a in named.items()]
 
 
-def out_array(out, x, host):
-    return output(out, x.shape, x.dtype, host)
+def out_array(out, x, host, name="out"):
+    return output(out, x.shape, x.dtype, host, name)

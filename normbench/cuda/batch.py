@@ -38,7 +38,7 @@ def batch_norm_backward(dy, x, weight, bias, save_mean, save_invstd, *, training
     host = on_host(dy)
     ks = ch.kernels(opts.accumulator(dy.dtype).name)
     g = ch.geometry(x.shape, axis)
-    dx = ch.out_array(dx_out, dy, host)
+    dx = ch.out_array(dx_out, dy, host, "dx_out")
     dw, db = ch.backward(ks, flat(to_device(dy, "dy")), flat(to_device(x, "x")), g,
                          flat(to_device(save_mean, "save_mean", np.float64)),
                          flat(to_device(save_invstd, "save_invstd", np.float64)),
@@ -54,7 +54,9 @@ def channel_moments(x, axis):
     opts = numerics.DEFAULT
     ks = ch.kernels(opts.accumulator(x.dtype).name)
     g = ch.geometry(x.shape, axis)
-    mean, _, m2 = ch.moments(ks, flat(to_device(x, "x")), g, opts, 0.0)
+    # eps=1 (as the CPU twin): the rstd is unused, and eps=0 divides by zero on a constant channel (the simulator
+    # raises ZeroDivisionError)
+    mean, _, m2 = ch.moments(ks, flat(to_device(x, "x")), g, opts, 1.0)
     return g.seg[3], mean.copy_to_host(), m2.copy_to_host()
 
 
@@ -74,7 +76,7 @@ def frozen_batch_norm_backward(dy, weight, running_var, *, eps, axis, dx_out=Non
     ks = ch.kernels("float64")
     g = ch.geometry(dy.shape, axis)
     p = _params(dy, weight=weight, running_var=running_var)
-    dx = ch.out_array(dx_out, dy, host)
+    dx = ch.out_array(dx_out, dy, host, "dx_out")
     launch(ks, "frozen_backward", *ch._grid(dy.size), flat(to_device(dy, "dy")), p["weight"], p["running_var"],
            float(eps), g.C, g.cdiv, flat(dx))
     return host_or_device(dx, host, dy.shape, out=dx_out)

@@ -27,13 +27,6 @@ def fused_add_norm_backward(dy, h, normalized_shape, mean, rstd, weight, bias, *
     host = on_host(dy)
     center = norm == "layer"
     dx, dres, dw, db = rows_backward(dy, h, D, mean, rstd, weight, center and bias is not None, eps=eps, opts=opts,
-                                     center=center, dx_out=dx_out, dh=dh, alpha=alpha)
-    dres = host_or_device(dres, host, dy.shape)
-    if dresidual_out is not None:  # the kernel wrote its own buffer: copy into the caller's
-        if on_host(dresidual_out):
-            dresidual_out[...] = dres if on_host(dres) else dres.copy_to_host()
-        else:
-            dresidual_out.copy_to_device(dres)
-        dres = dresidual_out
-    return (host_or_device(dx, host, dy.shape, out=dx_out), dres,
+                                     center=center, dx_out=dx_out, dh=dh, alpha=alpha, dresidual_out=dresidual_out)
+    return (host_or_device(dx, host, dy.shape, out=dx_out), host_or_device(dres, host, dy.shape, out=dresidual_out),
             host_or_device(dw, host, shape, dy.dtype), host_or_device(db, host, shape, dy.dtype) if center else None)

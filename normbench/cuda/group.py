@@ -30,7 +30,7 @@ def _backward(dy, x, G, mean, rstd, weight, bias, training, eps, axis, opts, dx_
     host = on_host(dy)
     ks = ch.kernels(opts.accumulator(dy.dtype).name)
     g = ch.geometry(x.shape, axis, G)
-    dx = ch.out_array(dx_out, dy, host)
+    dx = ch.out_array(dx_out, dy, host, "dx_out")
     dw, db = ch.backward(ks, _dev(dy, "dy"), _dev(x, "x"), g, _dev(mean, "mean", np.float64),
                          _dev(rstd, "rstd", np.float64), _dev(weight, "weight"), weight is not None,
                          bias is not None, training, opts, eps, flat(dx))
@@ -51,9 +51,9 @@ def instance_norm_forward(x, weight, bias, running_mean, running_var, *, use_inp
     xd = _dev(x, "x")
     y = ch.out_array(out, x, host)
     if use_input_stats:
+        rm, rv = _dev(running_mean, "running_mean"), _dev(running_var, "running_var")  # checked before any launch
         mean, rstd, m2 = ch.moments(ks, xd, g, opts, eps)
         if running_mean is not None:
-            rm, rv = _dev(running_mean, "running_mean"), _dev(running_var, "running_var")
             launch(ks, "instance_running", *ch._grid(C), mean, m2, g.N, C, g.S, rm, rv, float(momentum))
             write_back(rm, running_mean)
             write_back(rv, running_var)

@@ -77,7 +77,7 @@ def local_response_norm_forward(x, size, *, alpha, beta, k, opts, out=None):
 def local_response_norm_backward(dy, x, y, scale, size, *, alpha, beta, k, opts, dx_out=None):
     host = on_host(dy)
     ks = kernels(opts.accumulator(dy.dtype).name)
-    dx = output(dx_out, dy.shape, dy.dtype, host)
+    dx = output(dx_out, dy.shape, dy.dtype, host, "dx_out")
     C, S = _cs(dy)
     if dy.size:  # y and scale may arrive float64 from the reference backend: cast to the computing dtype
         launch(ks, "backward", *_grid(dy.size), flat(to_device(dy, "dy")), flat(to_device(x, "x", dy.dtype)),

@@ -220,6 +220,21 @@ def test_fused_backward_with_dh():
             close(f"{norm} grad {i}", g, r, 1e-12)
 
 
+def test_fused_forward_normalises_the_unrounded_sum():
+    """y = Norm(x + alpha * residual) of the unrounded sum, as the reference and the CPU backend (docs/cpu-rowwise.md):
+    on rows offset by 1e4 the stored float32 h is off by up to half its ulp (5e-4), which normalising the stored
+    h carried into y (2.6e3 float32 units of max|y| on an H100; the accuracy sweep's offset1e6 rows: 1.7e5)."""
+    rng = np.random.default_rng(31)
+    x = (1e4 + rng.standard_normal((3, 40))).astype(np.float32)
+    res = rng.standard_normal((3, 40)).astype(np.float32)
+    y, h, mean, rstd = nb.fused_add_norm_forward(x, res, 40, alpha=0.7, backend="cuda")
+    yr, hr, mr, rr = nb.fused_add_norm_forward(x, res, 40, alpha=0.7, backend="reference")
+    close("h", h, hr.astype(np.float32), 1e-7)  # the returned h: the sum rounded once
+    close("y", y, yr, 4 * np.finfo(np.float32).eps)  # float64 sums: a few float32 units of the exact result
+    close("mean", mean, mr, 1e-12)
+    close("rstd", rstd, rr, 1e-12)
+
+
 def test_constant_rows_with_eps_outside_give_the_documented_limit():
     x = np.ones((2, 3, 5))  # variance exactly 0 in every row and channel
     dy = np.random.default_rng(3).standard_normal(x.shape)
@@ -297,7 +312,9 @@ def test_instance_norm_with_running_statistics_as_constants(axis):
 
 
 def test_non_contiguous_device_array_is_a_clear_error():
-    xd = cuda.to_device(np.ones((4, 3), np.float32)).T
+    # a strided view (numba-cuda's .T of a 2-D device array is a transposed contiguous copy on a GPU)
+    xd = cuda.to_device(np.ones((3, 8), np.float32))[:, ::2]
+    assert not xd.is_c_contiguous()
     with pytest.raises(ValueError, match="x is a non-contiguous device array"):
         nb.layer_norm_forward(xd, 4)
 
@@ -337,3 +354,150 @@ def test_warp_shuffle_reduction_with_an_emulated_shuffle(monkeypatch):
         ref = bwd(dy, x, 70, *want[1:], w, backend="reference")
         for i, (g, r) in enumerate(zip(got, ref)):
             close(f"{bwd.__name__} output {i}", g, r, 1e-12)
+
+
+@pytest.mark.parametrize("axis", [1, -1])
+def test_eval_backward_dx_never_reads_x_or_the_mean(axis):
+    """Evaluation: dx = dy * weight * invstd exactly (closed form); a NaN/Inf in x or in running_mean must not
+    reach dx through a 0 * (x - mean) term (probe D3)."""
+    rng = np.random.default_rng(9)
+    shape = (2, 3, 4) if axis == 1 else (2, 4, 3)
+    x = rng.standard_normal(shape)
+    x[(1, 1, 2)], x[(0, 2, 0)] = np.nan, np.inf
+    dy = rng.standard_normal(shape)
+    w, b = rng.standard_normal(3), rng.standard_normal(3)
+    rm, rv = np.array([0.5, np.nan, -1.0]), 1 + rng.random(3)
+    invstd = 1 / np.sqrt(rv + 1e-5)
+    bshape = (1, 3, 1) if axis == 1 else (1, 1, 3)
+    want = dy * (w * invstd).reshape(bshape)
+    _, sm, si = nb.batch_norm_forward(x, w, b, rm, rv, training=False, axis=axis, backend="reference")
+    dx = nb.batch_norm_backward(dy, x, w, b, sm, si, training=False, axis=axis, backend="cuda")[0]
+    close("batch eval dx", dx, want, 1e-12)
+    _, m, r = nb.instance_norm_forward(x, w, b, rm, rv, use_input_stats=False, axis=axis, backend="reference")
+    dx = nb.instance_norm_backward(dy, x, m, r, w, b, use_input_stats=False, axis=axis, backend="cuda")[0]
+    close("instance eval dx", dx, want, 1e-12)
+    assert np.isfinite(dx).all()
+
+
+@pytest.mark.parametrize("fn", ["batch_norm_forward", "instance_norm_forward"])
+def test_strided_numpy_running_statistics_are_updated_in_place(fn):
+    """Writable strided NumPy running statistics are updated in place as on the reference (probe D2: the copy
+    back raised 'incompatible strides' after running_mean had been written)."""
+    x = np.random.default_rng(10).standard_normal((4, 3, 2))
+    got = [np.zeros((3, 2))[:, 1], np.ones((3, 2))[:, 1]]  # both strided views
+    want = [np.zeros(3), np.ones(3)]
+    getattr(nb, fn)(x, None, None, *got, backend="cuda")
+    getattr(nb, fn)(x, None, None, *want, backend="reference")
+    close("running_mean (strided)", got[0], want[0], 1e-12)
+    close("running_var (strided)", got[1], want[1], 1e-12)
+    contiguous_mean = np.zeros(3)  # only running_var strided: the case that was left half-updated
+    getattr(nb, fn)(x, None, None, contiguous_mean, np.ones((3, 2))[:, 0], backend="cuda")
+    close("running_mean (with a strided running_var)", contiguous_mean, want[0], 1e-12)
+
+
+def test_device_outputs_are_checked_before_any_kernel_writes():
+    """A non-contiguous device dresidual_out is rejected, by name, before dx_out is written; a non-contiguous
+    device dx_out is named dx_out (probe D6); a good device dresidual_out is written with the reference values."""
+    rng = np.random.default_rng(11)
+    xr, rr, dy = (rng.standard_normal((3, 6)) for _ in range(3))
+    f = nb.fused_add_norm_forward(xr, rr, 6, alpha=0.5, backend="reference")
+    dyd, hd = cuda.to_device(dy), cuda.to_device(f[1])
+    dxo = cuda.to_device(np.zeros((3, 6)))
+    with pytest.raises(ValueError, match="dresidual_out is a non-contiguous device array"):
+        nb.fused_add_norm_backward(dyd, hd, 6, f[2], f[3], alpha=0.5, dx_out=dxo,
+                                   dresidual_out=cuda.to_device(np.zeros((3, 12)))[:, ::2])
+    assert (dxo.copy_to_host() == 0).all(), "dx_out was written before the bad dresidual_out was rejected"
+    for fn, args in ((nb.layer_norm_backward, (dy, xr, 6, f[2], f[3])),
+                     (nb.batch_norm_backward, (dy, xr, None, None, np.zeros(6), np.ones(6)))):
+        with pytest.raises(ValueError, match="dx_out is a non-contiguous device array"):
+            fn(*args, dx_out=cuda.to_device(np.zeros((3, 12)))[:, ::2], backend="cuda")
+    dro = cuda.to_device(np.zeros((3, 6)))
+    got = nb.fused_add_norm_backward(dyd, hd, 6, f[2], f[3], alpha=0.5, dx_out=dxo, dresidual_out=dro)
+    want = nb.fused_add_norm_backward(dy, f[1], 6, f[2], f[3], alpha=0.5, backend="reference")
+    assert got[0] is dxo and got[1] is dro
+    close("dx_out", dxo, want[0], 1e-12)
+    close("dresidual_out", dro, want[1], 1e-12)
+
+
+def test_population_stats_device_array_with_a_constant_channel():
+    """An all-zero channel (e.g. after a ReLU) is a normal input: variance 0, no ZeroDivisionError (probe D5)."""
+    x = np.random.default_rng(12).standard_normal((3, 2, 4))
+    x[:, 1] = 0.0
+    stats = PopulationStats(2).update(cuda.to_device(x))
+    close("mean", stats.mean, x.mean(axis=(0, 2)), 1e-12)
+    close("var", stats.var(), x.var(axis=(0, 2)), 1e-12)
+
+
+def test_mixed_host_and_device_arguments_off_cuda_are_a_clear_error():
+    """Device arrays on a host backend: a TypeError naming the argument, not Numba's "can't unbox" (probe D8)."""
+    x = np.random.default_rng(13).standard_normal((3, 5)).astype(np.float32)
+    with pytest.raises(TypeError, match="weight is a CUDA device array .* backend 'cpu'"):
+        nb.layer_norm_forward(x, 5, cuda.to_device(np.ones(5, np.float32)))  # backend=None picks cpu for host x
+    with pytest.raises(TypeError, match="x is a CUDA device array .* backend 'cpu'"):
+        nb.layer_norm_forward(cuda.to_device(x), 5, backend="cpu")
+    with pytest.raises(TypeError, match="running_var is a CUDA device array .* backend 'reference'"):
+        nb.batch_norm_forward(x, None, None, np.zeros(5, np.float32), cuda.to_device(np.ones(5, np.float32)),
+                              backend="reference")
+    with pytest.raises(TypeError, match="h_out is a CUDA device array"):
+        nb.fused_add_norm_forward(x, x.copy(), 5, h_out=cuda.device_array(x.shape, np.float32), backend="cpu")
+    with pytest.raises(TypeError, match="dx_out is a CUDA device array"):
+        nb.rms_norm_backward(x, x, 5, np.ones(3), dx_out=cuda.device_array(x.shape, np.float32), backend="cpu")
+    # backend "cuda" takes host and device arrays mixed (host ones are copied in), as before
+    y = nb.layer_norm_forward(x, 5, cuda.to_device(np.ones(5, np.float32)), backend="cuda")[0]
+    close("mixed on cuda", y, nb.layer_norm_forward(x, 5, np.ones(5, np.float32), backend="reference")[0], 2e-5)
+
+
+def test_device_outputs_overlapping_inputs_or_each_other_are_rejected():
+    """Device out=/h_out=/dx_out= sharing memory with an input, or out with h_out, is a ValueError as for NumPy
+    arrays (probe D1: the kernels raced and gave wrong results); adjacent, disjoint device buffers are fine."""
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((2, 5, 3))
+    xd = cuda.to_device(x)
+    with pytest.raises(ValueError, match="out shares memory with x"):
+        nb.local_response_norm_forward(xd, 3, alpha=1.0, out=xd)
+    buf = cuda.to_device(np.concatenate([x.ravel(), np.zeros(x.size)]))
+    x_in = buf[:x.size].reshape(x.shape)
+    with pytest.raises(ValueError, match="out shares memory with x"):  # a partial overlap
+        nb.local_response_norm_forward(x_in, 3, alpha=1.0, out=buf[7:7 + x.size].reshape(x.shape))
+    f = nb.local_response_norm_forward(x, 3, alpha=1.0, backend="reference")
+    dyd = cuda.to_device(rng.standard_normal(x.shape))
+    with pytest.raises(ValueError, match="dx_out shares memory with dy"):
+        nb.local_response_norm_backward(dyd, xd, f[0], f[1], 3, alpha=1.0, dx_out=dyd)
+    disjoint = buf[x.size:].reshape(x.shape)  # starts where x_in ends
+    y = nb.local_response_norm_forward(x_in, 3, alpha=1.0, out=disjoint)[0]
+    assert y is disjoint
+    close("disjoint device out", y, f[0], 1e-12)
+    xr, rr = rng.standard_normal((2, 6)), rng.standard_normal((2, 6))
+    xrd, rrd = cuda.to_device(xr), cuda.to_device(rr)
+    one = cuda.device_array((2, 6))
+    with pytest.raises(ValueError, match="out and h_out share memory"):
+        nb.fused_add_norm_forward(xrd, rrd, 6, out=one, h_out=one)
+    with pytest.raises(ValueError, match="h_out shares memory with residual"):
+        nb.fused_add_norm_forward(xrd, rrd, 6, h_out=rrd)
+    ref = nb.fused_add_norm_forward(xr, rr, 6, backend="reference")
+    with pytest.raises(ValueError, match="dx_out and dresidual_out share memory"):
+        nb.fused_add_norm_backward(cuda.to_device(xr), cuda.to_device(ref[1]), 6, ref[2], ref[3], dx_out=one,
+                                   dresidual_out=one)
+def test_empty_batches_of_device_arrays_come_back_as_device_arrays():
+    """N = 0 device inputs: batch/group/instance norm return device arrays like the other variants, with the
+    reference's shapes and values (probe D7: they came back as NumPy arrays)."""
+    x = np.zeros((0, 3, 4), np.float32)
+    w, rm, rv = np.ones(3, np.float32), np.full(3, 0.5, np.float32), np.full(3, 2.0, np.float32)
+    xd, wd, rmd, rvd = (cuda.to_device(a) for a in (x, w, rm, rv))
+    calls = [("batch_norm_forward", (w, w, None, None), (wd, wd, None, None), {}),
+             ("batch_norm_forward", (w, w, rm, rv), (wd, wd, rmd, rvd), dict(training=False)),
+             ("group_norm_forward", (1, w, w), (1, wd, wd), {}),
+             ("instance_norm_forward", (w, w), (wd, wd), {}),
+             ("batch_norm_backward", (x, w, w, np.zeros(3), np.ones(3)),
+              (xd, wd, wd, cuda.to_device(np.zeros(3)), cuda.to_device(np.ones(3))), {}),
+             ("group_norm_backward", (x, 1, np.zeros((0, 1)), np.zeros((0, 1)), w, w),
+              (xd, 1, cuda.to_device(np.zeros((0, 1))), cuda.to_device(np.zeros((0, 1))), wd, wd), {}),
+             ("instance_norm_backward", (x, np.zeros((0, 3)), np.zeros((0, 3)), w, w),
+              (xd, cuda.to_device(np.zeros((0, 3))), cuda.to_device(np.zeros((0, 3))), wd, wd), {})]
+    for fn, host_args, dev_args, kw in calls:
+        got = getattr(nb, fn)(xd, *dev_args, **kw)
+        with np.errstate(all="ignore"):
+            want = getattr(nb, fn)(x, *host_args, backend="reference", **kw)
+        for i, (g, r) in enumerate(zip(got, want)):
+            assert hasattr(g, "copy_to_host"), f"{fn} output {i} is {type(g).__name__}, not a device array"
+            close(f"{fn} output {i}", g, r, 1e-6)
