@@ -176,7 +176,10 @@ def load_pytest_benchmark(path) -> pd.DataFrame:
     _numbers(df, [c for c in ("median_s", "fraction_of_copy") if c in df.columns], path)
     df[["group", "impl"]] = df[["group", "impl"]].astype(str)  # pivot_table keys
     df["file"] = Path(path).name
-    df["datetime"] = doc.get("datetime", "")
+    df["datetime"] = str(doc.get("datetime", ""))  # ISO time of the run: the newest per machine is reported
+    info = doc.get("machine_info") if isinstance(doc.get("machine_info"), dict) else {}
+    nb = info.get("normbench") if isinstance(info.get("normbench"), dict) else {}
+    df["machine"] = f"{info.get('node') or nb.get('node') or '?'}-{nb.get('numba_threads', '?')}t"
     return df
 
 
@@ -230,12 +233,24 @@ def results_table(runs: pd.DataFrame) -> str:
     return table
 
 
+def latest_pytest_runs(bench: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the newest saved pytest-benchmark run per machine (as :func:`latest_runs` for normbench run):
+    an older, faster run must not hide a regression, and one row's cells must come from one run."""
+    if "machine" not in bench.columns:
+        bench = bench.assign(machine="")
+    newest = bench.groupby("machine")["datetime"].transform("max")
+    return bench[bench["datetime"] == newest]
+
+
 def pytest_table(bench: pd.DataFrame) -> str:
-    """Median time per case (rows) and implementation (columns), plus the fraction of copy where recorded."""
-    t = bench.pivot_table(index="group", columns="impl", values="median_s", aggfunc="min") * 1e3
+    """Median time per case (rows) and implementation (columns), plus the fraction of copy where recorded, from
+    the latest saved run per machine (a column level per machine when there are several)."""
+    bench = latest_pytest_runs(bench)
+    index = ["machine", "group"] if bench["machine"].nunique() > 1 else "group"
+    t = bench.pivot_table(index=index, columns="impl", values="median_s", aggfunc="first") * 1e3
     t = t.round(3).add_suffix(" (ms)")
     if "fraction_of_copy" in bench.columns:
-        f = bench.pivot_table(index="group", columns="impl", values="fraction_of_copy", aggfunc="max").round(2)
+        f = bench.pivot_table(index=index, columns="impl", values="fraction_of_copy", aggfunc="first").round(2)
         t = t.join(f.add_suffix(" (x copy)"))
     return t.to_markdown()
 
@@ -245,15 +260,23 @@ def asv_table(asv: pd.DataFrame, pattern: str) -> str:
     if d.empty:
         return f"(no asv benchmark matches {pattern!r})"
     t = d.pivot_table(index=["benchmark", "params"], columns=["machine", "commit"], values="value", aggfunc="first")
+    # history order: per machine, the commits by the date asv recorded for them (pivot_table sorts by hash)
+    order = d.groupby(["machine", "commit"])["date"].min().reset_index().sort_values(["machine", "date", "commit"])
+    t = t[[mc for mc in zip(order["machine"], order["commit"]) if mc in t.columns]]  # all-NaN ones are dropped
     return t.to_markdown(floatfmt=".3g")
 
 
 def accuracy_table(acc: pd.DataFrame) -> str:
+    """Max error of y and dx per variant (rows) and implementation (columns), default options, over the stress
+    families: one table per dtype, since each is in units of its own dtype's eps (float64's is 2**29 smaller)."""
     d = acc[acc["output"].isin(["y", "dx"])]
     if "is_default" in d.columns:
         d = d[d["is_default"].astype(str) == "True"]
-    t = d.pivot_table(index=["variant", "output"], columns="impl", values="max_err", aggfunc="max")
-    return t.to_markdown(floatfmt=".3g")
+    parts = []
+    for dtype, g in d.groupby(d["dtype"].astype(str), sort=True):
+        t = g.pivot_table(index=["variant", "output"], columns="impl", values="max_err", aggfunc="max")
+        parts.append(f"### {dtype}: max error in units of {dtype} eps\n\n" + t.to_markdown(floatfmt=".3g"))
+    return "\n\n".join(parts) if parts else "(no y/dx rows with default options)"
 
 
 # ============================================================================================ plots
@@ -397,7 +420,17 @@ def main(argv=None) -> int:
     problems: list[str] = []
     runs = _gather(files(args.runs, "*.json"), load_run, problems)
     bench = _gather(files(args.pytest, "*.json"), load_pytest_benchmark, problems)
-    acc = _gather(files(args.accuracy, "accuracy*.csv"), load_accuracy, problems)  # the sweep, not the studies
+    # the sweep, not the studies: accuracy*.csv; a quick sweep's (accuracy-quick.csv from `normbench accuracy
+    # --quick`, any *quick.csv) only where the folder holds no full one: never both merged (their grids differ)
+    found = files(args.accuracy, "accuracy*.csv")
+    quick = [f for f in found if f.stem.endswith("quick") and Path(args.accuracy).is_dir()]
+    acc_files = [f for f in found if f not in quick]
+    acc = _gather(acc_files, load_accuracy, problems)
+    if acc is None:  # no full sweep (or none readable): the quick one
+        acc = _gather(quick, load_accuracy, problems)
+    elif quick:
+        print(f"normbench report: accuracy from {', '.join(map(str, acc_files))}; ignored "
+              f"{', '.join(map(str, quick))} (pass it as --accuracy to report it)", file=sys.stderr)
     asv = _gather(asv_files(args.asv), load_asv_file, problems)
     if asv is not None and asv.empty:
         asv = None
@@ -423,7 +456,8 @@ def main(argv=None) -> int:
         if not args.no_plots:
             pngs.append(plot_history(asv, args.history, out / "history.png"))
     if acc is not None:
-        parts.append("## accuracy: max error (units of eps) of y and dx, default options\n\n" + accuracy_table(acc))
+        parts.append("## accuracy: max error (units of each dtype's eps) of y and dx, default options, worst "
+                     "stress family\n\n" + accuracy_table(acc))
         if not args.no_plots:
             pngs.append(plot_accuracy_offset(acc, out / "accuracy_offset.png"))
     pngs = [p for p in pngs if p is not None]

@@ -1,5 +1,7 @@
 """The ``normbench`` dispatcher (unknown or missing command, --help, --version, a subcommand's --help) and
 `normbench bandwidth`'s argument checks: exit 2 with a message naming the option, before anything runs."""
+import re
+
 import pytest
 
 import normbench
@@ -84,3 +86,57 @@ def test_bandwidth_size_beyond_memory_exits_2(capsys, monkeypatch):
 
 def test_physical_memory_is_known_here():
     assert roofline.physical_memory_bytes() > 2**20
+
+
+# ------------------------------------------------------------------------------------------- normbench run
+def test_run_result_names_keep_a_dotted_machine_tag(tmp_path):
+    """An FQDN machine tag: the name is ``<tag>-<UTC time>.json/.csv`` in full, and a clash adds ``-1``
+    (with_suffix would cut the name at the tag's last dot, and every candidate would then clash)."""
+    import datetime as dt
+
+    from normbench.benchmarks import runner
+
+    now = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+    j1, c1 = runner.result_paths(tmp_path, "xeon.lab.example-2t", now)
+    assert (j1.name, c1.name) == ("xeon.lab.example-2t-20260102T030405Z.json",
+                                  "xeon.lab.example-2t-20260102T030405Z.csv")
+    j1.write_text("{}")
+    j2, c2 = runner.result_paths(tmp_path, "xeon.lab.example-2t", now)
+    assert (j2.name, c2.name) == ("xeon.lab.example-2t-20260102T030405Z-1.json",
+                                  "xeon.lab.example-2t-20260102T030405Z-1.csv")
+
+
+def test_run_twice_with_a_dotted_machine_tag(tmp_path, monkeypatch, capsys):
+    import numba
+
+    from normbench.benchmarks import runner
+
+    monkeypatch.setenv("NORMBENCH_MACHINE", "xeon.lab.example")
+    argv = ["--variant", "rms_norm", "--shape", "3x16", "--repeats", "1", "--no-peers", "--no-accuracy",
+            "--out-dir", str(tmp_path)]
+    assert runner.main(argv) == 0 and runner.main(argv) == 0
+    names = sorted(p.name for p in tmp_path.glob("*.json"))
+    assert len(names) == 2, names
+    tag = f"xeon.lab.example-{numba.get_num_threads()}t-"
+    assert all(n.startswith(tag) and re.fullmatch(r"\d{8}T\d{6}Z(-1)?\.json", n[len(tag):]) for n in names), names
+    assert sorted(p.name for p in tmp_path.glob("*.csv")) == [n[:-5] + ".csv" for n in names]
+
+
+@pytest.mark.parametrize("peer, installed, message", [
+    ("bogus", ["numpy", "torch"], "normbench run: peer=['bogus']; expected some of ['numpy', 'torch', 'jax']"),
+    ("jax", ["numpy", "torch"], "normbench run: peer=['jax'] is not installed here (installed: ['numpy', 'torch']); "
+                                "install it (pip install jax) or leave out --peer jax"),
+])
+def test_run_bad_or_missing_peer_exits_2(tmp_path, monkeypatch, capsys, peer, installed, message):
+    """--peer is checked before anything runs: a typo or a peer that is not installed is an error, never dropped."""
+    from normbench import peers
+    from normbench.benchmarks import runner
+
+    monkeypatch.setattr(peers, "available", lambda: list(installed))
+    monkeypatch.setattr(runner, "run_case", lambda *a, **k: pytest.fail("measured despite a bad --peer"))
+    out = tmp_path / "runs"
+    assert runner.main(["--variant", "rms_norm", "--shape", "3x16", "--repeats", "1", "--no-accuracy",
+                        "--peer", "numpy", "--peer", peer, "--out-dir", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.splitlines() == [message]
+    assert not out.exists()

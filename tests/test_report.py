@@ -230,3 +230,57 @@ def test_argument_errors_name_the_option(tmp_path, capsys, monkeypatch):
     assert report.main(["--no-plots"]) == 1
     err = capsys.readouterr().err
     assert "no readable result files" in err and "no such" not in err
+
+
+# ---------------------------------------------------------------- tables: units, history order, latest runs
+def test_accuracy_table_one_per_dtype():
+    """float32 and float64 errors are in different eps units: never maxed together under one heading."""
+    rows = [dict(variant="layer_norm", family=f, dtype=dt, impl="cpu", output="y", max_err=e, is_default=True)
+            for f, dt, e in (("standard", "float32", 0.25), ("offset1e4", "float32", 0.5),
+                             ("offset1e6", "float64", 1.0e5))]
+    text = report.accuracy_table(pd.DataFrame(rows))
+    f32, f64 = text.split("### float64")
+    assert f32.startswith("### float32: max error in units of float32 eps")
+    assert "0.5" in f32 and "1e+05" not in f32 and "1e+05" in f64 and "0.5" not in f64
+
+
+def test_report_reads_the_full_accuracy_sweep_not_also_the_quick_one(tmp_path, capsys):
+    folder = tmp_path / "acc"
+    folder.mkdir()
+    full = report.load_accuracy(_one("accuracy/*.csv")).drop(columns=["file"], errors="ignore")
+    full.to_csv(folder / "accuracy.csv", index=False)
+    full.assign(max_err=full["max_err"] + 777.0).to_csv(folder / "accuracy-quick.csv", index=False)
+    assert report.main(["--runs", str(tmp_path), "--asv", str(tmp_path), "--pytest", str(tmp_path),
+                        "--accuracy", str(folder), "--out", str(tmp_path / "rep"), "--no-plots"]) == 0
+    err = capsys.readouterr().err
+    assert f"ignored {folder / 'accuracy-quick.csv'}" in err
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "### float32" in md and "777" not in md
+    # alone, the quick sweep is what there is to report
+    (folder / "accuracy.csv").unlink()
+    assert report.main(["--runs", str(tmp_path), "--asv", str(tmp_path), "--pytest", str(tmp_path),
+                        "--accuracy", str(folder), "--out", str(tmp_path / "rep"), "--no-plots"]) == 0
+    assert "777" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_asv_history_columns_in_date_order():
+    when = {"c092c4b9": "2026-11-22 05:27", "07c72589": "2026-11-22 05:23", "03cbe2b6": "2026-11-22 05:24"}
+    asv = pd.DataFrame([{"machine": "box", "commit": c, "date": pd.Timestamp(t), "benchmark": "b.track_x",
+                         "params": "", "value": v, "env": ""}
+                        for (c, t), v in zip(when.items(), (3.0, 1.0, 2.0))])
+    header = report.asv_table(asv, "track_x").splitlines()[0]
+    found = re.findall(r"'box', '([0-9a-f]{8})'", header)
+    assert found == ["07c72589", "03cbe2b6", "c092c4b9"]  # history order, not the hashes' order
+
+
+def test_pytest_table_latest_run_per_machine():
+    """A later, slower save is what the table shows (min over all saves would hide the regression)."""
+    new = report.load_pytest_benchmark(_one("pytest/*.json"))
+    old = new.assign(datetime="2000-01-01T00:00:00+00:00", median_s=new["median_s"] / 100,
+                     fraction_of_copy=new["fraction_of_copy"] * 100 if "fraction_of_copy" in new else None)
+    table = report.pytest_table(pd.concat([old, new], ignore_index=True))
+    assert table == report.pytest_table(new)
+    assert set(new["machine"]) == {"vm-2t"}
+    row = new.iloc[0]
+    line = next(ln for ln in table.splitlines() if ln.startswith(f"| {row['group']} "))
+    assert f"{round(row['median_s'] * 1e3, 3):g}" in line

@@ -7,7 +7,8 @@ normbench/accuracy/metrics.py) for the headline cells of the accuracy study:
 * each correction on batch norm with N = 2.
 
 All on the cpu backend, float32, the sweep's default shapes.  A commit that lacks the accuracy harness, the
-variant, the cpu kernel or an option raises NotImplementedError (asv then records the cell as skipped).
+variant, the cpu kernel or an option raises NotImplementedError (asv then records the cell as skipped); any
+other error of a kernel fails the benchmark, as a crash should.
 """
 import numpy as np
 
@@ -26,6 +27,7 @@ def _measure(variant, family, numerics, seed=0):
         raise NotImplementedError(f"{variant}: no cpu kernel in this commit")
     if not families.applies(family, variant):
         raise NotImplementedError(f"family {family} does not apply to {variant}")
+    _require_options(numerics)
     rng = np.random.default_rng(seed)
     inputs = families.make(family, variant, "float32", rng)
     dy = rng.standard_normal(inputs["x"].shape).astype(np.float32)
@@ -34,11 +36,30 @@ def _measure(variant, family, numerics, seed=0):
     with np.errstate(all="ignore"):
         rows = sweep.run_backend(variant, inputs, dy, "cpu", numerics, f, g, {"against": "oracle"})
     errors = [r["error"] for r in rows if r.get("error")]
-    if errors:
+    # the sweep keeps every exception as an error row "<type>: <message>": only a kernel that says it lacks the
+    # feature is skipped; any other error (IndexError, a Numba typing error, ...) is a failure of this commit
+    if errors and errors[0].startswith("NotImplementedError:"):
         raise NotImplementedError(errors[0])
+    if errors:
+        raise RuntimeError(f"{variant} on {family} with {numerics or 'default options'}: {errors[0]}")
     # a NaN/Inf where the oracle is finite is the worst error there is
     return {r["output"]: (np.inf if r["n_fail"] else r["max_err"]) for r in rows
             if r["pass"] != "backward_exact_h"}
+
+
+def _require_options(numerics):
+    """NotImplementedError when this commit does not know an option or its value (numerics.resolve rejects it
+    with TypeError / ValueError), checked before any kernel runs so that a kernel's own errors stay failures."""
+    if not numerics:
+        return
+    try:
+        from normbench.numerics import resolve
+    except ImportError as err:
+        raise NotImplementedError(f"no numerics options in this commit ({err})") from None
+    try:
+        resolve(dict(numerics))
+    except (TypeError, ValueError) as err:
+        raise NotImplementedError(f"option not in this commit: {err}") from None
 
 
 class TrackDefaults:

@@ -35,6 +35,8 @@ SCHEMA = "normbench.run/1"
 #: (bandwidth.paired_seconds, bandwidth.reuse_freed_memory); documents without it timed peers apart, charged
 #: with their fresh outputs' page faults, and overstate the speed-ups on large cases about 2x
 PEER_TIMING = "paired"
+#: how to install each optional peer (numpy is always there), named by ``--peer`` when one is missing
+PEER_INSTALL = {"numpy": "pip install numpy", "torch": "pip install 'normbench[peers]'", "jax": "pip install jax"}
 #: time spent per peer measurement at most (peers can be 100x slower than the kernels): repeats shrink to fit
 PEER_BUDGET_S = 1.0
 
@@ -212,9 +214,10 @@ def result_paths(out_dir: Path, machine: str, now: _dt.datetime) -> tuple[Path, 
     stem = f"{machine}-{now.strftime('%Y%m%dT%H%M%SZ')}"
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in stem)
     for k in range(1000):
-        base = out_dir / (safe if k == 0 else f"{safe}-{k}")
-        if not base.with_suffix(".json").exists() and not base.with_suffix(".csv").exists():
-            return base.with_suffix(".json"), base.with_suffix(".csv")
+        name = safe if k == 0 else f"{safe}-{k}"  # appended, not with_suffix: a tag may hold dots (FQDNs)
+        jpath, cpath = out_dir / (name + ".json"), out_dir / (name + ".csv")
+        if not jpath.exists() and not cpath.exists():
+            return jpath, cpath
     raise RuntimeError(f"could not find a free result name under {out_dir}")
 
 
@@ -315,7 +318,18 @@ def main(argv=None) -> int:
             print(f"normbench run: backend={bad}; expected some of {list(registry.BACKENDS)}", file=sys.stderr)
             return 2
     installed = _peers.available()
-    peers = [] if args.no_peers else [p for p in (args.peer or installed) if p in installed]
+    if args.peer and not args.no_peers:
+        bad = [p for p in args.peer if p not in _peers.PEERS]
+        if bad:
+            print(f"normbench run: peer={bad}; expected some of {list(_peers.PEERS)}", file=sys.stderr)
+            return 2
+        missing = [p for p in args.peer if p not in installed]
+        if missing:
+            print(f"normbench run: peer={missing} is not installed here (installed: {installed}); install it "
+                  f"({', '.join(PEER_INSTALL[p] for p in missing)}) or leave out --peer {missing[0]}",
+                  file=sys.stderr)
+            return 2
+    peers = [] if args.no_peers else list(dict.fromkeys(args.peer or installed))
     bandwidth.reuse_freed_memory()  # peers' fresh outputs then cost what our preallocated ones do: no page faults
     copies = _CopyCache()
     rows, skipped = [], []
