@@ -107,7 +107,7 @@ def copy_seconds(nbytes, repeats=7):
     return min(t_np, t_par)
 
 
-def paired_seconds(fn, nbytes, repeats=7, peers=None, peer_budget=1.0):
+def paired_seconds(fn, nbytes, repeats=7, peers=None, peer_budget=1.0, copies=None):
     """Median times of ``fn()``, of the best copy of an ``nbytes`` working set and of each callable in ``peers``
     (name -> callable), measured in the same rounds so that the kernel, its limit and the peers see the same
     machine load (shared machines drift within a run: a peer timed in a block of its own measured 0.6x one minute
@@ -115,11 +115,15 @@ def paired_seconds(fn, nbytes, repeats=7, peers=None, peer_budget=1.0):
     peer, with an untimed call: NumPy/Numba's and PyTorch's OpenMP pools spin after a parallel region, and a call
     timed right after the other library's would share the cores with its spinning threads.  A slow peer (the
     textbook NumPy code can be 100x slower) is timed in fewer rounds (at least 3), spread over the run, to fit
-    ``peer_budget`` seconds.  ``fn`` and the peers must already be warm.  Returns ``(t_fn, t_copy, {name: t_peer})``."""
-    n = max(1, int(nbytes) // 2 // 4)
-    src = np.ones(n, np.float32)
-    dst = np.zeros_like(src)
-    copies = (lambda: np.copyto(dst, src), lambda: _parallel_copy(dst, src))
+    ``peer_budget`` seconds.  ``fn`` and the peers must already be warm.  ``copies``: the copy callables to time
+    instead of the host's (the CUDA backend's limit is a device copy, :func:`normbench.cuda.timing.device_copy`);
+    the fastest is the limit.  Returns ``(t_fn, t_copy, {name: t_peer})``."""
+    if copies is None:
+        n = max(1, int(nbytes) // 2 // 4)
+        src = np.ones(n, np.float32)
+        dst = np.zeros_like(src)
+        copies = (lambda: np.copyto(dst, src), lambda: _parallel_copy(dst, src))
+    copies = tuple(copies)
     for call in (*copies, fn):
         call()
     peers = dict(peers or {})
@@ -130,7 +134,7 @@ def paired_seconds(fn, nbytes, repeats=7, peers=None, peer_budget=1.0):
         # at least 3 rounds (a median of one is no median), at most every round
         k = max(min(3, repeats), min(repeats, int(peer_budget / 2 / max(time.perf_counter() - t0, 1e-9))))
         rounds[name] = {i * repeats // k for i in range(k)}  # k rounds, evenly spread
-    times = ([], [], [])
+    times = tuple([] for _ in range(1 + len(copies)))
     peer_times = {name: [] for name in peers}
     for r in range(repeats):
         fn()
@@ -144,8 +148,8 @@ def paired_seconds(fn, nbytes, repeats=7, peers=None, peer_budget=1.0):
                 t0 = time.perf_counter()
                 peer()
                 peer_times[name].append(time.perf_counter() - t0)
-    t_fn, t_np, t_par = (float(np.median(b)) for b in times)
-    return t_fn, min(t_np, t_par), {name: float(np.median(b)) for name, b in peer_times.items()}
+    t_fn, *t_copies = (float(np.median(b)) for b in times)
+    return t_fn, min(t_copies), {name: float(np.median(b)) for name, b in peer_times.items()}
 
 
 def copy_gbps(nbytes, repeats=7):

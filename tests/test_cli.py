@@ -140,3 +140,47 @@ def test_run_bad_or_missing_peer_exits_2(tmp_path, monkeypatch, capsys, peer, in
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.splitlines() == [message]
     assert not out.exists()
+
+
+def test_paired_seconds_times_the_copies_it_is_given():
+    """The limit of a paired measurement is the fastest of the copies passed (a device copy for cuda rows), timed
+    in the same rounds as the kernel; sleeps give closed-form lower bounds."""
+    import time
+
+    from normbench import bandwidth
+
+    calls = []
+
+    def slow_copy():
+        calls.append(1)
+        time.sleep(0.004)
+
+    t_fn, t_copy, peers = bandwidth.paired_seconds(lambda: time.sleep(0.001), 1 << 30, repeats=3, copies=(slow_copy,))
+    assert t_copy >= 0.004 and t_fn < t_copy and peers == {}
+    assert len(calls) == 1 + 3  # the warm-up call, then one per round
+
+
+def test_cuda_rows_are_judged_against_the_device_copy(monkeypatch):
+    """A cuda row's limit is a device copy of its working set and it carries no (host) peer ratios: against the
+    host copy an H100 layer norm read 439% of its limit.  The GPU is stood in for by the cpu kernels."""
+    import time
+
+    from normbench.benchmarks import _harness, runner
+    from normbench.benchmarks import cases as _cases
+    from normbench.cuda import timing
+
+    real_pass = _harness.Pass
+    sizes = []
+
+    def device_copy(nbytes):
+        sizes.append(nbytes)
+        return lambda: time.sleep(0.002)  # a "device copy" far slower than any host copy of 1 KiB
+
+    monkeypatch.setattr(_harness, "Pass", lambda case, backend, pass_, **kw: real_pass(case, "cpu", pass_, **kw))
+    monkeypatch.setattr(timing, "device_copy", device_copy)
+    (case,) = _cases.cases(full=True, variants=["rms_norm"], dtypes=["float32"], shapes=[(8, 16)])
+    rows = runner.run_case(case, ["cuda"], ["numpy"], 3, runner._CopyCache(), accuracy=False)
+    assert [r["backend"] for r in rows] == ["cuda", "cuda"]
+    assert sizes == [case.nbytes("forward", case.make_inputs(seed=0)), case.nbytes("backward", case.make_inputs(seed=0))]
+    assert all("speedup_numpy" not in r for r in rows)
+    assert all(r["copy_gbps"] < 0.01 for r in rows)  # the limit is the given copy (2 ms for 1 KiB), not the host's

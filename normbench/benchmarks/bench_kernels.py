@@ -36,8 +36,12 @@ class _Kernel:
         self.run()
 
     def track_fraction_of_copy(self, case, backend):
-        """Effective bandwidth / the copy's on the same working set (1.0 = copy speed)."""
+        """Effective bandwidth / the copy's on the same working set (1.0 = copy speed); cuda: the device's copy."""
         t = bandwidth.median_seconds(self.run, repeats=5, warmup=0)
+        if backend == "cuda":
+            from normbench.cuda import timing
+
+            return (self.run.nbytes / t) / (timing.device_copy_gbps(self.run.nbytes, repeats=5) * 1e9)
         return (self.run.nbytes / t) / (bandwidth.copy_gbps(self.run.nbytes, repeats=5) * 1e9)
 
     track_fraction_of_copy.unit = "fraction of copy"

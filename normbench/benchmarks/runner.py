@@ -144,7 +144,13 @@ def run_case(case: _cases.Case, backends, peers, repeats: int, copies: _CopyCach
                 t_peers = {p: _time(fn, repeats, PEER_BUDGET_S)[0] for p, fn in pass_peers.items()}
             else:  # kernel, copy and peers in the same rounds: the ratios are what count
                 result = run()
-                t, t_copy, t_peers = bandwidth.paired_seconds(run, nbytes, repeats, pass_peers, PEER_BUDGET_S)
+                device_copies = None
+                if backend == "cuda":  # judged against the GPU's own copy; the (host) peers are not its peers
+                    from normbench.cuda import timing
+
+                    device_copies, pass_peers = (timing.device_copy(nbytes),), {}
+                t, t_copy, t_peers = bandwidth.paired_seconds(run, nbytes, repeats, pass_peers, PEER_BUDGET_S,
+                                                              copies=device_copies)
             main = _host(result[0])
             del run, result
             copy_gbps = 2 * (max(1, nbytes // 8) * 4) / t_copy / 1e9
@@ -206,6 +212,11 @@ def machine_info() -> dict:
         info["torch"] = torch.__version__
     except ImportError:
         pass
+    from normbench.cuda import timing
+
+    gpu = timing.gpu_name()  # the GPU that cuda rows ran on (their limit is its device copy); None without one
+    if gpu:
+        info["gpu"] = gpu
     return info
 
 
