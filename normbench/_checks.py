@@ -169,6 +169,10 @@ def integer(name: str, value, expected: str) -> int:
 def _device_span(a):
     """(first byte, one past the last byte) a device array can touch, from its __cuda_array_interface__ (the
     simulator's arrays have none: their host buffer's __array_interface__ stands in); None when unknown/empty."""
+    gpu = getattr(a, "gpu_data", None)  # numba-cuda's arrays: their pointer without building the interface dict
+    if gpu is not None and hasattr(gpu, "device_pointer_value") and a.is_c_contiguous():  # (2.6 us a call)
+        start = gpu.device_pointer_value
+        return (start, start + a.nbytes) if a.size and start is not None else None
     iface = getattr(a, "__cuda_array_interface__", None)
     if iface is None and isinstance(getattr(a, "_ary", None), np.ndarray):
         iface = a._ary.__array_interface__
@@ -186,14 +190,15 @@ def _device_span(a):
     return lo, hi
 
 
-def overlaps(a, b) -> bool:
+def overlaps(a, b, span_a=None) -> bool:
     """Whether two arrays may share memory: np.shares_memory for NumPy arrays, byte extents for device arrays
-    (conservative for strided ones), False for a host and a device array."""
+    (conservative for strided ones), False for a host and a device array. ``span_a``: ``a``'s extent when the
+    caller already has it (one output checked against several inputs)."""
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
         return isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and bool(np.shares_memory(a, b))
     if a is b:
         return True
-    sa, sb = _device_span(a), _device_span(b)
+    sa, sb = span_a or _device_span(a), _device_span(b)
     return sa is not None and sb is not None and sa[0] < sb[1] and sb[0] < sa[1]
 
 
@@ -227,7 +232,8 @@ def output(name: str, out, shape: tuple, dtype, inputs: dict):
             if isinstance(a, np.ndarray) and np.shares_memory(out, a):
                 raise ValueError(f"{name} shares memory with {in_name}; outputs must not overlap inputs")
     else:
+        span = _device_span(out)
         for in_name, a in inputs.items():
-            if a is not None and not isinstance(a, np.ndarray) and overlaps(out, a):
+            if a is not None and not isinstance(a, np.ndarray) and overlaps(out, a, span):
                 raise ValueError(f"{name} shares memory with {in_name}; outputs must not overlap inputs")
     return out
