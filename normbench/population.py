@@ -58,8 +58,10 @@ class PopulationStats:
         """Chan's merge of (n_other, mean, m2) into (n_self, self._mean, self._m2)."""
         total = n_self + n_other
         delta = mean - self._mean
-        self._mean = self._mean + delta * (n_other / total)
-        self._m2 = self._m2 + m2 + delta * delta * (n_self * n_other / total)
+        finite = np.isfinite(mean) & np.isfinite(self._mean)  # else IEEE's sum, m2 NaN (as _moments.chan_merge)
+        with np.errstate(invalid="ignore"):
+            self._mean = np.where(finite, self._mean + delta * (n_other / total), self._mean + mean)
+            self._m2 = np.where(finite, self._m2 + m2 + delta * delta * (n_self * n_other / total), np.nan)
 
     def merge_moments(self, count, mean, m2, num_batches=1):
         """Merge per-channel moments of ``count`` samples: one batch, or for "samples" the concatenation of

@@ -429,6 +429,38 @@ def test_accuracy_within_4_units(rng, kind, shape, axis):
 
 
 # --------------------------------------------------------------------------------------- IEEE, errors, out=
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape,axis", [((64, 3, 40), 1), ((64, 40, 3), -1), ((3000, 3), 1), ((64, 3, 4, 10), 1)])
+def test_infinite_values_give_the_ieee_mean(rng, shape, axis, threads, monkeypatch):
+    """A channel holding +Inf in several samples has mean +Inf, one holding a single -Inf has -Inf, one holding both
+    has NaN, as the reference's sum; variance NaN in all three; an Inf that is a block's first value (the shifted
+    sums' shift) included.  Blocks and threads merge partial moments with
+    Chan's formula, whose ``delta`` (Inf - Inf) made the mean NaN; the CPU batch norm channels-first gave NaN for
+    both infinite channels.  Running and population statistics follow."""
+    import numba
+
+    monkeypatch.setattr(numba, "get_num_threads", lambda: threads)  # the kernels' split follows it
+    cax = 1 if axis == 1 else len(shape) - 1
+    cf = rng.standard_normal(np.moveaxis(np.empty(shape), cax, 1).shape).astype(np.float32)  # (N, C, *spatial)
+    flat = cf.reshape(cf.shape[0], cf.shape[1], -1)  # a view of cf
+    flat[3, 1, 0], flat[-5, 1, -1] = np.inf, np.inf  # channel 1: +Inf twice, far apart (the first a shift)
+    flat[10, 2, 0] = -np.inf  # channel 2: one -Inf
+    flat[-1, 0, 0], flat[7, 0, -1] = np.inf, -np.inf  # channel 0: both
+    x = np.ascontiguousarray(np.moveaxis(cf, 1, cax))
+    C = x.shape[cax]
+    want_mean = np.moveaxis(x.astype(np.float64), cax, 0).reshape(C, -1).sum(axis=1)  # IEEE's sum: its sign
+    with np.errstate(invalid="ignore"):
+        _, m, r = nb.batch_norm_forward(x, None, None, None, None, axis=axis, backend="cpu")
+        _, mr, rr = nb.batch_norm_forward(x, None, None, None, None, axis=axis, backend="reference")
+        stats = nb.PopulationStats(C).update(x[: len(x) // 2], axis=axis).update(x[len(x) // 2:], axis=axis)
+    for got in (m, mr, stats.mean):
+        inf = ~np.isfinite(want_mean)
+        np.testing.assert_array_equal(got[inf], want_mean[inf])  # +Inf, -Inf or NaN, exactly
+        assert np.isfinite(got[~inf]).all()
+    np.testing.assert_array_equal(np.isnan(r), np.isnan(rr))
+    assert np.isnan(stats.var()[~np.isfinite(want_mean)]).all()
+
+
 @pytest.mark.parametrize("shape,axis", [((4, 3, 5, 5), 1), ((4, 5, 5, 3), -1), ((6, 3), 1), ((4, 3, 2), 1)])
 def test_nan_stays_in_its_channel(rng, shape, axis):
     x = rng.standard_normal(shape).astype(np.float32)

@@ -38,7 +38,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import _stream
-from ._moments import FAST, SHIFTED, chan_merge, column_moments, range_moments, rstd_from_m2
+from ._moments import FAST, SHIFTED, chan_merge, column_moments, finite_shift, range_moments, rstd_from_m2
 from ._stream import _put
 
 _PAR = dict(FAST, parallel=True)
@@ -229,7 +229,7 @@ def cf_forward_pipelined(xf, yf, U, nr, L, run_stride, S, Cg, G, w, b, correctio
                     mu = mean_out[u]
                     if u + CB < v1:
                         lo = u * L + k * run_stride
-                        K = np.float64(xf[lo + CB * L])
+                        K = finite_shift(np.float64(xf[lo + CB * L]))
                         s = 0.0
                         s2 = 0.0
                         for j in range(Cg):
@@ -578,7 +578,7 @@ def _start_sums(xn, K, tt, ss, ss2):
     """The shift (the block's first row, repeated K times) and zeroed accumulators of :func:`_tiled_sums`."""
     C = xn.shape[1]
     for i in range(K * C):
-        tt[i] = xn[0, i % C]
+        tt[i] = finite_shift(np.float64(xn[0, i % C]))
         ss[i] = 0.0
         ss2[i] = 0.0
 

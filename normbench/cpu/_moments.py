@@ -99,6 +99,8 @@ def _make_range_moments(acc, fused):
             return mean, q
         # SHIFTED around the range's first value
         shift = acc(x[lo]) + a * acc(r[lo]) if fused else acc(x[lo])
+        if not abs(shift) < np.inf:  # see finite_shift
+            shift = zero
         s = zero
         s2 = zero
         for i in range(lo, hi):
@@ -160,14 +162,26 @@ def row_stats(x, r, alpha, lo, hi, rms, algo, acc64, fused):
     return range_moments(x, lo, hi, algo, acc64)
 
 
+@njit(inline="always", **FAST)
+def finite_shift(v):
+    """The shift of one-pass shifted sums: ``v`` (a value of the data), or 0 where ``v`` is Inf or NaN: an infinite
+    shift makes every deviation NaN (Inf - Inf), where the reference's mean of data holding an Inf is that Inf.
+    Every shifted sum takes its shift through this rule."""
+    return v if abs(v) < np.inf else 0.0
+
+
 @njit(**JIT)
 def chan_merge(na, mean_a, m2_a, nb, mean_b, m2_b):
-    """Chan et al.'s pairwise merge of two (count, mean, m2) summaries, in float64."""
+    """Chan et al.'s pairwise merge of two (count, mean, m2) summaries, in float64.  Where a mean is Inf or NaN the
+    merged mean is their IEEE sum (Inf with finite: that Inf; Inf with -Inf or NaN: NaN) and m2 is NaN, as the
+    float64 reference's sum and its deviations from an infinite mean give (delta's Inf - Inf made the mean NaN)."""
     n = na + nb
     if nb == 0:
         return na, mean_a, m2_a
     if na == 0:
         return nb, mean_b, m2_b
+    if not (abs(mean_a) < np.inf and abs(mean_b) < np.inf):  # an Inf or NaN mean: IEEE's sum decides (below)
+        return n, mean_a + mean_b, np.nan
     delta = mean_b - mean_a
     fa = np.float64(na)
     fb = np.float64(nb)
@@ -257,6 +271,8 @@ def _make_column_moments(acc):
         # SHIFTED around the first row
         for c in range(C):
             t[c] = acc(x[r0, c])
+            if not abs(t[c]) < np.inf:  # see finite_shift
+                t[c] = acc(0.0)
         r = 0
         while r + 4 <= n:  # four rows per sweep: a quarter of the accumulator loads and stores
             for c in range(C):

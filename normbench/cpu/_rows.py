@@ -28,7 +28,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..numerics import DEFAULT_ACCUMULATE
-from ._moments import FAST, JIT, NAIVE, SHIFTED, chan_merge, row_stats, rstd_from_m2
+from ._moments import FAST, JIT, NAIVE, SHIFTED, chan_merge, finite_shift, row_stats, rstd_from_m2
 from ._stream import PARTIAL_PAD, _put, aligned_empty, new_output, streamable
 
 #: rows x D below this many values run serially
@@ -105,7 +105,7 @@ def _shift_of(x, r, alpha, fused, lo, rms, algo):
     """The shift of the one-pass sums: the row's first value (shifted), 0 (naive, RMS)."""
     if rms or algo == NAIVE:
         return 0.0
-    return np.float64(x[lo]) + alpha * np.float64(r[lo]) if fused else np.float64(x[lo])
+    return finite_shift(np.float64(x[lo]) + alpha * np.float64(r[lo]) if fused else np.float64(x[lo]))
 
 
 @njit(**FAST)

@@ -48,6 +48,8 @@ def chan(na, ma, qa, nb, mb, qb):
     if na == 0.0:
         return nb, mb, qb
     n = na + nb
+    if not (abs(ma) < math.inf and abs(mb) < math.inf):  # Inf or NaN: IEEE's sum, as cpu/_moments.chan_merge
+        return n, ma + mb, math.nan
     d = mb - ma
     return n, ma + d * (nb / n), qa + qb + d * d * (na * nb / n)
 
@@ -167,6 +169,8 @@ def make_thread_moments(acc):
                 q += d * (v - mean)
             return float64(cnt), float64(mean), float64(q)
         k0 = zero if algo == NAIVE else acc(shift)
+        if not abs(k0) < math.inf:  # an Inf or NaN shift: 0 instead (cpu/_moments.finite_shift)
+            k0 = zero
         s = zero
         s2 = zero
         a, b = a0, b0
