@@ -104,10 +104,24 @@ def load_run(path) -> pd.DataFrame:
     df["created"] = str(doc.get("created", ""))  # compared across files by latest_runs
     df["peers_paired"] = doc.get("peer_timing") == "paired"  # older runs overstate the speed-ups (runner.py)
     df["file"] = Path(path).name
+    code = doc.get("code") if isinstance(doc.get("code"), dict) else {}
+    commit = str(code.get("commit") or "")[:8]  # runs before normbench recorded it: ""
+    df["commit"] = commit + "+dirty" if commit and code.get("dirty") else commit
     return df
 
 
-ASV_COLUMNS = ["machine", "commit", "date", "benchmark", "params", "value", "env"]
+def provenance(rows: pd.DataFrame) -> str:
+    """One line naming the run files (and their commits) that the rows come from: the newest row per case is
+    taken over every file, so one table may merge several runs of several commits."""
+    commits = rows["commit"] if "commit" in rows.columns else pd.Series("", index=rows.index)
+    by = rows.assign(commit=commits.fillna("")).groupby("commit")["file"].unique()
+    groups = [f"{'commit ' + c if c else 'no recorded commit'}: {', '.join(sorted(f))}"
+              for c, f in sorted(by.items(), key=lambda kv: (kv[0] == "", kv[0]))]
+    n = rows["file"].nunique()
+    return f"Rows from {n} run file{'s' if n != 1 else ''} ({'; '.join(groups)})."
+
+
+ASV_COLUMNS = ["machine", "commit", "date", "benchmark", "params", "value", "env", "unit"]
 
 
 def asv_files(results_dir) -> list[Path]:
@@ -119,6 +133,27 @@ def asv_files(results_dir) -> list[Path]:
     return [f for d in machines for f in sorted(d.glob("*.json")) if f.name != "machine.json"]
 
 
+def asv_unit(benchmark: str) -> str:
+    """The unit of an asv benchmark without a benchmarks.json: by its kind (time_/peakmem_); for any other (a
+    track_ one) unknown, so its own name, which keeps it off the axes of the others."""
+    method = benchmark.rsplit(".", 1)[-1]
+    if method.startswith(("time_", "timeraw_")):
+        return "seconds"
+    if method.startswith(("peakmem_", "mem_")):
+        return "bytes"
+    return f"({method})"
+
+
+@functools.lru_cache(maxsize=None)
+def _asv_units(benchmarks_json: Path) -> dict:
+    """benchmark name -> unit, from the benchmarks.json that asv keeps beside the machine folders (if readable)."""
+    try:
+        doc = json.loads(Path(benchmarks_json).read_text())
+        return {k: v["unit"] for k, v in doc.items() if isinstance(v, dict) and isinstance(v.get("unit"), str)}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
 @_loader
 def load_asv_file(path) -> pd.DataFrame:
     """One asv result file (format version 2) -> a row per benchmark and parameter set; the machine is its
@@ -127,6 +162,7 @@ def load_asv_file(path) -> pd.DataFrame:
     if not isinstance(doc, dict) or doc.get("version") != 2 or "result_columns" not in doc:
         raise ResultFileError(f"{path}: not an asv results file of format version 2")
     cols = doc["result_columns"]
+    units = _asv_units(Path(path).parent.parent / "benchmarks.json")
     commit, date = doc.get("commit_hash", "")[:8], pd.to_datetime(doc.get("date", 0), unit="ms")
     rows = []
     for name, entry in doc.get("results", {}).items():
@@ -140,7 +176,7 @@ def load_asv_file(path) -> pd.DataFrame:
         for combo, value in zip(combos, values):
             rows.append({"machine": Path(path).parent.name, "commit": commit, "date": date, "benchmark": name,
                          "params": ", ".join(combo), "value": np.nan if value is None else float(value),
-                         "env": doc.get("env_name", "")})
+                         "env": doc.get("env_name", ""), "unit": units.get(name) or asv_unit(name)})
     return pd.DataFrame(rows, columns=ASV_COLUMNS)
 
 
@@ -211,8 +247,9 @@ def _fmt(values: pd.Series, spec: str) -> pd.Series:
 
 
 def results_table(runs: pd.DataFrame) -> str:
-    """The README table: the bandwidth-bound cases (the quick matrix's large shapes) of the latest run per
-    machine, with the fraction of the applicable limit, speed-ups over the peers and the error."""
+    """The README table: the bandwidth-bound cases (working set of 128 MiB or more) of the newest row per machine,
+    case, backend and pass over all runs, with the fraction of the applicable limit, speed-ups over the peers and
+    the error, and a line naming the run files and commits the rows come from."""
     df = latest_runs(runs)
     big = df[df["bytes"] >= 128 * 2**20]
     df = big if len(big) else df
@@ -227,6 +264,8 @@ def results_table(runs: pd.DataFrame) -> str:
         t["vs " + c[8:]] = [f"{v:.1f}x" if ok and not pd.isna(v) else "" for v, ok in zip(df[c], paired)]
     t["error (eps)"] = _fmt(df["err_eps"], ".2g")
     table = t.to_markdown(index=False)
+    if "file" in df.columns:
+        table += "\n\n" + provenance(df)
     if not paired.all():
         table += ("\n\nBlank speed-ups: rows from runs that timed the peers apart from the kernel and charged them "
                   "their fresh outputs' page faults (before 2026-11-22 13:09 UTC), which overstated them.")
@@ -289,15 +328,28 @@ def _plt():
     return plt
 
 
+def _row_labels(df: pd.DataFrame, with_pass: bool = False) -> pd.Series:
+    """One label per run row: variant, (pass,) shape, params, dtype and backend, and the machine tag (machine and
+    thread count) where the rows come from more than one: rows differing only in these must not share a bar."""
+    label = df["variant"] + (" " + df["pass"] if with_pass else "") + " " + df["shape"] + " " + \
+        df["params"].fillna("") + " " + df["dtype"] + " [" + df["backend"] + "]"
+    if df["machine"].nunique() > 1:
+        label = df["machine"] + ": " + label
+    return label.str.replace(r"\s+", " ", regex=True)
+
+
 def plot_roofline(runs: pd.DataFrame, path: Path) -> Path:
-    """Fraction of the applicable limit per variant and pass (one bar per case), the limit drawn at 1."""
+    """Fraction of the applicable limit per variant and pass (one bar per table row), the limit drawn at 1."""
     plt = _plt()
     df = latest_runs(runs).copy()
-    df["label"] = df["variant"] + " " + df["shape"] + " " + df["params"].fillna("")
-    fig, axes = plt.subplots(1, 2, figsize=(13, max(3, 0.28 * len(df) / 2 + 1.5)), sharey=True)
+    df["label"] = _row_labels(df)
+    n = max(len(df[df["pass"] == p]) for p in ("forward", "backward")) if len(df) else 0
+    fig, axes = plt.subplots(1, 2, figsize=(15, max(3, 0.28 * n + 1.5)))
     for ax, pass_ in zip(axes, ("forward", "backward")):
         d = df[df["pass"] == pass_]
-        ax.barh(d["label"] + " [" + d["backend"] + "]", d["frac_limit"], color="tab:blue")
+        y = np.arange(len(d))  # positions, not categories: equal labels would draw on top of each other
+        ax.barh(y, d["frac_limit"], color="tab:blue")
+        ax.set_yticks(y, d["label"], fontsize=7)
         ax.axvline(1.0, color="k", lw=1)
         ax.set_title(f"{pass_}: fraction of the limit")
         ax.set_xlabel("achieved / limit (copy, or 2/3 - 3/5 of it)")
@@ -313,9 +365,9 @@ def plot_speedups(runs: pd.DataFrame, path: Path) -> Path | None:
     if not cols:
         return None
     plt = _plt()
-    d = df.assign(label=df["variant"] + " " + df["pass"] + " " + df["shape"] + " " + df["params"].fillna(""))
+    d = df.assign(label=_row_labels(df, with_pass=True))
     d = d.set_index("label")[cols].rename(columns=lambda c: c[8:])
-    ax = d.plot.barh(figsize=(10, max(3, 0.22 * len(d) * len(cols) + 1)), logx=True)
+    ax = d.plot.barh(figsize=(11, max(3, 0.22 * len(d) * len(cols) + 1)), logx=True)
     ax.axvline(1.0, color="k", lw=1)
     ax.set_xlabel("speed-up of normbench over the peer (log scale)")
     ax.figure.tight_layout()
@@ -325,17 +377,27 @@ def plot_speedups(runs: pd.DataFrame, path: Path) -> Path | None:
 
 
 def plot_history(asv: pd.DataFrame, pattern: str, path: Path) -> Path | None:
+    """The matching asv benchmarks across commit dates: one subplot per unit (seconds, fraction of copy, ...),
+    a line per machine, benchmark (class and method) and parameter set."""
     d = asv[asv["benchmark"].str.contains(pattern, regex=True)].dropna(subset=["value"])
     if d.empty:
         return None
+    if "unit" not in d.columns:
+        d = d.assign(unit=d["benchmark"].map(asv_unit))
+    d = d.assign(unit=d["unit"].fillna(d["benchmark"].map(asv_unit)))
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    for (machine, bench, params), g in d.groupby(["machine", "benchmark", "params"]):
-        g = g.sort_values("date")  # label: the benchmark's class, or its whole name if it has no dot
-        ax.plot(g["date"], g["value"], marker="o", label=f"{machine}: {bench.split('.')[-2:][0]} {params}"[:90])
-    ax.set_ylabel(pattern)
-    ax.set_xlabel("commit date")
-    ax.legend(fontsize=6)
+    units = list(dict.fromkeys(d.sort_values("benchmark")["unit"]))
+    fig, axes = plt.subplots(len(units), 1, figsize=(10, 3.2 * len(units) + 1), sharex=True, squeeze=False)
+    for ax, unit in zip(axes[:, 0], units):
+        for (machine, bench, params), g in d[d["unit"] == unit].groupby(["machine", "benchmark", "params"]):
+            g = g.sort_values("date")
+            name = bench.split(".", 1)[-1]  # without the module: Class.method, or the function's name
+            label = f"{machine}: {name}" + (f" ({params.replace(chr(39), '')})" if params else "")
+            ax.plot(g["date"], g["value"], marker="o", label=label)
+        ax.set_ylabel(unit)
+        ax.legend(fontsize=6)
+    axes[-1, 0].set_xlabel("commit date")
+    fig.suptitle(f"asv history: {pattern}", fontsize=9)
     fig.autofmt_xdate()
     fig.tight_layout()
     fig.savefig(path, dpi=90)

@@ -284,3 +284,61 @@ def test_pytest_table_latest_run_per_machine():
     row = new.iloc[0]
     line = next(ln for ln in table.splitlines() if ln.startswith(f"| {row['group']} "))
     assert f"{round(row['median_s'] * 1e3, 3):g}" in line
+
+
+# ---------------------------------------------------------------- plots: one bar per row, labels that tell them apart
+def _plotted(monkeypatch):
+    """The figures the report's plot functions close (they close every figure they draw)."""
+    import matplotlib.pyplot as plt
+
+    figs = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: figs.append(fig))
+    return figs
+
+
+def test_roofline_and_speedups_one_bar_per_row(tmp_path, monkeypatch):
+    """Rows that differ only in dtype or machine tag get their own bar and label (not drawn on top of each
+    other under one name)."""
+    run = report.load_run(_one("runs/*.json")).assign(peers_paired=True)
+    f64 = run.assign(dtype="float64", case=run["case"].str.replace("float32", "float64"), frac_limit=0.5)
+    other = run.assign(machine="boxB-2t", frac_limit=0.25)
+    runs = pd.concat([run, f64, other], ignore_index=True)
+    figs = _plotted(monkeypatch)
+    report.plot_roofline(runs, tmp_path / "roofline.png")
+    assert report.plot_speedups(runs, tmp_path / "speedup.png") is not None
+    (roof, speed) = figs
+    for ax, pass_ in zip(roof.axes, ("forward", "backward")):
+        rows = runs[runs["pass"] == pass_]
+        ys = {round(p.get_y() + p.get_height() / 2, 6) for p in ax.patches}
+        labels = [t.get_text() for t in ax.get_yticklabels()]
+        assert len(ys) == len(rows) and len(set(labels)) == len(rows)
+        assert any("float64" in lb for lb in labels) and any(lb.startswith("boxB-2t: ") for lb in labels)
+    labels = [t.get_text() for t in speed.axes[0].get_yticklabels()]
+    assert len(set(labels)) == len(labels) == len(runs)
+
+
+def test_history_plot_names_class_method_and_backend_one_axis_per_unit(tmp_path, monkeypatch):
+    asv = report.load_asv(DATA / "asv")
+    figs = _plotted(monkeypatch)
+    assert report.plot_history(asv, r"Forward\.t|Backward|numba_threads", tmp_path / "h.png") is not None
+    (fig,) = figs
+    axes = {ax.get_ylabel(): [t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes}
+    assert set(axes) == {"seconds", "fraction of limit", "threads"}  # units from asv's benchmarks.json
+    assert axes["threads"] == ["testbox: track_numba_threads"]
+    for unit, name in (("seconds", "Forward.time_pass"), ("fraction of limit", "Backward.track_fraction_of_limit")):
+        assert axes[unit] and all(lb.startswith(f"testbox: {name} (") for lb in axes[unit])
+        assert any(lb.endswith("float32, cpu)") for lb in axes[unit]) and len(set(axes[unit])) == len(axes[unit])
+
+
+def test_results_table_names_its_run_files_and_commits(tmp_path):
+    """The table takes the newest row per case over every run file: the line under it says which files (and
+    commits) that was."""
+    old = _one("runs/*.json")
+    doc = json.loads(old.read_text())
+    doc["created"], doc["code"] = "2100-01-01T00:00:00+00:00", {"commit": "abcdef1234567890", "dirty": False}
+    doc["rows"] = [r for r in doc["rows"] if r["variant"] == "layer_norm"]  # newer, for some cases only
+    (tmp_path / "new.json").write_text(json.dumps(doc))
+    runs = pd.concat([report.load_run(old), report.load_run(tmp_path / "new.json")], ignore_index=True)
+    table = report.results_table(runs)
+    line = next(ln for ln in table.splitlines() if ln.startswith("Rows from"))
+    assert line == f"Rows from 2 run files (commit abcdef12: new.json; no recorded commit: {old.name})."

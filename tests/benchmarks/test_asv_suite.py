@@ -62,3 +62,22 @@ def test_accuracy_track_skips_what_a_commit_lacks(monkeypatch):
     monkeypatch.setitem(registry._IMPLEMENTATIONS, ("layer_norm", "cpu", "forward"), _crash)
     with pytest.raises(NotImplementedError, match="variance='shifted'"):
         bench_accuracy._measure("layer_norm", "offset1e4", {"variance": "shifted", "accumulate": "float32"})
+
+
+def test_fraction_of_limit_is_the_copy_fraction_of_the_same_measurement(monkeypatch):
+    """Both track_fraction_* come from one timing per setup: the limit's is the copy's / the limit factor,
+    exactly, not a second measurement with its own noise (here every timing differs)."""
+    from normbench.benchmarks import bench_kernels as bk
+
+    times = iter(np.linspace(1e-3, 2e-3, 20))
+    monkeypatch.setattr(bandwidth, "median_seconds", lambda *a, **k: next(times))
+    monkeypatch.setattr(bandwidth, "copy_gbps", lambda nbytes, repeats: 10.0)
+    for cls in (bk.Forward, bk.Backward):
+        bench = cls()
+        bench.setup(SMALL, "cpu")
+        copy = bench.track_fraction_of_copy(SMALL, "cpu")
+        limit = bench.track_fraction_of_limit(SMALL, "cpu")
+        assert limit == copy / bench.run.case.limit_factor(cls.pass_)
+        assert bench.track_fraction_of_copy(SMALL, "cpu") == copy
+        bench.setup(SMALL, "cpu")  # a new setup measures anew
+        assert bench.track_fraction_of_limit(SMALL, "cpu") != limit
