@@ -448,8 +448,8 @@ def test_infinite_values_give_the_ieee_mean(rng, shape, axis, threads, monkeypat
     flat[-1, 0, 0], flat[7, 0, -1] = np.inf, -np.inf  # channel 0: both
     x = np.ascontiguousarray(np.moveaxis(cf, 1, cax))
     C = x.shape[cax]
-    want_mean = np.moveaxis(x.astype(np.float64), cax, 0).reshape(C, -1).sum(axis=1)  # IEEE's sum: its sign
     with np.errstate(invalid="ignore"):
+        want_mean = np.moveaxis(x.astype(np.float64), cax, 0).reshape(C, -1).sum(axis=1)  # IEEE's sum: its sign
         _, m, r = nb.batch_norm_forward(x, None, None, None, None, axis=axis, backend="cpu")
         _, mr, rr = nb.batch_norm_forward(x, None, None, None, None, axis=axis, backend="reference")
         stats = nb.PopulationStats(C).update(x[: len(x) // 2], axis=axis).update(x[len(x) // 2:], axis=axis)
