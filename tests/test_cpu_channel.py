@@ -429,9 +429,10 @@ def test_accuracy_within_4_units(rng, kind, shape, axis):
 
 
 # --------------------------------------------------------------------------------------- IEEE, errors, out=
+@pytest.mark.parametrize("variance", ["shifted", "welford", "two_pass", "naive"])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("shape,axis", [((64, 3, 40), 1), ((64, 40, 3), -1), ((3000, 3), 1), ((64, 3, 4, 10), 1)])
-def test_infinite_values_give_the_ieee_mean(rng, shape, axis, threads, monkeypatch):
+def test_infinite_values_give_the_ieee_mean(rng, shape, axis, threads, variance, monkeypatch):
     """A channel holding +Inf in several samples has mean +Inf, one holding a single -Inf has -Inf, one holding both
     has NaN, as the reference's sum; variance NaN in all three; an Inf that is a block's first value (the shifted
     sums' shift) included.  Blocks and threads merge partial moments with
@@ -450,9 +451,14 @@ def test_infinite_values_give_the_ieee_mean(rng, shape, axis, threads, monkeypat
     C = x.shape[cax]
     with np.errstate(invalid="ignore"):
         want_mean = np.moveaxis(x.astype(np.float64), cax, 0).reshape(C, -1).sum(axis=1)  # IEEE's sum: its sign
-        _, m, r = nb.batch_norm_forward(x, None, None, None, None, axis=axis, backend="cpu")
+        _, m, r = nb.batch_norm_forward(x, None, None, None, None, axis=axis, backend="cpu", variance=variance)
         _, mr, rr = nb.batch_norm_forward(x, None, None, None, None, axis=axis, backend="reference")
         stats = nb.PopulationStats(C).update(x[: len(x) // 2], axis=axis).update(x[len(x) // 2:], axis=axis)
+        # layer norm over each sample's values: rows holding Inf (a row's first value among them)
+        lm = nb.layer_norm_forward(x.reshape(len(x), -1), x[0].size, backend="cpu", variance=variance)[1]
+        lr = nb.layer_norm_forward(x.reshape(len(x), -1), x[0].size, backend="reference")[1]
+    np.testing.assert_array_equal(lm[~np.isfinite(lr)], lr[~np.isfinite(lr)])
+    assert np.isfinite(lm[np.isfinite(lr)]).all()
     for got in (m, mr, stats.mean):
         inf = ~np.isfinite(want_mean)
         np.testing.assert_array_equal(got[inf], want_mean[inf])  # +Inf, -Inf or NaN, exactly

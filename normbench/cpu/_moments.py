@@ -80,9 +80,13 @@ def _make_range_moments(acc, fused):
                     d = v - bm
                     bq += d * d
                 tot = count + k
-                delta = bm - mean
-                mean += delta * (k / tot)
-                q += bq + delta * delta * (count * k / tot)
+                if abs(bm) < np.inf and abs(mean) < np.inf:
+                    delta = bm - mean
+                    mean += delta * (k / tot)
+                    q += bq + delta * delta * (count * k / tot)
+                else:  # an Inf or NaN mean: IEEE's sum, m2 NaN (chan_merge's rule)
+                    mean = mean + bm
+                    q = acc(np.nan)
                 count = tot
             return mean, q
         if algo == NAIVE:
@@ -249,9 +253,14 @@ def _make_column_moments(acc):
                 fa = np.float64(count) / tot
                 fb = np.float64(k) / tot
                 for c in range(C):
-                    delta = np.float64(t[c]) - mean_out[c]
-                    mean_out[c] += delta * fb
-                    m2_out[c] += np.float64(s2[c]) + delta * delta * (fa * k)
+                    tc = np.float64(t[c])
+                    if abs(tc) < np.inf and abs(mean_out[c]) < np.inf:
+                        delta = tc - mean_out[c]
+                        mean_out[c] += delta * fb
+                        m2_out[c] += np.float64(s2[c]) + delta * delta * (fa * k)
+                    else:  # an Inf or NaN mean: IEEE's sum, m2 NaN (chan_merge's rule)
+                        mean_out[c] += tc
+                        m2_out[c] = np.nan
                 count = tot
             return
         if algo == NAIVE:

@@ -164,9 +164,13 @@ def make_thread_moments(acc):
                 v = acc(x[base + a * outer + b])
                 a, b = advance(a, b, da, db, inner)
                 k += acc(1.0)
-                d = v - mean
-                mean += d / k
-                q += d * (v - mean)
+                if abs(v) < math.inf and abs(mean) < math.inf:
+                    d = v - mean
+                    mean += d / k
+                    q += d * (v - mean)
+                else:  # an Inf or NaN: IEEE's sum, m2 NaN (chan's rule)
+                    mean = mean + v
+                    q = acc(math.nan)
             return float64(cnt), float64(mean), float64(q)
         k0 = zero if algo == NAIVE else acc(shift)
         if not abs(k0) < math.inf:  # an Inf or NaN shift: 0 instead (cpu/_moments.finite_shift)

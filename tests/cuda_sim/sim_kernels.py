@@ -235,17 +235,19 @@ def test_fused_forward_normalises_the_unrounded_sum():
     close("rstd", rstd, rr, 1e-12)
 
 
-def test_infinite_values_give_the_ieee_mean():
+@pytest.mark.parametrize("variance", ["shifted", "welford", "two_pass", "naive"])
+def test_infinite_values_give_the_ieee_mean(variance):
     """A row or channel holding +Inf (also as the shifted sums' first value) has mean +Inf, one holding -Inf has
-    -Inf, one holding both NaN, as the reference's sums; Chan's merge of partial moments made them NaN."""
+    -Inf, one holding both NaN, as the reference's sums; Chan's merge of partial moments, and Welford's update
+    after an Inf, made them NaN.  Each thread sees several values (the Inf, then finite ones)."""
     rng = np.random.default_rng(41)
-    x = rng.standard_normal((6, 3, 10)).astype(np.float32)
+    x = rng.standard_normal((6, 3, 40)).astype(np.float32)
     x[0, 1, 0], x[4, 1, 9] = np.inf, np.inf
     x[2, 2, 3] = -np.inf
     x[1, 0, 0], x[5, 0, 2] = np.inf, -np.inf
     with np.errstate(invalid="ignore"):
-        for fn, args in ((nb.batch_norm_forward, (None, None, None, None)), (nb.layer_norm_forward, ((3, 10),))):
-            got = fn(x, *args, backend="cuda")[1]
+        for fn, args in ((nb.batch_norm_forward, (None, None, None, None)), (nb.layer_norm_forward, ((3, 40),))):
+            got = fn(x, *args, backend="cuda", variance=variance)[1]
             want = fn(x, *args, backend="reference")[1]
             got = got.copy_to_host() if hasattr(got, "copy_to_host") else got
             np.testing.assert_array_equal(got[~np.isfinite(want)], want[~np.isfinite(want)])
