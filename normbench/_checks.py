@@ -166,6 +166,17 @@ def integer(name: str, value, expected: str) -> int:
     return int(value)
 
 
+def host_float64(a) -> np.ndarray:
+    """A float64 NumPy copy of a host or device array (a foreign ``__cuda_array_interface__`` object included)."""
+    if isinstance(a, np.ndarray):
+        return np.asarray(a, np.float64).copy()
+    if not hasattr(a, "copy_to_host"):
+        from numba import cuda
+
+        a = cuda.as_cuda_array(a)
+    return a.copy_to_host().astype(np.float64)
+
+
 def _device_span(a):
     """(first byte, one past the last byte) a device array can touch, from its __cuda_array_interface__ (the
     simulator's arrays have none: their host buffer's __array_interface__ stands in); None when unknown/empty."""

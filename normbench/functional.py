@@ -37,9 +37,7 @@ def _output(name, out, backend, like, **inputs):
     given (tested first: small calls are overhead-bound). Inputs given as None are skipped by the overlap check.
     Every front function calls it: off backend "cuda", device arrays among the inputs and out are rejected here."""
     if backend != "cuda":
-        _checks.host_only(backend, inputs)
-        if out is not None:
-            _checks.host_only(backend, {name: out})
+        _checks.host_only(backend, dict(inputs, **{name: out}))
     if out is None:
         return None
     return _checks.output(name, out, like.shape, registry.output_dtype(backend, like), inputs)
@@ -53,17 +51,6 @@ def _like_x(x, a):
     from numba import cuda
 
     return cuda.to_device(a)
-
-
-def _host(a):
-    """A float64 NumPy copy of a (host or device) array."""
-    if isinstance(a, np.ndarray):
-        return np.asarray(a, np.float64).copy()
-    if not hasattr(a, "copy_to_host"):
-        from numba import cuda
-
-        a = cuda.as_cuda_array(a)
-    return a.copy_to_host().astype(np.float64)
 
 
 # --------------------------------------------------------------------------------------------- batch norm
@@ -133,8 +120,8 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, *, training=T
         y = out if out is not None else _like_x(x, np.empty(x.shape, registry.output_dtype(backend, x)))
         if training:
             return y, _like_x(x, np.full(C, np.nan)), _like_x(x, np.full(C, np.nan))
-        return y, _like_x(x, _host(a.running_mean)), _like_x(x, rstd_from_var(
-            _host(a.running_var), a.eps, a.opts.eps_placement))
+        return y, _like_x(x, _checks.host_float64(a.running_mean)), _like_x(x, rstd_from_var(
+            _checks.host_float64(a.running_var), a.eps, a.opts.eps_placement))
     impl = registry.implementation("batch_norm", backend, "forward")
     return impl(x, a.weight, a.bias, a.running_mean, a.running_var, training=training, momentum=a.momentum,
                 eps=a.eps, axis=a.axis, opts=a.opts, out=out)

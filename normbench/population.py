@@ -71,10 +71,9 @@ class PopulationStats:
         num_batches = _checks.integer("num_batches", num_batches, "a positive integer")
         if count < 0 or num_batches < 1:
             raise ValueError(f"count={count}, num_batches={num_batches}; expected count >= 0 and num_batches >= 1")
-        # float64 NumPy arrays (device arrays are copied to the host: the accumulator lives there)
-        mean, m2 = (np.asarray(a.copy_to_host() if hasattr(a, "copy_to_host") else a, np.float64)
-                    for a in (_checks.stats("mean", mean, (self.num_features,)),
-                              _checks.stats("m2", m2, (self.num_features,))))
+        # float64 NumPy copies (device arrays come to the host: the accumulator lives there)
+        mean = _checks.host_float64(_checks.stats("mean", mean, (self.num_features,)))
+        m2 = _checks.host_float64(_checks.stats("m2", m2, (self.num_features,)))
         if np.any(m2 < 0):  # NaN passes: it stays in its channel
             raise ValueError("m2 has negative entries; expected sums of squared deviations (>= 0)")
         return self._merge_moments(count, mean, m2, num_batches)

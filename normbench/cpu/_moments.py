@@ -29,6 +29,14 @@ TWO_PASS, WELFORD, NAIVE, SHIFTED = 0, 1, 2, 3
 BLOCK = 64  # values per Welford block
 
 
+@njit(inline="always", **FAST)
+def finite_shift(v):
+    """The shift of one-pass shifted sums: ``v`` (a value of the data), or 0 where ``v`` is Inf or NaN: an infinite
+    shift makes every deviation NaN (Inf - Inf), where the reference's mean of data holding an Inf is that Inf.
+    Every shifted sum takes its shift through this rule."""
+    return v if abs(v) < np.inf else 0.0
+
+
 def _make_range_moments(acc, fused):
     """Compile the algorithms for accumulator type ``acc`` (np.float32 or np.float64).
 
@@ -102,9 +110,7 @@ def _make_range_moments(acc, fused):
                 q = zero
             return mean, q
         # SHIFTED around the range's first value
-        shift = acc(x[lo]) + a * acc(r[lo]) if fused else acc(x[lo])
-        if not abs(shift) < np.inf:  # see finite_shift
-            shift = zero
+        shift = acc(finite_shift(acc(x[lo]) + a * acc(r[lo]) if fused else acc(x[lo])))
         s = zero
         s2 = zero
         for i in range(lo, hi):
@@ -164,14 +170,6 @@ def row_stats(x, r, alpha, lo, hi, rms, algo, acc64, fused):
             m, q = _fused_moments_acc32(x, r, alpha, lo, hi, algo)
         return np.float64(m), np.float64(q)
     return range_moments(x, lo, hi, algo, acc64)
-
-
-@njit(inline="always", **FAST)
-def finite_shift(v):
-    """The shift of one-pass shifted sums: ``v`` (a value of the data), or 0 where ``v`` is Inf or NaN: an infinite
-    shift makes every deviation NaN (Inf - Inf), where the reference's mean of data holding an Inf is that Inf.
-    Every shifted sum takes its shift through this rule."""
-    return v if abs(v) < np.inf else 0.0
 
 
 @njit(**JIT)
@@ -279,9 +277,7 @@ def _make_column_moments(acc):
             return
         # SHIFTED around the first row
         for c in range(C):
-            t[c] = acc(x[r0, c])
-            if not abs(t[c]) < np.inf:  # see finite_shift
-                t[c] = acc(0.0)
+            t[c] = acc(finite_shift(acc(x[r0, c])))
         r = 0
         while r + 4 <= n:  # four rows per sweep: a quarter of the accumulator loads and stores
             for c in range(C):
