@@ -4,6 +4,7 @@
 * ``warm``: the same with the on-disk cache populated (what every later session pays).
 """
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -44,9 +45,14 @@ class FirstCall:
         env = dict(os.environ, NUMBA_CACHE_DIR=self.warm_dir)
         subprocess.run([sys.executable, "-c", "import normbench\n" + _code(variant)], env=env, check=True)
 
+    def teardown(self, variant):
+        shutil.rmtree(self.warm_dir, ignore_errors=True)
+
     def timeraw_cold(self, variant):
-        setup = ("import os, tempfile\n"
-                 "os.environ['NUMBA_CACHE_DIR'] = tempfile.mkdtemp(prefix='normbench-cold-')\n")
+        # an empty cache of the timed process's own, removed when that process exits (after the timing)
+        setup = ("import atexit, os, shutil, tempfile\n"
+                 "os.environ['NUMBA_CACHE_DIR'] = tempfile.mkdtemp(prefix='normbench-cold-')\n"
+                 "atexit.register(shutil.rmtree, os.environ['NUMBA_CACHE_DIR'], True)\n")
         return "import normbench\n" + _code(variant), setup
 
     def timeraw_warm(self, variant):

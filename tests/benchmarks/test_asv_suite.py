@@ -81,3 +81,25 @@ def test_fraction_of_limit_is_the_copy_fraction_of_the_same_measurement(monkeypa
         assert bench.track_fraction_of_copy(SMALL, "cpu") == copy
         bench.setup(SMALL, "cpu")  # a new setup measures anew
         assert bench.track_fraction_of_limit(SMALL, "cpu") != limit
+
+
+def test_first_call_benchmarks_leave_no_numba_cache_behind(monkeypatch, tmp_path):
+    """bench_compile's caches (the warm one its setup fills, the cold one each timed process makes) are removed:
+    asv runs them for every variant and commit, and they used to pile up in the temporary folder."""
+    import os
+    import subprocess
+
+    from normbench.benchmarks import bench_compile
+    fill = "import os\nos.makedirs(os.path.join(os.environ['NUMBA_CACHE_DIR'], 'index'))\n"  # as a compile would
+    monkeypatch.setattr(bench_compile, "_code", lambda variant: fill)  # the cache folders, not the kernels
+    monkeypatch.setattr(bench_compile.tempfile, "tempdir", str(tmp_path))
+    bench = bench_compile.FirstCall()
+    bench.setup("rms_norm")
+    assert os.path.isdir(bench.warm_dir)
+    bench.teardown("rms_norm")
+    assert not os.path.exists(bench.warm_dir)
+    code, setup = bench.timeraw_cold("rms_norm")
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    made = subprocess.run([sys.executable, "-c", setup + code + "print(os.environ['NUMBA_CACHE_DIR'])\n"],
+                          env=env, check=True, capture_output=True, text=True).stdout.strip()
+    assert made.startswith(str(tmp_path)) and not os.path.exists(made)
