@@ -206,7 +206,11 @@ def overlaps(a, b, span_a=None) -> bool:
     (conservative for strided ones), False for a host and a device array. ``span_a``: ``a``'s extent when the
     caller already has it (one output checked against several inputs)."""
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        return isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and bool(np.shares_memory(a, b))
+        if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)):
+            return False
+        if a is not b and a.flags.owndata and b.flags.owndata:
+            return False  # two distinct NumPy allocations never overlap (np.shares_memory costs ~0.4 us)
+        return bool(np.shares_memory(a, b))
     if a is b:
         return True
     sa, sb = span_a or _device_span(a), _device_span(b)
@@ -233,18 +237,29 @@ def output(name: str, out, shape: tuple, dtype, inputs: dict):
     if tuple(out.shape) != tuple(shape) or np.dtype(out.dtype) != np.dtype(dtype):
         raise ValueError(f"{name} has shape {tuple(out.shape)} and dtype {np.dtype(out.dtype)}; expected shape "
                          f"{tuple(shape)} and dtype {np.dtype(dtype)}")
-    if isinstance(out, np.ndarray):
-        if not out.flags.writeable or not out.flags.c_contiguous:
-            raise ValueError(f"{name} must be a writable C-contiguous array")
-        owns = out.flags.owndata
-        for in_name, a in inputs.items():
-            if owns and a is not out and isinstance(a, np.ndarray) and a.flags.owndata:
-                continue  # two distinct NumPy allocations never overlap (np.shares_memory costs ~0.4 us)
-            if isinstance(a, np.ndarray) and np.shares_memory(out, a):
-                raise ValueError(f"{name} shares memory with {in_name}; outputs must not overlap inputs")
-    else:
-        span = _device_span(out)
-        for in_name, a in inputs.items():
-            if a is not None and not isinstance(a, np.ndarray) and overlaps(out, a, span):
-                raise ValueError(f"{name} shares memory with {in_name}; outputs must not overlap inputs")
+    if isinstance(out, np.ndarray) and not (out.flags.writeable and out.flags.c_contiguous):
+        raise ValueError(f"{name} must be a writable C-contiguous array")
+    span = None if isinstance(out, np.ndarray) else _device_span(out)
+    for in_name, a in inputs.items():
+        if a is not None and overlaps(out, a, span):
+            raise ValueError(f"{name} shares memory with {in_name}; outputs must not overlap inputs")
     return out
+
+
+def updated_in_place(updated: dict, inputs: dict) -> None:
+    """Arrays a call updates in place (running statistics) overlap neither an input nor each other: the result
+    would depend on the order of the writes and reads (the backends' orders differ)."""
+    items = [(k, a) for k, a in updated.items() if a is not None]
+    others = [(k, a) for k, a in inputs.items() if a is not None]
+    for i, (name, a) in enumerate(items):
+        for other, b in items[i + 1:] + others:
+            if overlaps(a, b):
+                raise ValueError(f"{name} shares memory with {other}; running statistics are updated in place "
+                                 "and must not overlap an input or each other")
+
+
+def flag(name: str, value) -> bool:
+    """A bool (or NumPy bool): a string such as "False" or None is an error, as in PyTorch, not a truth value."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{name}={value!r}; expected True or False")

@@ -295,6 +295,7 @@ def sync_batch_norm_backward(dy, x, weight, bias, save_mean, save_invstd, *, com
     a = {}
 
     def local():
+        _checks.flag("training", training)
         xx = _checks.array("x", x, min_ndim=2, what="(N, C, *spatial); a 1-D input is an error")
         g = _checks.like("dy", dy, "x", xx)
         backend_, dtype = _backend(xx, backend)

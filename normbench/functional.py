@@ -70,12 +70,16 @@ class BatchArgs(NamedTuple):
     opts: Numerics
 
 
-def _running_pair(running_mean, running_var, C, x, updated):
-    """The running statistics, both or neither; writable where this call ``updated`` them (training)."""
+def _running_pair(running_mean, running_var, C, x, updated, weight, bias):
+    """The running statistics, both or neither; writable, and overlapping no input, where this call ``updated``
+    them (training)."""
     running_mean = _checks.param("running_mean", running_mean, (C,), x, writable=updated)
     running_var = _checks.param("running_var", running_var, (C,), x, writable=updated)
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must be given together (both arrays or both None)")
+    if updated and running_mean is not None:
+        _checks.updated_in_place(dict(running_mean=running_mean, running_var=running_var),
+                                 dict(x=x, weight=weight, bias=bias))
     return running_mean, running_var
 
 
@@ -86,7 +90,8 @@ def batch_norm_args(x, weight, bias, running_mean, running_var, training, moment
     kaxis, C, n = _channel_setup(x, axis)
     weight = _checks.param("weight", weight, (C,), x)
     bias = _checks.param("bias", bias, (C,), x)
-    running_mean, running_var = _running_pair(running_mean, running_var, C, x, bool(training))
+    training = _checks.flag("training", training)
+    running_mean, running_var = _running_pair(running_mean, running_var, C, x, training, weight, bias)
     eps = check_eps(eps)
     opts = resolve(numerics)
     if training:
@@ -130,6 +135,7 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, *, training=T
 def batch_norm_backward(dy, x, weight, bias, save_mean, save_invstd, *, training=True, eps=1e-5, axis=1,
                         dx_out=None, backend=None, **numerics):
     """Batch norm backward. Returns ``(dx, dweight, dbias)``; dweight/dbias are None where weight/bias are None."""
+    training = _checks.flag("training", training)
     x = _checks.array("x", x, min_ndim=2, what="(N, C, *spatial); a 1-D input is an error")
     dy = _checks.like("dy", dy, "x", x)
     kaxis, C, n = _channel_setup(x, axis)
@@ -336,7 +342,8 @@ def instance_norm_forward(x, weight=None, bias=None, running_mean=None, running_
     S = x.size // (x.shape[0] * C) if x.shape[0] * C else 0
     weight = _checks.param("weight", weight, (C,), x)
     bias = _checks.param("bias", bias, (C,), x)
-    running_mean, running_var = _running_pair(running_mean, running_var, C, x, bool(use_input_stats))
+    use_input_stats = _checks.flag("use_input_stats", use_input_stats)
+    running_mean, running_var = _running_pair(running_mean, running_var, C, x, use_input_stats, weight, bias)
     eps = check_eps(eps)
     opts = resolve(numerics)
     if use_input_stats:
@@ -362,6 +369,7 @@ def instance_norm_forward(x, weight=None, bias=None, running_mean=None, running_
 def instance_norm_backward(dy, x, mean, rstd, weight=None, bias=None, *, use_input_stats=True, eps=1e-5, axis=1,
                            dx_out=None, backend=None, **numerics):
     """Instance norm backward. Returns ``(dx, dweight, dbias)``."""
+    use_input_stats = _checks.flag("use_input_stats", use_input_stats)
     x = _checks.array("x", x, min_ndim=2, what="(N, C, *spatial); a 1-D input is an error")
     dy = _checks.like("dy", dy, "x", x)
     kaxis, C, _ = _channel_setup(x, axis)

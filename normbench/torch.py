@@ -46,27 +46,34 @@ _NP = {torch.float32: np.float32, torch.float64: np.float64}
 
 
 # ------------------------------------------------------------------------------------------ tensor <-> array
-def _array(t, name="input"):
-    """A NumPy view of a CPU tensor (one copy if non-contiguous), or the detached CUDA tensor itself."""
-    if t is None:
-        return None
+def _checked(t, name):
+    """The detached tensor, checked: a torch.Tensor of a float dtype the kernels take."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} has type {type(t).__name__}; expected a torch.Tensor")
     if t.dtype not in _FLOATS:
         raise TypeError(f"{name} has dtype {t.dtype}; expected torch.float32 or torch.float64")
-    t = t.detach()
-    if t.is_cuda:
-        return t.contiguous()  # exposes __cuda_array_interface__: the front picks the CUDA backend
-    return t.contiguous().numpy()
+    return t.detach()
+
+
+def _array(t, name="input"):
+    """A NumPy view of a CPU tensor (one copy if non-contiguous), or the detached CUDA tensor itself."""
+    if t is None:
+        return None
+    t = _checked(t, name).contiguous()
+    return t if t.is_cuda else t.numpy()  # a CUDA tensor exposes __cuda_array_interface__: the front picks cuda
 
 
 def _buffer(t, name):
-    """A running-statistics buffer as an array the kernels update in place (it must be contiguous)."""
+    """A running-statistics buffer as an array over the tensor's own memory, which the kernels update in place:
+    strided CPU tensors too (as PyTorch takes them); a CUDA buffer must be contiguous."""
     if t is None:
         return None
+    t = _checked(t, name)
+    if not t.is_cuda:
+        return t.numpy()
     if not t.is_contiguous():
-        raise ValueError(f"{name} must be a contiguous tensor (it is updated in place)")
-    return _array(t, name)
+        raise ValueError(f"{name} must be a contiguous tensor on a CUDA device (it is updated in place)")
+    return t
 
 
 def _tensor(a, like):

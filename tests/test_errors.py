@@ -549,3 +549,60 @@ def test_strings_booleans_and_floats_are_not_numbers_here(backend, x4):
         with pytest.raises(TypeError, match="correction"):
             stats.var(c)
     np.testing.assert_allclose(stats.var(np.int64(1)), x4.transpose(1, 0, 2).reshape(4, -1).var(axis=1, ddof=1))
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_mode_flags_are_booleans(backend, x4):
+    """training / use_input_stats taken by truth value: "False" trained and updated the running statistics,
+    None ran evaluation. PyTorch rejects both (must be bool); so does normbench, before anything is written."""
+    rm, rv = running()
+    dy = np.ones_like(x4)
+    y, m, s = nb.batch_norm_forward(x4, None, None, rm.copy(), rv.copy(), backend=backend)
+    for bad in ("False", None, 0, 1.0, np.array([True])):
+        with pytest.raises(TypeError, match="training"):
+            nb.batch_norm_forward(x4, None, None, rm, rv, training=bad, backend=backend)
+        with pytest.raises(TypeError, match="training"):
+            nb.batch_norm_backward(dy, x4, None, None, m, s, training=bad, backend=backend)
+        with pytest.raises(TypeError, match="use_input_stats"):
+            nb.instance_norm_forward(x4, None, None, rm, rv, use_input_stats=bad, backend=backend)
+        with pytest.raises(TypeError, match="use_input_stats"):
+            nb.instance_norm_backward(dy, x4, np.zeros((2, 4)), np.ones((2, 4)), use_input_stats=bad,
+                                      backend=backend)
+    np.testing.assert_array_equal(rm, 0)
+    np.testing.assert_array_equal(rv, 1)
+    # NumPy booleans are booleans: the same results as Python's
+    np.testing.assert_array_equal(nb.batch_norm_forward(x4, None, None, rm.copy(), rv.copy(), training=np.True_,
+                                                        backend=backend)[0], y)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_running_statistics_overlapping_an_input_are_errors(backend, x4):
+    """Running statistics are written in place: aliasing weight, bias, x or each other made the result depend
+    on each backend's order of writes and reads (the reference normalised with the updated weight; the buffer
+    shared by mean and var ended as a mix on reference and cpu, as the variance on cuda). Rejected before any
+    write, in training; evaluation only reads them, so sharing is harmless there."""
+    w = np.ones(4)
+    rv = np.ones(4)
+    both = np.zeros(8)
+    cases = [(dict(weight=w, running_mean=w, running_var=rv), "running_mean shares memory with weight"),
+             (dict(bias=w, running_mean=np.zeros(4), running_var=w), "running_var shares memory with bias"),
+             (dict(running_mean=both[:4], running_var=both[:4]), "running_mean shares memory with running_var"),
+             (dict(running_mean=both[::2], running_var=both[1::2]), None)]  # interleaved, disjoint: accepted
+    for kw, message in cases:
+        kw = dict(dict(weight=None, bias=None), **kw)
+        before = {k: v.copy() for k, v in kw.items() if v is not None}
+        for call in (nb.batch_norm_forward, nb.instance_norm_forward):
+            if message is None:
+                call(x4.copy(), **kw, backend=backend)
+                kw["running_mean"][:], kw["running_var"][:] = 0, 1
+                continue
+            with pytest.raises(ValueError, match=message):
+                call(x4, **kw, backend=backend)
+            for k, v in before.items():
+                np.testing.assert_array_equal(kw[k], v)
+    flat = x4.reshape(-1)[:4]  # a view of x as a running buffer
+    with pytest.raises(ValueError, match="running_mean shares memory with x"):
+        nb.batch_norm_forward(x4, None, None, flat, rv, backend=backend)
+    y, _, _ = nb.batch_norm_forward(x4, w, None, w, np.ones(4), training=False, backend=backend)  # read-only use
+    np.testing.assert_allclose(y, nb.batch_norm_forward(x4, np.ones(4), None, np.ones(4), np.ones(4),
+                                                        training=False, backend="reference")[0])

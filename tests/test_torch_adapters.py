@@ -243,3 +243,20 @@ def test_contiguous_tensors_reach_the_kernels_without_a_copy(monkeypatch):
     y = nt.layer_norm(base.t(), 6)  # a transposed (non-contiguous) view: copied once, still correct
     assert not np.shares_memory(seen["x"], base.numpy())
     torch.testing.assert_close(y, torch.nn.functional.layer_norm(base.t(), (6,)))
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_strided_running_buffers_are_updated_in_place_as_torch(backend):
+    """PyTorch updates strided running buffers (every other element of a bigger tensor) in place; the adapters
+    refused them ("must be a contiguous tensor") though the functional layer updates strided arrays in place."""
+    x = torch.randn(4, 3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    ours = (torch.zeros(6, dtype=torch.float64), torch.ones(6, dtype=torch.float64))
+    theirs = (torch.zeros(6, dtype=torch.float64), torch.ones(6, dtype=torch.float64))
+    for step in range(3):
+        y = nt.batch_norm(x + step, ours[0][::2], ours[1][::2], training=True, backend=backend)
+        want = torch.nn.functional.batch_norm(x + step, theirs[0][::2], theirs[1][::2], training=True)
+        torch.testing.assert_close(y, want)
+        y = nt.instance_norm(x - step, ours[0][1::2], ours[1][1::2], backend=backend)
+        want = torch.nn.functional.instance_norm(x - step, theirs[0][1::2], theirs[1][1::2])
+        torch.testing.assert_close(y, want)
+    torch.testing.assert_close(ours, theirs)

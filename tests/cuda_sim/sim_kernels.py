@@ -497,6 +497,18 @@ def test_device_outputs_overlapping_inputs_or_each_other_are_rejected():
     with pytest.raises(ValueError, match="dx_out and dresidual_out share memory"):
         nb.fused_add_norm_backward(cuda.to_device(xr), cuda.to_device(ref[1]), 6, ref[2], ref[3], dx_out=one,
                                    dresidual_out=one)
+    # running statistics are updated in place: device buffers aliasing weight or each other are errors too
+    w = cuda.to_device(np.ones(5))
+    both = cuda.to_device(np.concatenate([np.zeros(5), np.ones(5)]))
+    with pytest.raises(ValueError, match="running_mean shares memory with weight"):
+        nb.batch_norm_forward(xd, w, None, w, both[5:])
+    with pytest.raises(ValueError, match="running_mean shares memory with running_var"):
+        nb.batch_norm_forward(xd, None, None, both[:5], both[2:7])
+    np.testing.assert_array_equal(both.copy_to_host(), np.repeat([0.0, 1.0], 5))
+    nb.batch_norm_forward(xd, None, None, both[:5], both[5:])  # adjacent, disjoint
+    rm, rv = np.zeros(5), np.ones(5)
+    nb.batch_norm_forward(x, None, None, rm, rv, backend="reference")
+    close("disjoint device running statistics", both.copy_to_host(), np.concatenate([rm, rv]), 1e-12)
 def test_empty_batches_of_device_arrays_come_back_as_device_arrays():
     """N = 0 device inputs: batch/group/instance norm return device arrays like the other variants, with the
     reference's shapes and values (probe D7: they came back as NumPy arrays)."""
