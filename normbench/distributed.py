@@ -347,10 +347,10 @@ def _dvar_term(r, s, divisor, eps, eps_placement):
     """Per-channel k = r'(var) * 2/divisor * s (s = sum(dxhat * (x - mean))): -r^3 s/divisor with eps inside,
     -r^2 s/(sqrt(var) divisor) outside (0 where var = 0, the documented limit)."""
     if eps_placement == "inside":
-        return -(r ** 3) * s / divisor
+        return -(s / divisor) * r * r * r  # in this order: r^3 alone under/overflows (cpu/_rows.py)
     sd = 1 / r - eps  # sqrt(var)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(sd > 0, -(r ** 2) * s / (np.where(sd > 0, sd, 1) * divisor), 0.0)
+        return np.where(sd > 0, -(s / (np.where(sd > 0, sd, 1) * divisor)) * r * r, 0.0)
 
 
 # ----------------------------------------------------------------------------------------- PreciseBN

@@ -31,7 +31,8 @@ def _err(got, want, scale, dtype):
 
 
 def _bn_case(comm, counts, rest, *, axis=1, dtype=np.float32, offset=0.0, seed=0, affine=True, running=True,
-             training=True, use_out=False, backend="reference", constant_channel=False, pass_comm=True, **numerics):
+             training=True, use_out=False, backend="reference", constant_channel=False, pass_comm=True, scale=1.0,
+             **numerics):
     """SyncBN on this rank's slice vs single-process batch norm on the concatenation. ``rest`` is x.shape[1:]
     as laid out for ``axis`` (channels last when axis=-1)."""
     import normbench as nb
@@ -41,7 +42,8 @@ def _bn_case(comm, counts, rest, *, axis=1, dtype=np.float32, offset=0.0, seed=0
     assert len(counts) == P
     C = rest[0] if axis == 1 else rest[-1]
     rng = np.random.default_rng(seed)
-    xg = (offset + rng.standard_normal((sum(counts), *rest)) * (1 + rng.random(C) if axis == -1 else 1)).astype(dtype)
+    xg = (offset + rng.standard_normal((sum(counts), *rest)) * (1 + rng.random(C) if axis == -1 else 1))
+    xg = (xg * scale).astype(dtype)
     if constant_channel:  # a dead (all-zero) channel and a constant one: variance exactly 0
         xg[(slice(None), 0) if axis == 1 else (..., 0)] = 0
         xg[(slice(None), 1) if axis == 1 else (..., 1)] = 3
@@ -308,6 +310,8 @@ def cases(P):
         "3d_channels_last": lambda comm: _bn_case(comm, even, (2, 3, 2, 3), axis=-1, seed=9),
         "float64": lambda comm: _bn_case(comm, uneven, (3, 4, 5), dtype=np.float64, seed=10),
         "offset_1e4": lambda comm: _offset_case(comm, uneven, "reference"),
+        # std 1e110: the backward's rstd^3 underflowed to 0 and dx lost its variance term
+        "float64_std_1e110": lambda comm: _bn_case(comm, uneven, (3, 4, 5), dtype=np.float64, seed=22, scale=1e110),
         "eps_outside_correction_1": lambda comm: _bn_case(comm, uneven, (3, 6), seed=13, eps_placement="outside",
                                                           correction=1),
         "no_affine_no_running": lambda comm: _bn_case(comm, zero, (3, 6), seed=14, affine=False, running=False),

@@ -696,3 +696,30 @@ def test_streaming_stores_identical(rng, schedule, monkeypatch, dtype, shape, ax
         if a.shape == x.shape:  # y, dx: against the reference (a value of O(1) terms, hence the scale)
             assert k.ctypes.data % _stream.ALIGN == 0
             close(s, r, dtype, 64, scale=max(8.0, float(np.abs(r).max())))
+
+
+@pytest.mark.parametrize("scale, eps", [(1e110, 1e-5), (1e-110, 0.0)])
+@pytest.mark.parametrize("eps_placement", ["inside", "outside"])
+@pytest.mark.parametrize("shape,axis", [((4, 3, 5, 6), 1), ((4, 5, 6, 4), -1), ((7, 3), 1)])
+def test_backward_of_data_at_extreme_scales(rng, schedule, shape, axis, scale, eps, eps_placement):
+    """float64 channels whose std is 1e110 (or 1e-110 with eps = 0): the backward's variance term took
+    rstd^3, which underflows to 0 (overflows to Inf) there; against the reference (extended precision)."""
+    x = rng.standard_normal(shape) * scale
+    dy = rng.standard_normal(shape)
+    C = shape[axis]
+    w, b = affine(rng, C, np.float64)
+    kw = dict(axis=axis, eps=eps, eps_placement=eps_placement)
+
+    def ops(backend):
+        f = nb.batch_norm_forward(x, w, b, None, None, backend=backend, **kw)
+        res = [*f, *nb.batch_norm_backward(dy, x, w, b, f[1], f[2], backend=backend, **kw)]
+        if x.ndim > 2:
+            f = nb.group_norm_forward(x, 2 if C % 2 == 0 else 1, w, b, backend=backend, **kw)
+            res += [*f, *nb.group_norm_backward(dy, x, 2 if C % 2 == 0 else 1, f[1], f[2], w, b, backend=backend,
+                                                **kw)]
+            f = nb.instance_norm_forward(x, w, b, backend=backend, **kw)
+            res += [*f, *nb.instance_norm_backward(dy, x, f[1], f[2], w, b, backend=backend, **kw)]
+        return res
+
+    for got, want in zip(ops("cpu"), ops("reference")):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=0)

@@ -489,3 +489,25 @@ def test_fused_backward_dresidual_out(backend, norm):
     with pytest.raises(ValueError, match="dresidual_out"):
         nb.fused_add_norm_backward(dy, h, 33, mean, rstd, w, b, norm=norm, backend=backend,
                                    dx_out=dx_out, dresidual_out=dx_out)
+
+
+@pytest.mark.parametrize("scale, eps", [(1e110, 1e-5), (1e-110, 0.0)])
+@pytest.mark.parametrize("eps_placement", ["inside", "outside"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_backward_of_data_at_extreme_scales(family, scale, eps, eps_placement, rng):
+    """float64 rows whose std is 1e110 (or 1e-110 with eps = 0): the backward's variance term took rstd^3,
+    which underflows to 0 (overflows to Inf) there, and dx lost its second term (relative error 1.1 at 1e108);
+    against the reference (extended precision) on finite data whose squares fit float64."""
+    x, ns, w, b, dy, res, dh = make((3, 17), np.float64, rng)
+    x, res = x * scale, res * scale
+    outs, grads = run(family, "cpu", x, ns, w, b, dy, res, dh, eps=eps, eps_placement=eps_placement)
+    routs, rgrads = run(family, "reference", x, ns, w, b, dy, res, dh, eps=eps, eps_placement=eps_placement)
+    if family.startswith("fused"):  # judged on the reference backward of the same h and statistics
+        norm = family.split("_")[1]
+        m = outs[2] if norm == "layer" else None
+        rgrads = [g for g in nb.fused_add_norm_backward(dy, outs[1], ns, m, outs[-1], w, b if norm == "layer" else None,
+                                                        alpha=0.7, norm=norm, dh=dh, eps=eps,
+                                                        eps_placement=eps_placement, backend="reference")
+                  if g is not None]
+    for got, want in zip(outs + grads, routs + rgrads):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=0)

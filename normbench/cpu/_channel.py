@@ -38,7 +38,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import _stream
-from ._moments import FAST, SHIFTED, chan_merge, column_moments, finite_shift, range_moments, rstd_from_m2
+from ._moments import FAST, JIT, SHIFTED, chan_merge, column_moments, finite_shift, range_moments, rstd_from_m2
 from ._stream import _put
 
 _PAR = dict(FAST, parallel=True)
@@ -46,16 +46,16 @@ _SEQ = FAST
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-@njit(**_SEQ)
+@njit(**JIT)  # no fastmath: the order of the products below is what keeps them in range
 def _coeffs(tdy, tdyxc, r, n, correction, eps, eps_code):
     """Training backward of one unit: ``(mean(dxhat), k)`` with ``dx = r*(dxhat - mean(dxhat)) + k*xc``,
     given ``tdy = sum(dxhat)`` and ``tdyxc = sum(dxhat*xc)``; k = r'(var) * 2/(n - c) * sum(dxhat*xc)."""
     mdx = tdy / n
     if eps_code == 0:
-        k = -r * r * r * tdyxc / (n - correction)
+        k = -(tdyxc / (n - correction)) * r * r * r  # r^3 alone underflows where std > 1e103 (see _dx_coefficients)
     else:
         sd = 1.0 / r - eps  # sqrt(var); where var = 0 the derivative does not exist: the term is taken as 0
-        k = -r * r * tdyxc / (sd * (n - correction)) if sd > 0 else 0.0
+        k = -(tdyxc / (sd * (n - correction))) * r * r if sd > 0 else 0.0
     return mdx, k
 
 

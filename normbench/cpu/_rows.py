@@ -254,10 +254,12 @@ def _dx_coefficients(sa, sb, rs, D, corr, eps, eps_code, rms):
     """dx = rs * g + k * (x - mean) + c0: k from d rstd / d var (0 where it does not exist), c0 the mean term."""
     nc = np.float64(D - corr)
     if eps_code == 0:
-        k = -rs * rs * rs * sb / nc
+        # the average first, then one factor of rs at a time: every partial product stays near the result's
+        # magnitude (rs^3 alone underflows to 0 where std > 1e103, overflows where std < 1e-103 with eps = 0)
+        k = -(sb / nc) * rs * rs * rs
     else:
         sd = 1.0 / rs - eps  # sqrt(var)
-        k = -rs * rs * sb / (sd * nc) if sd > 0 else 0.0
+        k = -(sb / (sd * nc)) * rs * rs if sd > 0 else 0.0
     c0 = 0.0 if rms else -rs * sa / np.float64(D)
     return k, c0
 

@@ -211,8 +211,8 @@ def drstd_factor(r, s, n, correction, eps, eps_code):
     """The coefficient k of xc in dx = r*(g - mean g) + k*xc, from r and s = sum(g*xc) (see reference/_stats.py):
     k = r'(var) * 2/(n-c) * s with r' = -r^3/2 (eps inside) or -r^2/(2 sqrt var) (outside; 0 where var = 0)."""
     if eps_code == 0:
-        return -(r * r * r) * s / float64(n - correction)
+        return -(s / float64(n - correction)) * r * r * r  # in this order: r^3 alone under/overflows (cpu/_rows.py)
     sd = 1.0 / r - eps
     if sd > 0.0:
-        return -(r * r) * s / (sd * float64(n - correction))
+        return -(s / (sd * float64(n - correction))) * r * r
     return float64(0.0)

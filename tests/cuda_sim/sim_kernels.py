@@ -254,6 +254,26 @@ def test_infinite_values_give_the_ieee_mean(variance):
             assert np.isfinite(got[np.isfinite(want)]).all()
 
 
+@pytest.mark.parametrize("scale, eps", [(1e110, 1e-5), (1e-110, 0.0)])
+def test_backward_of_data_at_extreme_scales(scale, eps):
+    """float64 data whose std is 1e110 (or 1e-110 with eps = 0): the backward's variance term took rstd^3,
+    which underflows to 0 (overflows to Inf) there; against the reference (extended precision)."""
+    rng = np.random.default_rng(43)
+    x = rng.standard_normal((4, 3, 10)) * scale
+    dy = rng.standard_normal(x.shape)
+    for axis in (1, -1):
+        for fwd, bwd, args in ((nb.layer_norm_forward, nb.layer_norm_backward, (10,)),
+                               (nb.batch_norm_forward, nb.batch_norm_backward, (None, None, None, None))):
+            kw = dict(eps=eps) if fwd is nb.layer_norm_forward else dict(eps=eps, axis=axis)
+            f = fwd(x, *args, backend="reference", **kw)
+            bargs = (args[:1] + f[1:]) if fwd is nb.layer_norm_forward else (None, None, *f[1:])
+            for name, got, want in (("y", fwd(x, *args, backend="cuda", **kw)[0], f[0]),
+                                    ("dx", bwd(dy, x, *bargs, backend="cuda", **kw)[0],
+                                     bwd(dy, x, *bargs, backend="reference", **kw)[0])):
+                got = got.copy_to_host() if hasattr(got, "copy_to_host") else got
+                np.testing.assert_allclose(got, want, rtol=1e-9, atol=0, err_msg=f"{fwd.__name__} {name}")
+
+
 def test_constant_rows_with_eps_outside_give_the_documented_limit():
     x = np.ones((2, 3, 5))  # variance exactly 0 in every row and channel
     dy = np.random.default_rng(3).standard_normal(x.shape)
