@@ -511,3 +511,25 @@ def test_backward_of_data_at_extreme_scales(family, scale, eps, eps_placement, r
                   if g is not None]
     for got, want in zip(outs + grads, routs + rgrads):
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("C, size, k, beta", [(65, 2, 0.0, 2.0), (256, 5, 0.0, 0.75), (256, 2, 1e-3, 0.75),
+                                              (256, 5, 1.0, 0.75)])
+def test_lrn_float64_within_a_few_units(C, size, k, beta, rng):
+    """Float64 LRN took sliding window sums, which keep the rounding of every term they held: y off by 300-900
+    float64 units with k = 0, and dx by up to 18 with the defaults (k = 1), against the reference (extended
+    precision). Direct window sums for float64 inputs; units of eps times the largest |value| across channels."""
+    x = rng.standard_normal((2, C, 3, 5))
+    dy = rng.standard_normal(x.shape)
+    kw = dict(alpha=1.0, beta=beta, k=k)
+    got = nb.local_response_norm_forward(x, size, backend="cpu", **kw)
+    want = nb.local_response_norm_forward(x, size, backend="reference", **kw)
+
+    def units(a, ref):
+        return np.max(np.abs(a - ref) / np.max(np.abs(ref), axis=1, keepdims=True)) / np.finfo(np.float64).eps
+
+    assert units(got[0], want[0]) <= 8
+    dx = nb.local_response_norm_backward(dy, x, *got, size, backend="cpu", **kw)[0]
+    dx_ref = nb.local_response_norm_backward(dy, x, *got, size, backend="reference", **kw)[0]
+    if k == 1.0:  # with k = 0, dx = dy s^-b - c x sum(dy y / s) cancels: the conditioning, not the sums
+        assert units(dx, dx_ref) <= 8
