@@ -2,14 +2,19 @@
 
 Each subcommand lives in its own module with a ``main(argv)``; this file only dispatches, so that a
 subcommand's dependencies (pandas, matplotlib, tqdm, scikit-learn) are imported only when it runs. It also holds
-the argparse types the subcommands share (:func:`positive_int`, :func:`non_negative_int`, :func:`positive_float`).
+the argparse types the subcommands share (:func:`positive_int`, :func:`non_negative_int`, :func:`positive_float`)
+and the checks of what they write to (:func:`output_dir_error`, :func:`writable_file_error`) and which backends
+they may use (:func:`backend_error`), made before anything runs.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import math
+import os
 import sys
+import tempfile
+from pathlib import Path
 
 from . import __version__
 
@@ -53,6 +58,64 @@ def positive_float(text: str) -> float:
     return value
 
 
+def output_dir_error(option: str, path) -> str | None:
+    """None when ``path`` is a folder this process can write into, or can create (with its parents); otherwise one
+    line naming ``option``.  Probed by creating (and removing) a temporary folder in ``path`` or in its nearest
+    existing ancestor: permission bits say nothing for root, nor for /proc or a read-only mount."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        return f"{option} {path} is a file; expected a folder (created if missing)"
+    parent = path
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{option} {path}: {parent} is a file; expected a folder (created if missing)"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".normbench-probe-", dir=parent))
+    except OSError as err:
+        where = "" if parent == path else f" (cannot create folders in {parent})"
+        return f"{option} {path}: not writable{where}: {err.strerror}"
+    return None
+
+
+def writable_file_error(option: str, path, create: bool = False) -> str | None:
+    """None when ``path`` is an existing regular file this process can open for writing (or, with ``create``, one
+    that does not exist yet in a folder :func:`output_dir_error` accepts); otherwise one line naming ``option``.
+    Opened, never written."""
+    path = Path(path)
+    if create and not path.exists():
+        return output_dir_error(f"{option} {path}: its folder", path.parent)
+    if not path.is_file():
+        return f"{option} {path}: {'not a regular file' if path.exists() else 'no such file'}"
+    try:
+        with open(path, "r+b"):
+            pass
+    except OSError as err:
+        return f"{option} {path}: not writable: {err.strerror}"
+    return None
+
+
+def backend_error(backends, variants) -> str | None:
+    """None when every backend in ``backends`` implements at least one of ``variants`` here; otherwise one line
+    naming ``--backend`` (cuda without a GPU or the simulator, above all)."""
+    from . import registry
+
+    if not backends or all(any(b in registry.available_backends(v) for v in variants) for b in backends):
+        return None
+    return (f"--backend {' '.join(backends)}: not available here for {' '.join(variants)} (cuda needs a GPU, or "
+            "NUMBA_ENABLE_CUDASIM=1 for the simulator)")
+
+
+def _missing_module(err: ImportError) -> str | None:
+    """The name of the module whose absence raised ``err``: its own, or (pandas' optional dependencies, such as
+    tabulate for ``to_markdown``) that of the ModuleNotFoundError it was raised from; None for any other
+    ImportError."""
+    for e in (err, err.__cause__):
+        if isinstance(e, ModuleNotFoundError) and e.name:
+            return e.name
+    return None
+
+
 def _usage(file) -> None:
     print("usage: normbench {" + ",".join(SUBCOMMANDS) + "} [options]   (normbench <command> --help; "
           "normbench --version)\n", file=file)
@@ -74,16 +137,18 @@ def main(argv=None):
               file=sys.stderr)
         return 2
     module_name = SUBCOMMANDS[argv[0]][0]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        if err.name and err.name.startswith("normbench"):
-            print(f"normbench {argv[0]}: not available in this version ({err.name} missing)", file=sys.stderr)
+    try:  # the subcommands import their optional packages (tqdm, tabulate, matplotlib) when they need them
+        return importlib.import_module(module_name).main(argv[1:]) or 0
+    except ImportError as err:
+        name = _missing_module(err)
+        if name is None:
+            raise
+        if name.startswith("normbench"):
+            print(f"normbench {argv[0]}: not available in this version ({name} missing)", file=sys.stderr)
             return 2
-        print(f"normbench {argv[0]} needs the optional package {err.name!r}: pip install 'normbench[bench]'",
-              file=sys.stderr)
+        print(f"normbench {argv[0]} needs the optional package {name.split('.')[0]!r}: pip install "
+              "'normbench[bench]'", file=sys.stderr)
         return 2
-    return module.main(argv[1:]) or 0
 
 
 if __name__ == "__main__":

@@ -28,6 +28,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .accuracy.sweep import EXACT_H_PASS
+from .cli import output_dir_error, writable_file_error
+
 RUN_SCHEMA = "normbench.run/1"
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 RUN_COLUMNS = ("case", "variant", "shape", "dtype", "params", "pass", "backend", "bytes", "time_s", "gbps",
@@ -246,6 +249,19 @@ def _fmt(values: pd.Series, spec: str) -> pd.Series:
     return values.map(lambda v: "" if pd.isna(v) else format(v, spec))
 
 
+def shown_speedups(df: pd.DataFrame) -> pd.DataFrame:
+    """The ``speedup_*`` columns of run rows as the table and the plot show them: NaN (blank, no bar) in rows from
+    runs that timed the peers apart from the kernel and charged them their fresh outputs' page faults (documents
+    without ``peer_timing: "paired"``, before 2026-11-22 13:09 UTC), which overstated the speed-ups."""
+    cols = sorted(c for c in df.columns if c.startswith("speedup_"))
+    return df[cols].where(_peers_paired(df), np.nan)
+
+
+def _peers_paired(df: pd.DataFrame) -> pd.Series:
+    """Per row: does its run time the peers beside the kernel (False where the rows do not say)?"""
+    return df["peers_paired"].astype(bool) if "peers_paired" in df.columns else pd.Series(False, index=df.index)
+
+
 def results_table(runs: pd.DataFrame) -> str:
     """The README table: the bandwidth-bound cases (working set of 128 MiB or more) of the newest row per machine,
     case, backend and pass over all runs, with the fraction of the applicable limit, speed-ups over the peers and
@@ -258,15 +274,14 @@ def results_table(runs: pd.DataFrame) -> str:
         "dtype": df["dtype"], "params": df["params"].fillna(""), "backend": df["backend"],
         "GB/s": _fmt(df["gbps"], ".1f"), "% of limit": _fmt(100 * df["frac_limit"], ".0f"), "limit": df["limit"],
     })
-    paired = df["peers_paired"] if "peers_paired" in df.columns else pd.Series(False, index=df.index)
-    for c in sorted(c for c in df.columns if c.startswith("speedup_")):
-        # speed-ups only from runs that timed the peers beside the kernel, on reused memory
-        t["vs " + c[8:]] = [f"{v:.1f}x" if ok and not pd.isna(v) else "" for v, ok in zip(df[c], paired)]
+    speedups = shown_speedups(df)
+    for c in speedups.columns:
+        t["vs " + c[8:]] = speedups[c].map(lambda v: "" if pd.isna(v) else f"{v:.1f}x")
     t["error (eps)"] = _fmt(df["err_eps"], ".2g")
     table = t.to_markdown(index=False)
     if "file" in df.columns:
         table += "\n\n" + provenance(df)
-    if not paired.all():
+    if not _peers_paired(df).all():
         table += ("\n\nBlank speed-ups: rows from runs that timed the peers apart from the kernel and charged them "
                   "their fresh outputs' page faults (before 2026-11-22 13:09 UTC), which overstated them.")
     return table
@@ -309,6 +324,8 @@ def accuracy_table(acc: pd.DataFrame) -> str:
     """Max error of y and dx per variant (rows) and implementation (columns), default options, over the stress
     families: one table per dtype, since each is in units of its own dtype's eps (float64's is 2**29 smaller)."""
     d = acc[acc["output"].isin(["y", "dx"])]
+    if "pass" in d.columns:
+        d = d[d["pass"] != EXACT_H_PASS]  # an end-to-end figure for one note in numerics.md, not a kernel's error
     if "is_default" in d.columns:
         d = d[d["is_default"].astype(str) == "True"]
     parts = []
@@ -360,13 +377,15 @@ def plot_roofline(runs: pd.DataFrame, path: Path) -> Path:
 
 
 def plot_speedups(runs: pd.DataFrame, path: Path) -> Path | None:
+    """The speed-ups the results table shows (:func:`shown_speedups`), a bar per row and peer; None (no file) when
+    there are none."""
     df = latest_runs(runs)
-    cols = [c for c in df.columns if c.startswith("speedup_") and df[c].notna().any()]
-    if not cols:
+    speedups = shown_speedups(df).dropna(axis=1, how="all")
+    if speedups.empty:
         return None
     plt = _plt()
-    d = df.assign(label=_row_labels(df, with_pass=True))
-    d = d.set_index("label")[cols].rename(columns=lambda c: c[8:])
+    cols = list(speedups.columns)
+    d = speedups.set_index(_row_labels(df, with_pass=True).rename("label")).rename(columns=lambda c: c[8:])
     ax = d.plot.barh(figsize=(11, max(3, 0.22 * len(d) * len(cols) + 1)), logx=True)
     ax.axvline(1.0, color="k", lw=1)
     ax.set_xlabel("speed-up of normbench over the peer (log scale)")
@@ -474,6 +493,9 @@ def main(argv=None) -> int:
         re.compile(args.history)
     except re.error as err:
         ap.error(f"--history {args.history!r}: not a regular expression ({err})")
+    problem = output_dir_error("--out", args.out) or (args.readme and writable_file_error("--readme", args.readme))
+    if problem:
+        ap.error(problem)
 
     def files(where, pattern):
         p = Path(where)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from . import functional as nb
-from .cli import positive_float, positive_int
+from .cli import output_dir_error, positive_float, positive_int
 
 NORMS = ("none", "batch", "layer", "group", "rms")
 LRS = (0.03, 0.1, 0.3, 1.0, 3.0)
@@ -346,8 +346,9 @@ def check_config(cfg: Config) -> None:
     if "group" in cfg.norms and any(h % cfg.groups for h in cfg.hidden):
         raise ValueError(f"--groups {cfg.groups} with --hidden {' '.join(map(str, cfg.hidden))}: group norm "
                          "needs every hidden width divisible by the number of groups")
-    if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
-        raise ValueError(f"--out {cfg.out} is a file; expected a folder (created if missing)")
+    problem = output_dir_error("--out", cfg.out)
+    if problem:
+        raise ValueError(problem)
     if cfg.backend == "cuda":
         from . import cuda
 

@@ -1,6 +1,7 @@
 """The ``normbench`` dispatcher (unknown or missing command, --help, --version, a subcommand's --help) and
 `normbench bandwidth`'s argument checks: exit 2 with a message naming the option, before anything runs."""
 import re
+from pathlib import Path
 
 import pytest
 
@@ -184,3 +185,99 @@ def test_cuda_rows_are_judged_against_the_device_copy(monkeypatch):
     assert sizes == [case.nbytes("forward", case.make_inputs(seed=0)), case.nbytes("backward", case.make_inputs(seed=0))]
     assert all("speedup_numpy" not in r for r in rows)
     assert all(r["copy_gbps"] < 0.01 for r in rows)  # the limit is the given copy (2 ms for 1 KiB), not the host's
+
+
+# ------------------------------------------------------------------------------------------- optional packages
+def _fake_rows(*a, **k):
+    return [{"working_set_mib": 1, "copy_gbps": 1.0}]
+
+
+@pytest.mark.parametrize("package, argv", [
+    ("tqdm", ["run", "--variant", "rms_norm", "--shape", "3x16", "--repeats", "1", "--no-peers", "--no-accuracy"]),
+    ("tqdm", ["accuracy", "--quick", "--variant", "rms_norm", "--family", "standard", "--no-peers"]),
+    ("tabulate", ["report", "--no-plots"]),
+    ("matplotlib", ["report"]),
+    ("tabulate", ["bandwidth", "--mib", "1"]),
+])
+def test_missing_optional_package_is_one_line_for_every_subcommand(tmp_path, capsys, monkeypatch, package, argv):
+    """tqdm, tabulate and matplotlib (the [bench] extra) are imported when a subcommand needs them, after the
+    dispatcher's import of the module: their absence is the same one line (exit 2), not a traceback."""
+    import sys
+
+    from normbench.benchmarks import runner
+
+    data = str(Path(__file__).parent / "data")
+    extra = {"run": ["--out-dir", str(tmp_path / "out")], "accuracy": ["--out", str(tmp_path / "out")],
+             "report": ["--runs", f"{data}/runs", "--asv", f"{data}/asv", "--pytest", f"{data}/pytest",
+                        "--accuracy", f"{data}/accuracy", "--out", str(tmp_path / "out")], "bandwidth": []}[argv[0]]
+    monkeypatch.setattr(roofline, "measure", _fake_rows)
+    monkeypatch.setattr(runner, "run_case", lambda *a, **k: pytest.fail("measured without tqdm"))
+    monkeypatch.setitem(sys.modules, package, None)  # as if not installed
+    assert cli.main(argv + extra) == 2
+    captured = capsys.readouterr()
+    assert captured.err.splitlines()[-1] == (f"normbench {argv[0]} needs the optional package {package!r}: "
+                                             "pip install 'normbench[bench]'")
+    assert "Traceback" not in captured.err
+
+
+# ------------------------------------------------------------------------------------------- output locations
+UNWRITABLE = Path("/proc/normbench-test/out")  # /proc takes no new folders, not even from root
+
+
+def test_output_dir_error():
+    """A folder that exists or can be created is fine (and is not created by the check); a file, a folder under a
+    file and a place where nothing can be created are one line naming the option."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        assert cli.output_dir_error("--out", d) is None
+        assert cli.output_dir_error("--out", d / "a" / "b") is None and not (d / "a").exists()
+        assert list(d.iterdir()) == []  # the probe leaves nothing behind
+        (d / "f").write_text("")
+        assert cli.output_dir_error("--out", d / "f") == (
+            f"--out {d / 'f'} is a file; expected a folder (created if missing)")
+        assert cli.output_dir_error("--out", d / "f" / "sub") == (
+            f"--out {d / 'f' / 'sub'}: {d / 'f'} is a file; expected a folder (created if missing)")
+        assert cli.writable_file_error("--readme", d / "f") is None
+        assert cli.writable_file_error("--readme", d / "g") == f"--readme {d / 'g'}: no such file"
+        assert cli.writable_file_error("--readme", d) == f"--readme {d}: not a regular file"
+        assert cli.writable_file_error("--docs", d / "new" / "g.md", create=True) is None
+    if Path("/proc/self").exists():
+        assert cli.output_dir_error("--out", UNWRITABLE).startswith(f"--out {UNWRITABLE}: not writable")
+
+
+@pytest.mark.parametrize("where", ["file", "under_file", "unwritable"])
+@pytest.mark.parametrize("argv", [
+    ["accuracy", "--quick", "--variant", "rms_norm", "--family", "standard", "--no-peers", "--out"],
+    ["study", "lr", "--lrs", "0.1", "--norms", "none", "--seeds", "1", "--epochs", "1", "--out"],
+], ids=["accuracy", "study"])
+def test_bad_output_folder_exits_2_before_anything_runs(tmp_path, capsys, monkeypatch, where, argv):
+    from normbench import study
+    from normbench.accuracy import sweep
+
+    if where == "unwritable" and not Path("/proc/self").exists():
+        pytest.skip("no /proc here")
+    monkeypatch.setattr(sweep, "sweep", lambda *a, **k: pytest.fail("swept despite a bad --out"))
+    monkeypatch.setattr(study, "run_study", lambda *a, **k: pytest.fail("trained despite a bad --out"))
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    out = {"file": afile, "under_file": afile / "sub", "unwritable": UNWRITABLE}[where]
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv + [str(out)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith(f"normbench {' '.join(argv[:1 + (argv[0] == 'study')])}: error: --out {out}")
+
+
+def test_accuracy_unwritable_docs_exits_2_before_the_sweep(capsys, monkeypatch):
+    from normbench.accuracy import sweep
+
+    if not Path("/proc/self").exists():
+        pytest.skip("no /proc here")
+    monkeypatch.setattr(sweep, "sweep", lambda *a, **k: pytest.fail("swept despite a bad --docs"))
+    docs = UNWRITABLE / "numerics.md"
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["accuracy", "--quick", "--variant", "rms_norm", "--docs", str(docs)])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith(f"normbench accuracy: error: --docs {docs}: its folder")

@@ -79,8 +79,10 @@ def test_report_command_writes_markdown_plots_and_readme(tmp_path, capsys):
     md = (tmp_path / "rep" / "report.md").read_text()
     for section in ("normbench run", "pytest-benchmark", "asv history", "accuracy"):
         assert section in md
-    for png in ("roofline.png", "speedup.png", "history.png", "accuracy_offset.png"):
+    for png in ("roofline.png", "history.png", "accuracy_offset.png"):
         assert (tmp_path / "rep" / png).read_bytes()[:8] == PNG, png
+    # the committed run timed the peers apart: no speed-up is shown, in the table or as a plot
+    assert not (tmp_path / "rep" / "speedup.png").exists() and "speedup" not in md
     text = readme.read_text()
     assert "old table" not in text and "before" in text and "after" in text and "% of limit" in text
     assert text.count(report.README_START) == 1
@@ -342,3 +344,57 @@ def test_results_table_names_its_run_files_and_commits(tmp_path):
     table = report.results_table(runs)
     line = next(ln for ln in table.splitlines() if ln.startswith("Rows from"))
     assert line == f"Rows from 2 run files (commit abcdef12: new.json; no recorded commit: {old.name})."
+
+
+# ---------------------------------------------------------------- the rules the tables and the plots share
+def test_accuracy_table_leaves_out_the_exact_h_pass():
+    """Fused add + norm's ``backward_exact_h`` rows (dx against the gradient at the exact h: the rounding of the
+    stored h, not the kernel's error) stay out of the table, as out of docs/numerics.md."""
+    from normbench.accuracy.sweep import EXACT_H_PASS
+
+    rows = [dict(variant="fused_add_norm", family="offset1e4", dtype="float32", impl="cpu", output="dx",
+                 is_default=True, **{"pass": p, "max_err": e}) for p, e in (("backward", 0.5), (EXACT_H_PASS, 1.9e4))]
+    text = report.accuracy_table(pd.DataFrame(rows))
+    assert "0.5" in text and "1.9e+04" not in text
+
+
+def test_speedup_plot_shows_only_the_speedups_the_table_shows(tmp_path, monkeypatch):
+    """Runs that timed the peers apart overstate the speed-ups: blank in the table, and no bar in the plot."""
+    old = report.load_run(_one("runs/*.json"))
+    assert not old["peers_paired"].any() and old["speedup_torch"].notna().any()
+    assert report.plot_speedups(old, tmp_path / "speedup.png") is None and not (tmp_path / "speedup.png").exists()
+    figs = _plotted(monkeypatch)
+    new = old.assign(machine="boxB-2t", peers_paired=True)
+    assert report.plot_speedups(pd.concat([old, new], ignore_index=True), tmp_path / "speedup.png") is not None
+    (fig,) = figs
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    widths = {}
+    for container, peer in zip(fig.axes[0].containers, [t.get_text() for t in fig.axes[0].get_legend().get_texts()]):
+        widths[peer] = [p.get_width() for p in container.patches]
+    drawn = {lb for k, lb in enumerate(labels) if any(w[k] == w[k] and w[k] > 0 for w in widths.values())}
+    assert drawn and all(lb.startswith("boxB-2t: ") for lb in drawn)
+
+
+@pytest.mark.parametrize("where", ["file", "unwritable", "readme_missing", "readme_unwritable"])
+def test_bad_output_paths_exit_2_before_anything_is_written(tmp_path, capsys, where):
+    """--out must be a folder that can be written (or created), --readme an existing file that can be written:
+    checked before reading the sources, so a bad one writes nothing (not report.md first, then a traceback)."""
+    if "unwritable" in where and not Path("/proc/self").exists():
+        pytest.skip("no /proc here")
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    out, readme = tmp_path / "rep", []
+    if where == "file":
+        out = afile
+    elif where == "unwritable":
+        out = Path("/proc/normbench-test/rep")
+    else:
+        readme = ["--readme", str(tmp_path / "nope.md" if where == "readme_missing" else "/proc/normbench-README.md")]
+    with pytest.raises(SystemExit) as exc:
+        report.main(["--runs", str(DATA / "runs"), "--asv", str(DATA / "asv"), "--pytest", str(DATA / "pytest"),
+                     "--accuracy", str(DATA / "accuracy"), "--no-plots", "--out", str(out), *readme])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    option = "--readme" if readme else "--out"
+    assert err.splitlines()[-1].startswith(f"normbench report: error: {option} ") and "Traceback" not in err
+    assert not (tmp_path / "rep").exists() and afile.read_text() == ""

@@ -154,6 +154,110 @@ def test_run_reports_why_cases_were_skipped(tmp_path, capsys):
     assert "skipped 1 case(s)" in printed and "instance_norm" in printed and "invalid for this variant" in printed
 
 
+def test_run_a_peer_that_raises_gets_blank_columns_not_the_case(tmp_path, capsys, monkeypatch):
+    """A peer that raises on an input normbench handles (PyTorch's group norm on a batch of 1) gives that peer's
+    columns NaN and its reason once; the kernel's measurement stands and the other peers are still timed."""
+    from normbench import peers
+
+    real = peers.prepare
+
+    def prepare(peer, variant, inputs, dy):
+        if peer == "torch":
+            def broken():
+                raise ValueError("Expected more than 1 value per channel when training")
+            return broken, broken
+        return real(peer, variant, inputs, dy)
+
+    monkeypatch.setattr(peers, "prepare", prepare)
+    monkeypatch.setattr(peers, "available", lambda: ["numpy", "torch"])
+    rc = runner.main(["--variant", "rms_norm", "--shape", "3x16", "--repeats", "1", "--peer", "numpy",
+                      "--peer", "torch", "--out-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert rc == 0
+    (jpath,) = tmp_path.glob("*.json")
+    doc = json.loads(jpath.read_text())
+    case = "rms_norm/3x16/float32"
+    assert doc["peer_failures"] == {f"{case} [torch]": "ValueError: Expected more than 1 value per channel when "
+                                                        "training"}
+    assert out.count("Expected more than 1 value per channel") == 1
+    assert {r["pass"] for r in doc["rows"]} == {"forward", "backward"}
+    for r in doc["rows"]:
+        assert r["speedup_torch"] is None and r["err_torch"] is None and r["time_torch"] is None  # NaN -> null
+        assert r["speedup_numpy"] > 0 and 0 <= r["err_eps"] < 50
+
+
+def test_run_repeated_options_run_each_case_once(tmp_path, capsys):
+    """--variant, --shape, --backend and --dtype given twice: each case measured once, in the order given."""
+    assert runner.main(["--variant", "rms_norm", "--variant", "layer_norm", "--variant", "rms_norm",
+                        "--shape", "3x16", "--shape", "3x16", "--backend", "cpu", "--backend", "cpu",
+                        "--dtype", "float32", "--dtype", "float32", "--repeats", "1", "--no-peers", "--no-accuracy",
+                        "--json", "--out-dir", str(tmp_path)]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [(r["variant"], r["pass"]) for r in rows] == [("rms_norm", "forward"), ("rms_norm", "backward"),
+                                                         ("layer_norm", "forward"), ("layer_norm", "backward")]
+
+
+def test_run_cuda_without_a_gpu_says_so(tmp_path, capsys, monkeypatch):
+    """--backend cuda where no GPU (nor the simulator) is there: the accuracy sweep's message, exit 2, nothing
+    measured or written (not "no case ran ... (no selected backend implements it)", exit 1)."""
+    real = registry.available_backends
+    monkeypatch.setattr(registry, "available_backends", lambda v: [b for b in real(v) if b != "cuda"])
+    monkeypatch.setattr(runner, "run_case", lambda *a, **k: pytest.fail("measured without a GPU"))
+    out = tmp_path / "runs"
+    assert runner.main(["--variant", "layer_norm", "--shape", "64x128", "--backend", "cuda",
+                        "--out-dir", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == ["normbench run: --backend cuda: not available here for layer_norm (cuda "
+                                         "needs a GPU, or NUMBA_ENABLE_CUDASIM=1 for the simulator)"]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("where", ["under_file", "unwritable"])
+def test_run_bad_out_dir_exits_2_before_measuring(tmp_path, capsys, monkeypatch, where):
+    if where == "unwritable" and not Path("/proc/self").exists():
+        pytest.skip("no /proc here")
+    monkeypatch.setattr(runner, "run_case", lambda *a, **k: pytest.fail("measured despite a bad --out-dir"))
+    (tmp_path / "afile").write_text("")
+    out = tmp_path / "afile" / "runs" if where == "under_file" else Path("/proc/normbench-test/runs")
+    assert runner.main(["--variant", "rms_norm", "--shape", "3x16", "--out-dir", str(out)]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"normbench run: --out-dir {out}: ")
+
+
+def _git(repo, *args):
+    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.com",
+                           "-c", "commit.gpgsign=false", *args], capture_output=True, text=True, check=True).stdout
+
+
+@pytest.mark.skipif(subprocess.run(["which", "git"], capture_output=True).returncode != 0, reason="no git")
+def test_code_version_only_from_a_checkout_that_tracks_normbench(tmp_path):
+    """normbench installed (not editable) in a virtualenv inside some git checkout: that checkout's HEAD says
+    nothing about the code measured, so ``code`` is null; the same file tracked by the checkout gives its HEAD."""
+    import importlib.util
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    (repo / "README").write_text("x\n")
+    _git(repo, "add", "README")
+    _git(repo, "commit", "-q", "-m", "one")
+
+    def copy_of_runner(path):
+        path.parent.mkdir(parents=True)
+        path.write_text(Path(runner.__file__).read_text())
+        spec = importlib.util.spec_from_file_location(f"runner_copy_{len(path.parts)}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    installed = copy_of_runner(repo / ".venv" / "lib" / "site-packages" / "normbench" / "benchmarks" / "runner.py")
+    assert installed.code_version() is None  # untracked here: not this checkout's code
+    tracked = copy_of_runner(repo / "normbench" / "benchmarks" / "runner.py")
+    _git(repo, "add", "normbench")
+    _git(repo, "commit", "-q", "-m", "two")
+    assert tracked.code_version() == {"commit": _git(repo, "rev-parse", "HEAD").strip(), "dirty": False}
+
+
 def test_error_eps_measures_in_units_of_eps():
     inputs = {"x": np.zeros((2, 4), np.float32), "normalized_shape": (4,)}
     ref = np.array([[1.0, -2, 0.5, 0], [4, 0, 0, 0]])

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import numerics
+from .sweep import EXACT_H_PASS
 
 GUARD_BOUND = 4.0
 
@@ -56,10 +57,10 @@ def build(results: Path, out_path: Path) -> str:
         csv = results / "accuracy-quick.csv"
     df = pd.read_csv(csv, keep_default_na=False, na_values=[""])
     df["is_default"] = df.is_default.astype(str) == "True"
-    ex = df[(df["pass"] == "backward_exact_h") & df.family.str.startswith("offset") & (df.dtype == "float32")
+    ex = df[(df["pass"] == EXACT_H_PASS) & df.family.str.startswith("offset") & (df.dtype == "float32")
             & df.is_default & (df.impl == "cpu")].groupby("family").max_err.max()
     exact_h = ", ".join(f"{k[6:]}: {_fmt(v)}" for k, v in ex.items()) or "n/a"
-    df = df[df["pass"] != "backward_exact_h"]  # an end-to-end figure for one note, not a kernel's error
+    df = df[df["pass"] != EXACT_H_PASS]  # an end-to-end figure for one note, not a kernel's error
     study = {n: pd.read_csv(results / f"{n}.csv") for n in
              ("offset_study", "eps_placement_study", "correction_study", "speed_study")
              if (results / f"{n}.csv").exists()}

@@ -22,12 +22,15 @@ from pathlib import Path
 import numpy as np
 
 from .. import registry
-from ..cli import non_negative_int
+from ..cli import backend_error, non_negative_int, output_dir_error, writable_file_error
 from ..numerics import ACCUMULATORS, VARIANCE_ALGORITHMS, resolve
 from . import families, metrics, oracle
 
 DTYPES = ("float32", "float64")
 RESULTS = Path("results/accuracy")
+#: fused add + norm's dx against the gradient at the exact ``h`` (:func:`fused_backward_oracle`): an end-to-end
+#: figure for one note in docs/numerics.md, not a kernel's error; tables of kernels' errors leave this pass out
+EXACT_H_PASS = "backward_exact_h"
 META = ("variant", "family", "dtype", "shape", "impl", "kind", "against", "eps_placement", "correction", "variance",
         "accumulate", "is_default", "pass", "output")
 
@@ -82,7 +85,7 @@ def run_backend(variant, inputs, dy, backend, numerics, ref_fwd, ref_bwd, meta):
     except Exception as err:
         return rows + _error_row(meta, "backward", err)
     if variant == "fused_add_norm" and meta.get("against", "oracle") == "oracle":
-        exact_h = _rows(meta, "backward_exact_h", metrics.compare(variant, inputs, bwd, ref_bwd, ref_fwd))
+        exact_h = _rows(meta, EXACT_H_PASS, metrics.compare(variant, inputs, bwd, ref_bwd, ref_fwd))
         rows += [r for r in exact_h if r["output"] == "dx"]
         ref_bwd = fused_backward_oracle(inputs, fwd, dy, numerics)
     return rows + _rows(meta, "backward", metrics.compare(variant, inputs, bwd, ref_bwd, ref_fwd))
@@ -274,12 +277,10 @@ def main(argv=None):
     ap.add_argument("--seed", type=non_negative_int, default=0, help="data seed, a non-negative integer (default 0)")
     args = ap.parse_args(argv)
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        ap.error(f"--out {out} is a file; expected a folder (created if missing)")
-    variants = args.variant or list(registry.VARIANTS)
-    if args.backend and not all(any(b in registry.available_backends(v) for v in variants) for b in args.backend):
-        ap.error(f"--backend {' '.join(args.backend)}: not available here for {' '.join(variants)} (cuda needs a "
-                 "GPU, or NUMBA_ENABLE_CUDASIM=1 for the simulator)")
+    problem = (output_dir_error("--out", out) or (args.docs and writable_file_error("--docs", args.docs, create=True))
+               or backend_error(args.backend, args.variant or list(registry.VARIANTS)))
+    if problem:
+        ap.error(problem)
     dtypes = args.dtype or (("float32",) if args.quick else DTYPES)
     df = sweep(args.variant, args.family, dtypes, args.backend, quick=args.quick, peers=not args.no_peers,
                seed=args.seed, progress=True)

@@ -29,6 +29,7 @@ import numpy as np
 from normbench import bandwidth, registry
 from normbench.benchmarks import _harness
 from normbench.benchmarks import cases as _cases
+from normbench.cli import backend_error, output_dir_error
 
 SCHEMA = "normbench.run/1"
 #: how peers are timed, recorded in every run document: "paired" = in the kernel's rounds, on reused memory
@@ -102,8 +103,10 @@ class _CopyCache(dict):
         return self[key]
 
 
-def run_case(case: _cases.Case, backends, peers, repeats: int, copies: _CopyCache, accuracy: bool = True):
-    """Rows (dicts) for one case: one per backend and pass."""
+def run_case(case: _cases.Case, backends, peers, repeats: int, copies: _CopyCache, accuracy: bool = True,
+             peer_failures: dict | None = None):
+    """Rows (dicts) for one case: one per backend and pass.  A peer that raises on the case's inputs gets NaN in
+    its columns, and its reason ("<type>: <message>") under its name in ``peer_failures`` when given."""
     from normbench import peers as _peers
 
     spec = case.spec
@@ -118,18 +121,23 @@ def run_case(case: _cases.Case, backends, peers, repeats: int, copies: _CopyCach
         scales = {"forward": error_scale(case.variant, inputs, ref_y),
                   "backward": error_scale(case.variant, inputs, ref_dx)}
 
-    peer_fns, peer_err = {}, {}
+    peer_fns, peer_err, peer_failed = {}, {}, {}
     for p in peers:
         try:
             fwd, bwd = _peers.prepare(p, case.variant, _harness.fresh(inputs), dy)
+            for pass_, fn, ref in (("forward", fwd, ref_y), ("backward", bwd, ref_dx)):
+                out = fn()  # the warm-up call (JIT, allocator) gives the error; timed below, beside the kernel
+                peer_err[p, pass_] = (error_eps(case.variant, inputs, out, ref, scales[pass_]) if ref is not None
+                                      else math.nan)
+                del out
         except NotImplementedError:
             continue
+        except Exception as err:  # the peer's own failure (e.g. PyTorch's batch of 1): its columns n/a, not the case's
+            peer_failed[p] = f"{type(err).__name__}: {err}"
+            if peer_failures is not None:
+                peer_failures[p] = peer_failed[p]
+            continue
         peer_fns[p] = {"forward": fwd, "backward": bwd}
-        for pass_, fn, ref in (("forward", fwd, ref_y), ("backward", bwd, ref_dx)):
-            out = fn()  # the warm-up call (JIT, allocator) gives the error; timed below, beside the kernel
-            peer_err[p, pass_] = (error_eps(case.variant, inputs, out, ref, scales[pass_]) if ref is not None
-                                  else math.nan)
-            del out
 
     rows = []
     for backend in backends:
@@ -167,6 +175,9 @@ def run_case(case: _cases.Case, backends, peers, repeats: int, copies: _CopyCach
                 row[f"err_{p}"] = peer_err[p, pass_]
                 row[f"time_{p}"] = tp
                 row[f"speedup_{p}"] = tp / t
+            if backend != "cuda":  # cuda rows carry no (host) peer columns
+                for p in peer_failed:
+                    row[f"err_{p}"] = row[f"time_{p}"] = row[f"speedup_{p}"] = math.nan
             rows.append(row)
     return rows
 
@@ -174,17 +185,21 @@ def run_case(case: _cases.Case, backends, peers, repeats: int, copies: _CopyCach
 # ============================================================================================ output
 def code_version() -> dict | None:
     """The git commit normbench was imported from and whether its tracked files differ from it
-    (``{"commit", "dirty"}``); None outside a git checkout (e.g. an installed wheel) or without git."""
-    root = Path(__file__).resolve().parents[2]
+    (``{"commit", "dirty"}``); None outside a git checkout (e.g. an installed wheel), without git, and where the
+    folder holding normbench lies in a git checkout that does not track normbench's own files (a wheel installed
+    in a virtualenv inside some checkout: that checkout's HEAD says nothing about the code measured)."""
+    here = Path(__file__).resolve()
 
-    def git(*a):
-        return subprocess.run(["git", "-C", str(root), *a], capture_output=True, text=True, check=True,
+    def git(where, *a):
+        return subprocess.run(["git", "-C", str(where), *a], capture_output=True, text=True, check=True,
                               timeout=10).stdout
 
     try:
-        commit = git("rev-parse", "HEAD").strip()
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
-    except (OSError, subprocess.SubprocessError):
+        top = Path(git(here.parent, "rev-parse", "--show-toplevel").strip()).resolve()
+        git(top, "ls-files", "--error-unmatch", "--", str(here.relative_to(top)))  # fails unless this file is tracked
+        commit = git(top, "rev-parse", "HEAD").strip()
+        dirty = bool(git(top, "status", "--porcelain", "--untracked-files=no").strip())
+    except (OSError, ValueError, subprocess.SubprocessError):  # ValueError: this file is not under the toplevel
         return None
     return {"commit": commit, "dirty": dirty}
 
@@ -294,6 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _unique(values):
+    """A repeatable option's values without repeats, in order (a case named twice runs once); None stays None."""
+    return list(dict.fromkeys(values)) if values else values
+
+
 def _backends_for(variant: str, wanted) -> list[str]:
     have = registry.available_backends(variant)
     if wanted:
@@ -312,22 +332,25 @@ def main(argv=None) -> int:
     if args.repeats < 1:
         print("normbench run: --repeats must be >= 1", file=sys.stderr)
         return 2
+    args.variant, args.dtype, args.backend = _unique(args.variant), _unique(args.dtype), _unique(args.backend)
     try:
-        shapes = [_cases.parse_shape(s) for s in args.shape] if args.shape else None
+        shapes = _unique([_cases.parse_shape(s) for s in args.shape]) if args.shape else None
         matrix = _cases.cases(full=args.full, variants=args.variant, dtypes=args.dtype, shapes=shapes,
                               params={"axis": args.axis} if args.axis else None)
     except ValueError as err:
         print(f"normbench run: {err}", file=sys.stderr)
         return 2
     out_dir = Path(args.out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        print(f"normbench run: --out-dir {out_dir} is a file; expected a folder (created if missing)", file=sys.stderr)
-        return 2
     if args.backend:
         bad = [b for b in args.backend if b not in registry.BACKENDS]
         if bad:
             print(f"normbench run: backend={bad}; expected some of {list(registry.BACKENDS)}", file=sys.stderr)
             return 2
+    problem = (output_dir_error("--out-dir", out_dir)
+               or backend_error(args.backend, list(dict.fromkeys(c.variant for c in matrix))))
+    if problem:
+        print(f"normbench run: {problem}", file=sys.stderr)
+        return 2
     installed = _peers.available()
     if args.peer and not args.no_peers:
         bad = [p for p in args.peer if p not in _peers.PEERS]
@@ -340,10 +363,10 @@ def main(argv=None) -> int:
                   f"({', '.join(PEER_INSTALL[p] for p in missing)}) or leave out --peer {missing[0]}",
                   file=sys.stderr)
             return 2
-    peers = [] if args.no_peers else list(dict.fromkeys(args.peer or installed))
+    peers = [] if args.no_peers else _unique(args.peer or installed)
     bandwidth.reuse_freed_memory()  # peers' fresh outputs then cost what our preallocated ones do: no page faults
     copies = _CopyCache()
-    rows, skipped = [], []
+    rows, skipped, peer_failures = [], [], {}
     with tqdm(matrix, desc="normbench run", unit="case", file=sys.stderr, disable=args.json and not sys.stderr.isatty()) as bar:
         for case in bar:
             bar.set_postfix_str(case.name, refresh=False)
@@ -351,12 +374,16 @@ def main(argv=None) -> int:
             if not backends:
                 skipped.append(f"{case.name} (no selected backend implements it)")
                 continue
+            failed = {}
             try:
-                rows += run_case(case, backends, peers, args.repeats, copies, accuracy=not args.no_accuracy)
+                rows += run_case(case, backends, peers, args.repeats, copies, accuracy=not args.no_accuracy,
+                                 peer_failures=failed)
             except MemoryError:
                 skipped.append(case.name + " (out of memory)")
             except (ValueError, TypeError) as err:  # e.g. --shape 4096x8192 for instance norm: not a valid input
                 skipped.append(f"{case.name} (invalid for this variant: {err})")
+            else:
+                peer_failures.update({f"{case.name} [{p}]": why for p, why in failed.items()})
     if not rows:
         print("normbench run: no case ran:\n" + "\n".join(f"  {s}" for s in skipped), file=sys.stderr)
         return 1
@@ -366,7 +393,8 @@ def main(argv=None) -> int:
     doc = {"schema": SCHEMA, "created": now.isoformat(timespec="seconds"), "machine": info,
            "argv": list(argv) if argv is not None else sys.argv[1:], "peers": peers,
            "peer_timing": PEER_TIMING, "code": code_version(),
-           "skipped": skipped, "verdict": verdict(df), "rows": json.loads(df.to_json(orient="records"))}
+           "skipped": skipped, "peer_failures": peer_failures, "verdict": verdict(df),
+           "rows": json.loads(df.to_json(orient="records"))}
     out_dir.mkdir(parents=True, exist_ok=True)
     jpath, cpath = result_paths(out_dir, f"{info['machine']}-{info['numba_threads']}t", now)
     jpath.write_text(json.dumps(doc, indent=1))
@@ -379,6 +407,9 @@ def main(argv=None) -> int:
     print(f"results: {jpath} and {cpath.name}")
     if skipped:
         print(f"skipped {len(skipped)} case(s):\n" + "\n".join(f"  {s}" for s in skipped))
+    if peer_failures:
+        print(f"peer columns n/a where the peer raised ({len(peer_failures)}):\n"
+              + "\n".join(f"  {k}: {why}" for k, why in peer_failures.items()))
     return 0
 
 
