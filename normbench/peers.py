@@ -4,7 +4,9 @@
 regions) that return the pass's main output as a NumPy array (``y`` forward, ``dx`` backward), computed in the
 input dtype, on the same inputs as normbench's kernels (the registry's input dicts).  ``backward`` needs the
 forward's saved values; ``prepare`` computes them once, outside any timed region.  A peer that lacks a variant
-(or a layout) raises :class:`NotImplementedError` from ``prepare``.
+(or a layout) raises :class:`NotImplementedError` from ``prepare``; the suites report that peer as n/a for the
+variant.  A new variant has no peer until it is added here (:data:`NUMPY_VARIANTS` and its textbook formula in
+:func:`_numpy`; :func:`_torch`, :func:`_jax`): see docs/adding-a-variant.md.
 
 * ``numpy``: the textbook formulas a tutorial writes (``x.mean``, ``x.var``, broadcasting), in the input dtype.
 * ``torch``: ``torch.nn.functional`` on zero-copy views of the NumPy inputs, threads set to Numba's thread count;
@@ -19,6 +21,11 @@ import importlib.util
 import numpy as np
 
 PEERS = ("numpy", "torch", "jax")
+#: the variants the NumPy (and JAX) textbook formulas below know; any other is NotImplementedError (n/a)
+NUMPY_VARIANTS = ("batch_norm", "layer_norm", "rms_norm", "group_norm", "instance_norm", "frozen_batch_norm",
+                  "local_response_norm", "fused_add_norm")
+#: channel variants by the axes their statistics reduce over (row variants are recognised by normalized_shape)
+CHANNEL_REDUCTION = {"batch_norm": "batch", "frozen_batch_norm": "batch", "instance_norm": "spatial"}
 
 
 def available() -> list[str]:
@@ -39,19 +46,25 @@ def prepare(peer: str, variant: str, inputs: dict, dy: np.ndarray):
 # ============================================================================================ textbook formulas
 # Written once against an array namespace ``xp`` (numpy or jax.numpy), the way tutorials write them.
 def _reduce_axes(variant, x, inputs):
-    """(axes to reduce over, broadcast shape of per-channel parameters, reshaped view function)."""
+    """(axes to reduce over, broadcast shape of per-channel parameters or None).  Row variants (any variant whose
+    inputs carry ``normalized_shape``) reduce over the trailing ``normalized_shape``; channel variants are listed
+    in ``CHANNEL_REDUCTION`` (group norm and LRN are not axis reductions: see ``_group_view`` and ``_lrn``).
+    Also the accuracy unit of ``normbench run`` (runner.error_scale)."""
     nd = x.ndim
-    if variant in ("layer_norm", "rms_norm", "fused_add_norm"):
+    if "normalized_shape" in inputs:
         k = len(inputs["normalized_shape"])
         return tuple(range(nd - k, nd)), None
     axis = inputs.get("axis", 1)
     ch = 1 if axis == 1 or nd == 2 else nd - 1
     bshape = tuple(x.shape[ch] if a == ch else 1 for a in range(nd))
-    if variant in ("batch_norm", "frozen_batch_norm"):
+    kind = CHANNEL_REDUCTION.get(variant)
+    if kind == "batch":
         return tuple(a for a in range(nd) if a != ch), bshape
-    if variant == "instance_norm":
+    if kind == "spatial":
         return tuple(a for a in range(1, nd) if a != ch), bshape
-    raise NotImplementedError(variant)
+    raise NotImplementedError(f"{variant}: normbench.peers._reduce_axes does not know the axes its statistics "
+                              "reduce over (a channel variant: add it to peers.CHANNEL_REDUCTION; see "
+                              "docs/adding-a-variant.md, step 6)")
 
 
 def _group_view(x, G, axis, xp):
@@ -67,6 +80,8 @@ def _group_view(x, G, axis, xp):
 
 
 def _numpy(variant, inputs, dy, xp):
+    if variant not in NUMPY_VARIANTS:
+        raise NotImplementedError(f"no NumPy peer for {variant}")
     x, w, b = inputs["x"], inputs.get("weight"), inputs.get("bias")
     eps = 1e-5
     if variant == "local_response_norm":

@@ -606,3 +606,62 @@ def test_running_statistics_overlapping_an_input_are_errors(backend, x4):
     y, _, _ = nb.batch_norm_forward(x4, w, None, w, np.ones(4), training=False, backend=backend)  # read-only use
     np.testing.assert_allclose(y, nb.batch_norm_forward(x4, np.ones(4), None, np.ones(4), np.ones(4),
                                                         training=False, backend="reference")[0])
+
+
+# ---------------------------------------------------------------------------------------------- every variant
+# The generic rules of docs/adding-a-variant.md, step 1, checked for every variant in registry.VARIANTS through
+# the registry's make_inputs / run_forward / run_backward, so that a new variant is checked without an edit here.
+EVERY_HOST_BACKEND = [(v, b) for v in registry.VARIANTS for b in backends(v)]
+_SMALL = (2, 4, 3)  # a logical shape every variant takes: rows of 3 values, or N=2, C=4 (4 groups), 3 positions
+
+
+class _DeviceLike:
+    """Stands for a CUDA device array (what _checks.is_device_array recognises) without a GPU."""
+
+    def __init__(self, a):
+        self.shape, self.dtype, self.ndim = a.shape, a.dtype, a.ndim
+        self.__cuda_array_interface__ = {"shape": a.shape, "typestr": a.dtype.str, "data": (0, False),
+                                         "version": 3}
+
+
+def _fresh(inputs):
+    return {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in inputs.items()}
+
+
+@pytest.mark.parametrize("variant,backend", EVERY_HOST_BACKEND)
+def test_every_front_rejects_a_device_output_on_a_host_backend(variant, backend, rng):
+    spec = registry.VARIANTS[variant]
+    inputs = spec.make_inputs(_SMALL, np.dtype(np.float32), rng)
+    fake = _DeviceLike(inputs["x"])
+    with pytest.raises(TypeError, match="out is a CUDA device array"):
+        spec.run_forward(_fresh(inputs), backend=backend, out=fake)
+    out = spec.run_forward(_fresh(inputs), backend=backend)
+    dy = rng.standard_normal(inputs["x"].shape).astype(np.float32)
+    with pytest.raises(TypeError, match="dx_out is a CUDA device array"):
+        spec.run_backward(_fresh(inputs), out, dy, backend=backend, dx_out=fake)
+
+
+@pytest.mark.parametrize("variant,backend", EVERY_HOST_BACKEND)
+def test_every_front_rejects_integer_x_naming_it(variant, backend, rng):
+    spec = registry.VARIANTS[variant]
+    inputs = spec.make_inputs(_SMALL, np.dtype(np.float64), rng)
+    inputs["x"] = np.ones(inputs["x"].shape, np.int64)
+    with pytest.raises((TypeError, ValueError), match=r"\bx\b"):
+        spec.run_forward(inputs, backend=backend)
+
+
+@pytest.mark.parametrize("variant,backend", EVERY_HOST_BACKEND)
+def test_every_front_saves_float64_statistics_and_takes_an_empty_batch(variant, backend, rng):
+    from normbench.accuracy import oracle
+
+    spec = registry.VARIANTS[variant]
+    for shape in (_SMALL, (0,) + _SMALL[1:]):
+        inputs = spec.make_inputs(shape, np.dtype(np.float32), rng)
+        x = inputs["x"]
+        out = spec.run_forward(_fresh(inputs), backend=backend)
+        assert out[0].shape == x.shape
+        for name, o in zip(oracle.FORWARD_NAMES[variant], out):
+            if name in ("mean", "rstd") and o is not None:
+                assert o.dtype == np.float64, f"{variant} {name}: {o.dtype}"
+        dy = np.ones(x.shape, np.float32)
+        assert spec.run_backward(_fresh(inputs), out, dy, backend=backend)[0].shape == x.shape

@@ -27,11 +27,28 @@ import math
 import numpy as np
 
 from .. import registry
-from .layout import ROW_VARIANTS, channel_ids, group_ids
+from . import layout
+from .layout import channel_ids, group_ids
 from .oracle import default_eps
 
-#: small default shapes per variant for the sweep (group norm: num_groups=4)
-SHAPES = {
+
+class _Shapes(dict):
+    """A per-variant shape table whose row variants (:func:`layout.row_variant`) not listed take the row
+    default ``row``; any other variant not listed is a NotImplementedError naming the table."""
+
+    def __init__(self, name, row, entries):
+        super().__init__(entries)
+        self.name, self.row = name, row
+
+    def __missing__(self, variant):
+        if variant in registry.VARIANTS and layout.row_variant(variant):
+            return self.row
+        raise NotImplementedError(f"no accuracy sweep shape for variant {variant!r}: add it to "
+                                  f"normbench/accuracy/families.py {self.name} (see docs/adding-a-variant.md, step 6)")
+
+
+#: small default shapes per variant for the sweep (group norm: num_groups=4); row variants default to (32, 1024)
+SHAPES = _Shapes("SHAPES", (32, 1024), {
     "batch_norm": (8, 16, 8, 8),
     "frozen_batch_norm": (8, 16, 8, 8),
     "group_norm": (4, 16, 8, 8),
@@ -40,8 +57,9 @@ SHAPES = {
     "layer_norm": (32, 1024),
     "rms_norm": (32, 1024),
     "fused_add_norm": (32, 1024),
-}
-QUICK_SHAPES = {
+})
+#: the ``--quick`` shapes; row variants default to (8, 256)
+QUICK_SHAPES = _Shapes("QUICK_SHAPES", (8, 256), {
     "batch_norm": (4, 8, 4, 4),
     "frozen_batch_norm": (4, 8, 4, 4),
     "group_norm": (2, 8, 4, 4),
@@ -50,10 +68,10 @@ QUICK_SHAPES = {
     "layer_norm": (8, 256),
     "rms_norm": (8, 256),
     "fused_add_norm": (8, 256),
-}
+})
 LONG = 2 ** 20
-#: long_rows shapes: 2**20 values per normalisation group
-LONG_SHAPES = {
+#: long_rows shapes: 2**20 values per normalisation group; row variants default to (2, 2**20)
+LONG_SHAPES = _Shapes("LONG_SHAPES", (2, LONG), {
     "batch_norm": (16, 2, 2 ** 16),
     "frozen_batch_norm": (16, 2, 2 ** 16),
     "group_norm": (1, 2, LONG),  # num_groups = 2: one channel per group
@@ -62,7 +80,7 @@ LONG_SHAPES = {
     "layer_norm": (2, LONG),
     "rms_norm": (2, LONG),
     "fused_add_norm": (2, LONG),
-}
+})
 DEFAULT_PARAMS = {"group_norm": {"num_groups": 4}}
 
 
@@ -195,4 +213,4 @@ def make(family: str, variant: str, dtype, rng, *, quick=False, shape=None, **pa
 
 
 def row_variant(variant: str) -> bool:
-    return variant in ROW_VARIANTS
+    return layout.row_variant(variant)

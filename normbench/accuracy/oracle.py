@@ -13,6 +13,8 @@ tests/test_accuracy.py checks the oracle against exact rational arithmetic (``fr
 """
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 
 from .. import registry
@@ -20,6 +22,11 @@ from ..numerics import Numerics, resolve
 from ..reference._stats import moments, rstd
 from .layout import group_ids, group_rows
 
+#: Per variant, what this module must know (docs/adding-a-variant.md, step 6): the names of the forward's and the
+#: backward's outputs in the public functions' order (names that normbench.accuracy.metrics scales: X_SHAPED,
+#: PARAMS, STATS; a parameter gradient is "dweight"/"dbias" whatever the argument is called), how to call the
+#: reference implementation with wide outputs (FORWARD_CALLS, BACKWARD_CALLS) and how the saved statistics are
+#: computed from a group's values (STATISTICS).  :func:`missing` lists the tables that lack a variant.
 FORWARD_NAMES = {
     "batch_norm": ("y", "mean", "rstd"),
     "layer_norm": ("y", "mean", "rstd"),
@@ -48,10 +55,18 @@ def wide_dtype(dtype) -> np.dtype:
 
 
 def default_eps(variant: str, inputs) -> float:
-    """The public functions' default eps (RMS norm: finfo(x.dtype).eps; fused add + RMS takes 1e-5)."""
-    if variant == "rms_norm":
+    """The public forward's default eps, read from its signature (``registry.VARIANTS[variant].forward_name`` in
+    normbench.functional): ``eps=None`` means ``finfo(x.dtype).eps`` (RMS norm, as PyTorch); a front without an
+    ``eps`` argument (LRN) gets 1e-5, which it never uses.  Fused add + norm's default 1e-5 holds for both norms."""
+    from .. import functional
+
+    front = getattr(functional, registry.VARIANTS[variant].forward_name)
+    param = inspect.signature(front).parameters.get("eps")
+    if param is None or param.default is inspect.Parameter.empty:
+        return 1e-5
+    if param.default is None:
         return float(np.finfo(inputs["x"].dtype).eps)
-    return 1e-5
+    return float(param.default)
 
 
 def fresh(inputs: dict) -> dict:
@@ -69,12 +84,116 @@ def named(names, outputs) -> dict:
 
 def _stat_shape(variant, i):
     x = i["x"]
-    if variant in ("layer_norm", "rms_norm", "fused_add_norm"):
+    if "normalized_shape" in i:  # a row variant (layout.is_row): one statistic per row
         return x.shape[: x.ndim - len(i["normalized_shape"])]
     if variant == "batch_norm":
         return (x.shape[1 if kernel_axis(i) == 1 else -1],)
     C = x.shape[1 if kernel_axis(i) == 1 else -1]
     return (x.shape[0], i["num_groups"] if variant == "group_norm" else C)
+
+
+# ------------------------------------------------------------------------------------------ per-variant entries
+# STATISTICS[variant](inputs, rows, opts) -> (mean or None, the variance term that rstd is taken of), from
+# ``rows`` (groups, values per group) in wide precision; None: the forward saves no statistics the oracle
+# recomputes (frozen batch norm, LRN).
+def _moments(i, rows, opts):
+    return moments(rows, (1,), opts.correction)
+
+
+def _mean_square(i, rows, opts):
+    return None, (rows * rows).sum(axis=1) / (rows.shape[1] - opts.correction)
+
+
+STATISTICS = {
+    "batch_norm": _moments,
+    "layer_norm": _moments,
+    "rms_norm": _mean_square,
+    "group_norm": _moments,
+    "instance_norm": _moments,
+    "frozen_batch_norm": None,
+    "local_response_norm": None,
+    "fused_add_norm": lambda i, rows, opts: (_mean_square if i["norm"] == "rms" else _moments)(i, rows, opts),
+}
+
+# FORWARD_CALLS[variant](impl, inputs, eps, opts, out) calls the reference forward ``impl`` with the wide ``out``
+# and returns a dict of further wide outputs by name, if any ("h" replaces x as the data the statistics are
+# computed from); any other return value (the implementation's own) is ignored.  ``inputs`` is a fresh copy: running statistics may be written.
+FORWARD_CALLS = {
+    "batch_norm": lambda f, i, eps, opts, out: f(
+        i["x"], i.get("weight"), i.get("bias"), i["running_mean"], i["running_var"], training=i["training"],
+        momentum=0.1, eps=eps, axis=kernel_axis(i), opts=opts, out=out),
+    "layer_norm": lambda f, i, eps, opts, out: f(
+        i["x"], tuple(i["normalized_shape"]), i.get("weight"), i.get("bias"), eps=eps, opts=opts, out=out),
+    "rms_norm": lambda f, i, eps, opts, out: f(
+        i["x"], tuple(i["normalized_shape"]), i.get("weight"), eps=eps, opts=opts, out=out),
+    "group_norm": lambda f, i, eps, opts, out: f(
+        i["x"], i["num_groups"], i.get("weight"), i.get("bias"), eps=eps, axis=kernel_axis(i), opts=opts,
+        out=out),
+    "instance_norm": lambda f, i, eps, opts, out: f(
+        i["x"], i.get("weight"), i.get("bias"), i["running_mean"], i["running_var"],
+        use_input_stats=i.get("use_input_stats", True), momentum=0.1, eps=eps, axis=kernel_axis(i), opts=opts,
+        out=out),
+    "frozen_batch_norm": lambda f, i, eps, opts, out: f(
+        i["x"], i.get("weight"), i.get("bias"), i["running_mean"], i["running_var"], eps=eps, axis=kernel_axis(i),
+        out=out),
+    # scale >= k: float64 is exact enough for its own metric
+    "local_response_norm": lambda f, i, eps, opts, out: {
+        "scale": f(i["x"], i["size"], opts=opts, out=out, **LRN_DEFAULTS)[1]},
+    "fused_add_norm": lambda f, i, eps, opts, out: _fused_forward(f, i, eps, opts, out),
+}
+
+
+def _fused_forward(f, i, eps, opts, out):
+    h = np.empty(i["x"].shape, out.dtype)
+    f(i["x"], i["residual"], tuple(i["normalized_shape"]), i.get("weight"), i.get("bias"), alpha=i["alpha"],
+      norm=i["norm"], eps=eps, opts=opts, out=out, h_out=h)
+    return {"h": h}
+
+
+# BACKWARD_CALLS[variant](impl, inputs, fwd, dy, eps, opts, dx) calls the reference backward ``impl`` with the
+# wide ``dx`` and returns its outputs as a tuple, in BACKWARD_NAMES order (``fwd``: this module's forward).
+BACKWARD_CALLS = {
+    "batch_norm": lambda f, i, fwd, dy, eps, opts, dx: f(
+        dy, i["x"], i.get("weight"), i.get("bias"), fwd.get("mean"), fwd.get("rstd"), training=i["training"],
+        eps=eps, axis=kernel_axis(i), opts=opts, dx_out=dx),
+    "layer_norm": lambda f, i, fwd, dy, eps, opts, dx: f(
+        dy, i["x"], tuple(i["normalized_shape"]), fwd.get("mean"), fwd.get("rstd"), i.get("weight"), i.get("bias"),
+        eps=eps, opts=opts, dx_out=dx),
+    "rms_norm": lambda f, i, fwd, dy, eps, opts, dx: f(
+        dy, i["x"], tuple(i["normalized_shape"]), fwd.get("rstd"), i.get("weight"), eps=eps, opts=opts, dx_out=dx),
+    "group_norm": lambda f, i, fwd, dy, eps, opts, dx: f(
+        dy, i["x"], i["num_groups"], fwd.get("mean"), fwd.get("rstd"), i.get("weight"), i.get("bias"), eps=eps,
+        axis=kernel_axis(i), opts=opts, dx_out=dx),
+    "instance_norm": lambda f, i, fwd, dy, eps, opts, dx: f(
+        dy, i["x"], fwd.get("mean"), fwd.get("rstd"), i.get("weight"), i.get("bias"),
+        use_input_stats=i.get("use_input_stats", True), eps=eps, axis=kernel_axis(i), opts=opts, dx_out=dx),
+    "frozen_batch_norm": lambda f, i, fwd, dy, eps, opts, dx: (
+        f(dy, i.get("weight"), i["running_var"], eps=eps, axis=kernel_axis(i), dx_out=dx),),
+    "local_response_norm": lambda f, i, fwd, dy, eps, opts, dx: (
+        f(dy, i["x"], fwd["y"], fwd["scale"], i["size"], opts=opts, dx_out=dx, **LRN_DEFAULTS),),
+    "fused_add_norm": lambda f, i, fwd, dy, eps, opts, dx: f(
+        dy, fwd["h"], tuple(i["normalized_shape"]), fwd.get("mean"), fwd.get("rstd"), i.get("weight"),
+        i.get("bias"), alpha=i["alpha"], norm=i["norm"], dh=None, eps=eps, opts=opts, dx_out=dx),
+}
+
+#: the per-variant tables, by the name the docs and :func:`missing` use
+TABLES = {"FORWARD_NAMES": FORWARD_NAMES, "BACKWARD_NAMES": BACKWARD_NAMES, "FORWARD_CALLS": FORWARD_CALLS,
+          "BACKWARD_CALLS": BACKWARD_CALLS, "STATISTICS": STATISTICS}
+
+
+def missing(variant: str) -> list[str]:
+    """The tables of this module that have no entry for ``variant`` (empty: the oracle knows it)."""
+    return [name for name, table in TABLES.items() if variant not in table]
+
+
+def require(variant: str) -> None:
+    """NotImplementedError naming the missing entries when the oracle does not know ``variant`` (the suites
+    report that as "not available", as a backend that lacks a variant)."""
+    gaps = missing(variant)
+    if gaps:
+        raise NotImplementedError(
+            f"the accuracy oracle has no entry for variant {variant!r} in {', '.join(gaps)} "
+            "(normbench/accuracy/oracle.py; see docs/adding-a-variant.md, step 6)")
 
 
 def _wide_stats(variant, i, xw, eps, opts):
@@ -88,53 +207,24 @@ def _wide_stats(variant, i, xw, eps, opts):
         return np.broadcast_to(mean, shape).copy(), np.broadcast_to(r, shape).copy()
     ids, G = group_ids(variant, i)
     rows = group_rows(xw, ids, G)
-    if variant == "rms_norm" or (variant == "fused_add_norm" and i["norm"] == "rms"):
-        ms = (rows * rows).sum(axis=1) / (rows.shape[1] - opts.correction)
-        return None, rstd(ms, eps, opts.eps_placement).reshape(shape)
-    mean, var = moments(rows, (1,), opts.correction)
-    return mean.reshape(shape), rstd(var, eps, opts.eps_placement).reshape(shape)
+    mean, var = STATISTICS[variant](i, rows, opts)
+    return (None if mean is None else mean.reshape(shape)), rstd(var, eps, opts.eps_placement).reshape(shape)
 
 
 def forward(variant: str, inputs: dict, *, eps=None, opts: Numerics | None = None, **numerics) -> dict:
     """Wide forward outputs by name: y (and h, scale) of x's shape, statistics (mean, rstd) wide."""
+    require(variant)
     opts = opts or resolve(numerics)
     i = fresh(inputs)
     x = i["x"]
-    W = wide_dtype(x.dtype)
     impl = registry.implementation(variant, "reference", "forward")
     eps = default_eps(variant, i) if eps is None else float(eps)
-    out = np.empty(x.shape, W)
-    ax = kernel_axis(i)
-    w, b = i.get("weight"), i.get("bias")
-    xw = x.astype(W)
-    if variant == "batch_norm":
-        impl(x, w, b, i["running_mean"], i["running_var"], training=i["training"], momentum=0.1, eps=eps, axis=ax,
-             opts=opts, out=out)
-    elif variant in ("layer_norm", "rms_norm"):
-        args = (w, b) if variant == "layer_norm" else (w,)
-        impl(x, tuple(i["normalized_shape"]), *args, eps=eps, opts=opts, out=out)
-    elif variant == "group_norm":
-        impl(x, i["num_groups"], w, b, eps=eps, axis=ax, opts=opts, out=out)
-    elif variant == "instance_norm":
-        impl(x, w, b, i["running_mean"], i["running_var"], use_input_stats=i.get("use_input_stats", True),
-             momentum=0.1, eps=eps, axis=ax, opts=opts, out=out)
-    elif variant == "frozen_batch_norm":
-        impl(x, w, b, i["running_mean"], i["running_var"], eps=eps, axis=ax, out=out)
-        return {"y": out}
-    elif variant == "local_response_norm":
-        _, scale = impl(x, i["size"], opts=opts, out=out, **LRN_DEFAULTS)
-        return {"y": out, "scale": scale}  # scale >= k: float64 is exact enough for its own metric
-    elif variant == "fused_add_norm":
-        h = np.empty(x.shape, W)
-        impl(x, i["residual"], tuple(i["normalized_shape"]), w, b, alpha=i["alpha"], norm=i["norm"], eps=eps,
-             opts=opts, out=out, h_out=h)
-        xw = h
-    else:
-        raise KeyError(variant)
-    mean, r = _wide_stats(variant, i, xw, eps, opts)
-    res = {"y": out, "mean": mean, "rstd": r}
-    if variant == "fused_add_norm":
-        res["h"] = xw
+    out = np.empty(x.shape, wide_dtype(x.dtype))
+    extra = FORWARD_CALLS[variant](impl, i, eps, opts, out)
+    res = {"y": out, **(extra if isinstance(extra, dict) else {})}
+    if STATISTICS[variant] is not None:
+        mean, r = _wide_stats(variant, i, res.get("h", x.astype(out.dtype)), eps, opts)
+        res.update(mean=mean, rstd=r)
     return {k: v for k, v in res.items() if v is not None}
 
 
@@ -142,34 +232,10 @@ def backward(variant: str, inputs: dict, fwd: dict, dy, *, eps=None, opts: Numer
              **numerics) -> dict:
     """Wide gradients by name (dx, dresidual of x's shape; dweight, dbias float64 sums) of the exact forward
     ``fwd`` (this module's :func:`forward`)."""
+    require(variant)
     opts = opts or resolve(numerics)
-    i = inputs
-    x = i["x"]
-    W = wide_dtype(x.dtype)
+    x = inputs["x"]
     impl = registry.implementation(variant, "reference", "backward")
-    eps = default_eps(variant, i) if eps is None else float(eps)
-    dx = np.empty(x.shape, W)
-    ax = kernel_axis(i)
-    w, b = i.get("weight"), i.get("bias")
-    mean, r = fwd.get("mean"), fwd.get("rstd")
-    if variant == "batch_norm":
-        out = impl(dy, x, w, b, mean, r, training=i["training"], eps=eps, axis=ax, opts=opts, dx_out=dx)
-    elif variant == "layer_norm":
-        out = impl(dy, x, tuple(i["normalized_shape"]), mean, r, w, b, eps=eps, opts=opts, dx_out=dx)
-    elif variant == "rms_norm":
-        out = impl(dy, x, tuple(i["normalized_shape"]), r, w, eps=eps, opts=opts, dx_out=dx)
-    elif variant == "group_norm":
-        out = impl(dy, x, i["num_groups"], mean, r, w, b, eps=eps, axis=ax, opts=opts, dx_out=dx)
-    elif variant == "instance_norm":
-        out = impl(dy, x, mean, r, w, b, use_input_stats=i.get("use_input_stats", True), eps=eps, axis=ax,
-                   opts=opts, dx_out=dx)
-    elif variant == "frozen_batch_norm":
-        out = (impl(dy, w, i["running_var"], eps=eps, axis=ax, dx_out=dx),)
-    elif variant == "local_response_norm":
-        out = (impl(dy, x, fwd["y"], fwd["scale"], i["size"], opts=opts, dx_out=dx, **LRN_DEFAULTS),)
-    elif variant == "fused_add_norm":
-        out = impl(dy, fwd["h"], tuple(i["normalized_shape"]), mean, r, w, b, alpha=i["alpha"], norm=i["norm"],
-                   dh=None, eps=eps, opts=opts, dx_out=dx)
-    else:
-        raise KeyError(variant)
-    return named(BACKWARD_NAMES[variant], out)
+    eps = default_eps(variant, inputs) if eps is None else float(eps)
+    dx = np.empty(x.shape, wide_dtype(x.dtype))
+    return named(BACKWARD_NAMES[variant], BACKWARD_CALLS[variant](impl, inputs, fwd, dy, eps, opts, dx))
