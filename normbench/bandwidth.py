@@ -1,4 +1,4 @@
-"""The physical limit: the copy baseline of design.md's performance method.
+"""The physical limit: the copy baseline of the performance method (docs/benchmarking.md).
 
 ``copy_seconds(nbytes)`` times the faster of ``np.copyto`` (single-threaded) and a ``prange`` copy on all
 Numba threads, on a working set of the same size as the kernel's, so a cache-resident case is compared with a
@@ -9,7 +9,7 @@ is that bandwidth over the copy's, divided by the pass's factor where x must be 
 The copy pays a read of every destination line before writing it (read-for-ownership).  Kernels that write large
 outputs with streaming stores (:mod:`normbench.cpu._stream`) skip that read, so they can exceed 100% of the
 limit; :func:`streaming_copy_gbps` (a copy with streaming stores, about twice the copy here) shows that headroom.
-It is reported by ``normbench bandwidth``, not used as the limit: the limit is design.md's copy.
+It is reported by ``normbench bandwidth``, not used as the limit: the limit is the plain copy (docs/benchmarking.md).
 
 Peers allocate a fresh output on every call while normbench's timed calls write into preallocated ``out=``
 buffers.  :func:`reuse_freed_memory` makes the two comparable: without it, glibc serves every allocation of 32 MiB

@@ -99,7 +99,7 @@ def worker(shape, repeats):
         row["local_backward_s"] = _timed(
             world, lambda: nb.batch_norm_backward(dy, x, w, b, mean, invstd, dx_out=dx), repeats)
     # the physical limit: x must be read twice forward (statistics must be global before any output) and
-    # x, dy twice backward, so the bound is 1.5 copies forward, 2.5 copies backward (design.md's 2/3 and 3/5)
+    # x, dy twice backward, so the bound is 1.5 copies forward, 2.5 copies backward (docs/benchmarking.md's 2/3 and 3/5)
     row["copy_s"] = _timed(world, lambda: np.copyto(y, x), repeats)
     message = ({"C": C, "dtype": "float32", "numerics": ("inside", 0, "shifted", None)},
                (counts[rank], np.zeros(C), np.zeros(C)))

@@ -7,7 +7,7 @@ A case is a variant x logical shape x dtype x parameter combination, built from 
   ResNet activations from the stem (64 x 112 x 112) to the last stage (2048 x 7 x 7), 3-d volumes, 1-d batch
   norm), float32 and float64, every parameter combination of the registry's grid;
 * the **quick** matrix (``make bench``): float32, the variant's smallest shape (latency-bound) and its first
-  shape whose forward working set reaches :data:`BIG_BYTES` (bandwidth-bound; design.md's headline size), or
+  shape whose forward working set reaches :data:`BIG_BYTES` (bandwidth-bound; the headline size), or
   its largest shape when none does.
 
 Shapes are *logical*: ``(N, C, *spatial)`` for channel variants whatever the layout; the registry's input
@@ -29,7 +29,7 @@ try:
 except ImportError:  # asv pairs today's benchmarks with older installs of the project
     TWO_READ_FORWARD, TWO_READ_BACKWARD = 2 / 3, 3 / 5
 
-#: design.md: headline targets are judged on working sets of at least 128 MiB (4x the L3 measured here)
+#: headline targets are judged on working sets of at least 128 MiB (4x the L3 measured here)
 BIG_BYTES = 128 * 2**20
 #: a reduction slab (the values behind one statistic) larger than this is not assumed to stay in cache between
 #: the statistics pass and the output pass: x must come from memory twice (a per-thread share of the 32 MiB L3)

@@ -12,7 +12,7 @@ def simulator() -> bool:
 
 
 class CudaUnavailableError(RuntimeError, ValueError):
-    """backend='cuda' with neither a GPU nor the simulator: a bad argument (ValueError, as design.md lists it)
+    """backend='cuda' with neither a GPU nor the simulator: a bad argument (ValueError, as docs/api.md lists bad arguments)
     and an environment problem (RuntimeError) at once, so either ``except`` catches it."""
 
 
