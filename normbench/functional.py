@@ -77,7 +77,8 @@ def _running_pair(running_mean, running_var, C, x, updated, weight, bias):
     running_var = _checks.param("running_var", running_var, (C,), x, writable=updated)
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must be given together (both arrays or both None)")
-    if updated and running_mean is not None:
+    if updated and running_mean is not None and not _checks.distinct_allocations(running_mean, running_var, x,
+                                                                                   weight, bias):
         _checks.updated_in_place(dict(running_mean=running_mean, running_var=running_var),
                                  dict(x=x, weight=weight, bias=bias))
     return running_mean, running_var

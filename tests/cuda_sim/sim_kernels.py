@@ -526,6 +526,9 @@ def test_device_outputs_overlapping_inputs_or_each_other_are_rejected():
         nb.batch_norm_forward(xd, None, None, both[:5], both[2:7])
     np.testing.assert_array_equal(both.copy_to_host(), np.repeat([0.0, 1.0], 5))
     nb.batch_norm_forward(xd, None, None, both[:5], both[5:])  # adjacent, disjoint
+    cols = cuda.to_device(np.zeros((5, 2)))  # interleaved columns: disjoint, but the kernels need C order
+    with pytest.raises(ValueError, match="running_mean is a non-contiguous device array"):
+        nb.batch_norm_forward(xd, None, None, cols[:, 0], cols[:, 1])
     rm, rv = np.zeros(5), np.ones(5)
     nb.batch_norm_forward(x, None, None, rm, rv, backend="reference")
     close("disjoint device running statistics", both.copy_to_host(), np.concatenate([rm, rv]), 1e-12)
