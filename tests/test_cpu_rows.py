@@ -514,11 +514,12 @@ def test_backward_of_data_at_extreme_scales(family, scale, eps, eps_placement, r
 
 
 @pytest.mark.parametrize("C, size, k, beta", [(65, 2, 0.0, 2.0), (256, 5, 0.0, 0.75), (256, 2, 1e-3, 0.75),
-                                              (256, 5, 1.0, 0.75)])
+                                              (256, 5, 1.0, 0.75), (256, 31, 1.0, 0.75)])  # 31: sliding sums
 def test_lrn_float64_within_a_few_units(C, size, k, beta, rng):
     """Float64 LRN took sliding window sums, which keep the rounding of every term they held: y off by 300-900
     float64 units with k = 0, and dx by up to 18 with the defaults (k = 1), against the reference (extended
-    precision). Direct window sums for float64 inputs; units of eps times the largest |value| across channels."""
+    precision). Direct window sums for float64 inputs up to lrn.DIRECT_MAX_SIZE channels (wider windows keep
+    the sliding sums); units of eps times the largest |value| across channels."""
     x = rng.standard_normal((2, C, 3, 5))
     dy = rng.standard_normal(x.shape)
     kw = dict(alpha=1.0, beta=beta, k=k)
