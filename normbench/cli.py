@@ -18,6 +18,8 @@ from pathlib import Path
 
 from . import __version__
 
+#: the import names of the [bench] extras (pyproject.toml), which only the subcommands need
+BENCH_EXTRAS = ("asv", "pytest_benchmark", "tqdm", "matplotlib", "tabulate")
 SUBCOMMANDS = {
     "run": ("normbench.benchmarks.runner", "time every kernel against the copy limit and the peers (make bench)"),
     "accuracy": ("normbench.accuracy.sweep", "the accuracy sweep: options x stress families x backends x peers"),
@@ -137,18 +139,34 @@ def main(argv=None):
               file=sys.stderr)
         return 2
     module_name = SUBCOMMANDS[argv[0]][0]
-    try:  # the subcommands import their optional packages (tqdm, tabulate, matplotlib) when they need them
-        return importlib.import_module(module_name).main(argv[1:]) or 0
+    try:
+        module = importlib.import_module(module_name)
     except ImportError as err:
         name = _missing_module(err)
-        if name is None:
-            raise
-        if name.startswith("normbench"):
+        if name and name.startswith("normbench"):
             print(f"normbench {argv[0]}: not available in this version ({name} missing)", file=sys.stderr)
             return 2
-        print(f"normbench {argv[0]} needs the optional package {name.split('.')[0]!r}: pip install "
-              "'normbench[bench]'", file=sys.stderr)
-        return 2
+        if not _optional(name):
+            raise
+        return _needs(argv[0], name)
+    try:  # the subcommands import their optional packages (tqdm, tabulate, matplotlib) when they need them
+        return module.main(argv[1:]) or 0
+    except ImportError as err:
+        name = _missing_module(err)
+        if not _optional(name):
+            raise  # any other import error is a bug to see, not an install hint
+        return _needs(argv[0], name)
+
+
+def _optional(name) -> bool:
+    """Whether ``name`` is (in) one of the [bench] extras' packages, which the subcommands import when needed."""
+    return bool(name) and name.split(".")[0] in BENCH_EXTRAS
+
+
+def _needs(command, name) -> int:
+    print(f"normbench {command} needs the optional package {name.split('.')[0]!r}: pip install 'normbench[bench]'",
+          file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

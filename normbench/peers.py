@@ -20,6 +20,8 @@ import importlib.util
 
 import numpy as np
 
+from . import registry
+
 PEERS = ("numpy", "torch", "jax")
 #: the variants the NumPy (and JAX) textbook formulas below know; any other is NotImplementedError (n/a)
 NUMPY_VARIANTS = ("batch_norm", "layer_norm", "rms_norm", "group_norm", "instance_norm", "frozen_batch_norm",
@@ -51,7 +53,7 @@ def _reduce_axes(variant, x, inputs):
     in ``CHANNEL_REDUCTION`` (group norm and LRN are not axis reductions: see ``_group_view`` and ``_lrn``).
     Also the accuracy unit of ``normbench run`` (runner.error_scale)."""
     nd = x.ndim
-    if "normalized_shape" in inputs:
+    if registry.is_row(inputs):
         k = len(inputs["normalized_shape"])
         return tuple(range(nd - k, nd)), None
     axis = inputs.get("axis", 1)

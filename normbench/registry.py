@@ -299,9 +299,15 @@ def _bytes_norm_bwd(i):
     return 3 * x.nbytes + 2 * _params(i) + 2 * 8 * _stat_count(i)
 
 
+def is_row(inputs) -> bool:
+    """Whether a variant's inputs are a row variant's (layer, RMS, fused norms and any new one): normalised over a
+    trailing ``normalized_shape``, which its ``make_inputs`` must include (docs/adding-a-variant.md)."""
+    return "normalized_shape" in inputs
+
+
 def _stat_count(i):
     x = i["x"]
-    if "normalized_shape" in i:
+    if is_row(i):
         return x.size // max(1, math.prod(i["normalized_shape"]))
     if "num_groups" in i:
         return x.shape[0] * i["num_groups"]

@@ -493,7 +493,7 @@ def main(argv=None) -> int:
         re.compile(args.history)
     except re.error as err:
         ap.error(f"--history {args.history!r}: not a regular expression ({err})")
-    problem = output_dir_error("--out", args.out) or (args.readme and writable_file_error("--readme", args.readme))
+    problem = output_dir_error("--out", args.out) or (args.readme and writable_file_error("--readme", args.readme, create=True))
     if problem:
         ap.error(problem)
 

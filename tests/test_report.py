@@ -375,11 +375,11 @@ def test_speedup_plot_shows_only_the_speedups_the_table_shows(tmp_path, monkeypa
     assert drawn and all(lb.startswith("boxB-2t: ") for lb in drawn)
 
 
-@pytest.mark.parametrize("where", ["file", "unwritable", "readme_missing", "readme_unwritable"])
-def test_bad_output_paths_exit_2_before_anything_is_written(tmp_path, capsys, where):
-    """--out must be a folder that can be written (or created), --readme an existing file that can be written:
+@pytest.mark.parametrize("where", ["file", "unwritable", "readme_in_a_file", "readme_unwritable"])
+def test_bad_output_paths_exit_2_before_anything_is_written(tmp_path, capsys, monkeypatch, where):
+    """--out must be a folder that can be written (or created), --readme a file that can be written (or created):
     checked before reading the sources, so a bad one writes nothing (not report.md first, then a traceback)."""
-    if "unwritable" in where and not Path("/proc/self").exists():
+    if where == "unwritable" and not Path("/proc/self").exists():
         pytest.skip("no /proc here")
     afile = tmp_path / "afile"
     afile.write_text("")
@@ -388,8 +388,18 @@ def test_bad_output_paths_exit_2_before_anything_is_written(tmp_path, capsys, wh
         out = afile
     elif where == "unwritable":
         out = Path("/proc/normbench-test/rep")
-    else:
-        readme = ["--readme", str(tmp_path / "nope.md" if where == "readme_missing" else "/proc/normbench-README.md")]
+    elif where == "readme_in_a_file":  # its folder is a file
+        readme = ["--readme", str(afile / "README.md")]
+    else:  # an existing file that cannot be opened for writing (root opens anything: the refusal is simulated)
+        real_open = open
+
+        def refusing_open(path, *a, **k):
+            if str(path) == str(afile) and a and "+" in a[0]:
+                raise PermissionError(13, "Permission denied")
+            return real_open(path, *a, **k)
+
+        monkeypatch.setattr("builtins.open", refusing_open)
+        readme = ["--readme", str(afile)]
     with pytest.raises(SystemExit) as exc:
         report.main(["--runs", str(DATA / "runs"), "--asv", str(DATA / "asv"), "--pytest", str(DATA / "pytest"),
                      "--accuracy", str(DATA / "accuracy"), "--no-plots", "--out", str(out), *readme])
@@ -397,4 +407,16 @@ def test_bad_output_paths_exit_2_before_anything_is_written(tmp_path, capsys, wh
     err = capsys.readouterr().err
     option = "--readme" if readme else "--out"
     assert err.splitlines()[-1].startswith(f"normbench report: error: {option} ") and "Traceback" not in err
+    if where == "readme_unwritable":
+        assert "not writable" in err
+    monkeypatch.undo()
     assert not (tmp_path / "rep").exists() and afile.read_text() == ""
+
+
+def test_readme_that_does_not_exist_is_created(tmp_path):
+    """--readme names a file to write the table into; a missing one is created (as before the path checks)."""
+    readme = tmp_path / "NEW.md"
+    report.main(["--runs", str(DATA / "runs"), "--asv", str(DATA / "asv"), "--pytest", str(DATA / "pytest"),
+                 "--accuracy", str(DATA / "accuracy"), "--no-plots", "--out", str(tmp_path / "rep"),
+                 "--readme", str(readme)])
+    assert "<!-- results:start -->" in readme.read_text()

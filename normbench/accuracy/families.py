@@ -211,6 +211,3 @@ def make(family: str, variant: str, dtype, rng, *, quick=False, shape=None, **pa
         shape = (QUICK_SHAPES if quick else SHAPES)[variant]
     return FAMILIES[family](shape, dtype, rng, variant=variant, **params)
 
-
-def row_variant(variant: str) -> bool:
-    return layout.row_variant(variant)

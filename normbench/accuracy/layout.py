@@ -15,22 +15,18 @@ import math
 
 import numpy as np
 
+from .. import registry
+from ..registry import is_row
+
 #: the built-in row variants (for reference: rows are recognised by :func:`is_row`, not by this list)
 ROW_VARIANTS = ("layer_norm", "rms_norm", "fused_add_norm")
 #: the channel variants whose groups :func:`group_ids` knows (a new channel variant is added here)
 CHANNEL_VARIANTS = ("batch_norm", "frozen_batch_norm", "group_norm", "instance_norm", "local_response_norm")
 
 
-def is_row(inputs) -> bool:
-    """Whether the inputs are a row variant's: normalised over a trailing ``normalized_shape``."""
-    return "normalized_shape" in inputs
-
-
 def row_variant(variant: str) -> bool:
     """Whether ``variant`` is a row variant, from the registry: its inputs for a tiny (2, 4) input carry a
     ``normalized_shape`` (a maker that rejects that shape is a channel variant's)."""
-    from .. import registry
-
     try:
         inputs = registry.VARIANTS[variant].make_inputs((2, 4), np.dtype(np.float64), np.random.default_rng(0))
     except (TypeError, ValueError):

@@ -84,7 +84,7 @@ def named(names, outputs) -> dict:
 
 def _stat_shape(variant, i):
     x = i["x"]
-    if "normalized_shape" in i:  # a row variant (layout.is_row): one statistic per row
+    if registry.is_row(i):  # one statistic per row
         return x.shape[: x.ndim - len(i["normalized_shape"])]
     if variant == "batch_norm":
         return (x.shape[1 if kernel_axis(i) == 1 else -1],)

@@ -122,22 +122,36 @@ def run_case(case: _cases.Case, backends, peers, repeats: int, copies: _CopyCach
                   "backward": error_scale(case.variant, inputs, ref_dx)}
 
     peer_fns, peer_err, peer_failed = {}, {}, {}
+
+    def failed(p, err):  # the peer's own failure (e.g. PyTorch refuses a batch of 1): its columns n/a, not the case's
+        peer_failed[p] = f"{type(err).__name__}: {err}"
+        if peer_failures is not None:
+            peer_failures[p] = peer_failed[p]
+
     for p in peers:
-        try:
-            fwd, bwd = _peers.prepare(p, case.variant, _harness.fresh(inputs), dy)
-            for pass_, fn, ref in (("forward", fwd, ref_y), ("backward", bwd, ref_dx)):
-                out = fn()  # the warm-up call (JIT, allocator) gives the error; timed below, beside the kernel
-                peer_err[p, pass_] = (error_eps(case.variant, inputs, out, ref, scales[pass_]) if ref is not None
-                                      else math.nan)
-                del out
+        own = _harness.fresh(inputs)
+        try:  # only the peer's own calls are caught: our error measure below is not
+            fwd, bwd = _peers.prepare(p, case.variant, own, dy)
         except NotImplementedError:
             continue
-        except Exception as err:  # the peer's own failure (e.g. PyTorch's batch of 1): its columns n/a, not the case's
-            peer_failed[p] = f"{type(err).__name__}: {err}"
-            if peer_failures is not None:
-                peer_failures[p] = peer_failed[p]
+        except MemoryError:
+            raise  # the case is skipped as out of memory
+        except Exception as err:
+            failed(p, err)
             continue
-        peer_fns[p] = {"forward": fwd, "backward": bwd}
+        for pass_, fn, ref in (("forward", fwd, ref_y), ("backward", bwd, ref_dx)):
+            try:
+                out = fn()  # the warm-up call (JIT, allocator) gives the error; timed below, beside the kernel
+            except MemoryError:
+                raise
+            except Exception as err:
+                failed(p, err)
+                break
+            peer_err[p, pass_] = (error_eps(case.variant, inputs, out, ref, scales[pass_]) if ref is not None
+                                  else math.nan)
+            del out
+        else:
+            peer_fns[p] = {"forward": fwd, "backward": bwd}
 
     rows = []
     for backend in backends:
