@@ -723,3 +723,24 @@ def test_backward_of_data_at_extreme_scales(rng, schedule, shape, axis, scale, e
 
     for got, want in zip(ops("cpu"), ops("reference")):
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("axis", (1, -1))
+def test_more_than_three_spatial_dims(rng, axis):
+    """docs/api.md: any number of spatial dims (PyTorch's functionals take them too); 4 here, against the
+    reference, forward and backward."""
+    x = rng.standard_normal((3, 4, 2, 3, 2, 2)).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    if axis == -1:
+        x, dy = np.moveaxis(x, 1, -1).copy(), np.moveaxis(dy, 1, -1).copy()
+    for be in ("cpu", "reference"):
+        f = nb.batch_norm_forward(x, None, None, None, None, axis=axis, backend=be)
+        g = nb.group_norm_forward(x, 2, axis=axis, backend=be)
+        i = nb.instance_norm_forward(x, axis=axis, backend=be)
+        res = [f[0], nb.batch_norm_backward(dy, x, None, None, f[1], f[2], axis=axis, backend=be)[0],
+               g[0], nb.group_norm_backward(dy, x, 2, g[1], g[2], axis=axis, backend=be)[0],
+               i[0], nb.instance_norm_backward(dy, x, i[1], i[2], axis=axis, backend=be)[0]]
+        if be == "cpu":
+            got = res
+    for a, r in zip(got, res):
+        np.testing.assert_allclose(a, r, rtol=0, atol=4e-6 * np.abs(r).max())
