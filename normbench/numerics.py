@@ -9,7 +9,7 @@ Every function that computes statistics accepts ``**numerics``:
   ``n - 1``, as PyTorch.
 * ``variance``: the algorithm that computes the statistics: ``"two_pass"``, ``"welford"``, ``"naive"``
   (sum and sum of squares; kept on purpose for the accuracy study, clamped at 0) or ``"shifted"`` (one pass
-  around a shift taken from the data).
+  around a shift taken from the data: the middle one of each range's first, middle and last values).
 * ``accumulate``: ``None`` (the backend's default for the dtype), ``"float32"`` or ``"float64"``.
 
 The defaults keep PyTorch's *definitions* and use this project's most accurate fast algorithm: a shifted

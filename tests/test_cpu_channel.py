@@ -275,10 +275,11 @@ def test_tiled_loops_against_numpy(rng, C):
         x = rng.standard_normal((R, C)).astype(np.float32)
         xn = (rng.standard_normal((R, C)) + 5).astype(np.float32)
         mc, sc, sh = rng.standard_normal(C), rng.standard_normal(C), rng.standard_normal(C)
-        d = xn.astype(np.float64) - xn[0].astype(np.float64)
+        shift = np.median(xn[[0, R // 2, R - 1]].astype(np.float64), axis=0)  # _moments.shift3, per column
+        d = xn.astype(np.float64) - shift
         tt, ss, ss2 = np.empty(K * C), np.empty(K * C), np.empty(K * C)
         _channel._tiled_sums(xn, K, tt, ss, ss2)
-        np.testing.assert_array_equal(tt.reshape(K, C), np.broadcast_to(xn[0], (K, C)))
+        np.testing.assert_array_equal(tt.reshape(K, C), np.broadcast_to(shift, (K, C)))
         np.testing.assert_allclose(ss.reshape(K, C).sum(0), d.sum(0), rtol=1e-12, atol=1e-12 * R)
         np.testing.assert_allclose(ss2.reshape(K, C).sum(0), (d * d).sum(0), rtol=1e-12)
         y_ref = ((x.astype(np.float64) - mc) * sc + sh).astype(np.float32)
@@ -744,3 +745,19 @@ def test_more_than_three_spatial_dims(rng, axis):
             got = res
     for a, r in zip(got, res):
         np.testing.assert_allclose(a, r, rtol=0, atol=4e-6 * np.abs(r).max())
+
+
+@pytest.mark.parametrize("axis", (1, -1))
+def test_an_outlier_first_value_is_not_the_shift(rng, axis):
+    """The one-pass shifted sums took each range's first value as the shift; float64 data has no wider accumulator
+    to absorb an outlier there (sum((x - shift)^2) dwarfs m2): y was off by 1500 float64 units (batch norm
+    channels-last) with one 1e5 first value. The shift is now the middle of the first, middle and last values."""
+    x = rng.standard_normal((64, 4, 30))
+    x[0, 0, 0] = 1e5
+    if axis == -1:
+        x = np.moveaxis(x, 1, -1).copy()
+    for fn, args in ((nb.batch_norm_forward, (None, None, None, None)), (nb.group_norm_forward, (2,)),
+                     (nb.instance_norm_forward, ())):
+        got = fn(x, *args, axis=axis, backend="cpu")[0]
+        want = fn(x, *args, axis=axis, backend="reference")[0]
+        assert np.abs(got - want).max() <= 8 * np.finfo(np.float64).eps * np.abs(want).max(), fn.__name__

@@ -536,3 +536,17 @@ def test_lrn_float64_within_a_few_units(C, size, k, beta, rng):
     # sliding sums reach 35 units here (documented in docs/cpu-rowwise.md)
     if k == 1.0 and size <= cpu_lrn.DIRECT_MAX_SIZE:
         assert units(dx, dx_ref) <= 8
+
+
+@pytest.mark.parametrize("family", ["layer", "fused_layer"])
+def test_an_outlier_first_value_is_not_the_shift(family, rng):
+    """Rows whose first value is an outlier (1e5 among standard normal values), float64: the shifted sums'
+    shift was the first value, and y was off by 1374 float64 units; the middle of the first, middle and last
+    values as the shift keeps it within a few (as Cauchy rows: 734 -> 4 units at worst over 4000 rows)."""
+    x, ns, w, b, dy, res, dh = make((16, 1000), np.float64, rng)
+    x[:, 0] = 1e5
+    res[:, 0] = 0.0
+    outs, _ = run(family, "cpu", x, ns, w, b, dy, res, dh)
+    routs, _ = run(family, "reference", x, ns, w, b, dy, res, dh)
+    y, yr = outs[0], routs[0]
+    assert np.max(np.abs(y - yr).max(axis=1) / np.abs(yr).max(axis=1)) <= 8 * np.finfo(np.float64).eps

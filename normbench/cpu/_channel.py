@@ -38,7 +38,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import _stream
-from ._moments import FAST, JIT, SHIFTED, chan_merge, column_moments, finite_shift, range_moments, rstd_from_m2
+from ._moments import FAST, JIT, SHIFTED, chan_merge, column_moments, range_moments, rstd_from_m2, shift3
 from ._stream import _put
 
 _PAR = dict(FAST, parallel=True)
@@ -229,7 +229,8 @@ def cf_forward_pipelined(xf, yf, U, nr, L, run_stride, S, Cg, G, w, b, correctio
                     mu = mean_out[u]
                     if u + CB < v1:
                         lo = u * L + k * run_stride
-                        K = finite_shift(np.float64(xf[lo + CB * L]))
+                        o = lo + CB * L  # the next block's run: its shift as range_moments takes it
+                        K = shift3(np.float64(xf[o]), np.float64(xf[o + L // 2]), np.float64(xf[o + L - 1]))
                         s = 0.0
                         s2 = 0.0
                         for j in range(Cg):
@@ -575,10 +576,14 @@ def cl_forward_fused(x3, y3, Cg, w, b, algo, acc64, correction, eps, eps_code, g
 
 @njit(**_SEQ)
 def _start_sums(xn, K, tt, ss, ss2):
-    """The shift (the block's first row, repeated K times) and zeroed accumulators of :func:`_tiled_sums`."""
-    C = xn.shape[1]
+    """The shift (per column, as column_moments takes it: :func:`shift3` of the block's first, middle and last rows;
+    repeated K times) and zeroed accumulators of :func:`_tiled_sums`."""
+    R, C = xn.shape
+    for c in range(C):  # once per column, then repeated: the median of three is branchy scalar work
+        tt[c] = shift3(np.float64(xn[0, c]), np.float64(xn[R // 2, c]), np.float64(xn[R - 1, c]))
+    for i in range(C, K * C):
+        tt[i] = tt[i - C]
     for i in range(K * C):
-        tt[i] = finite_shift(np.float64(xn[0, i % C]))
         ss[i] = 0.0
         ss2[i] = 0.0
 

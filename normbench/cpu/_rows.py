@@ -28,7 +28,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..numerics import DEFAULT_ACCUMULATE
-from ._moments import FAST, JIT, NAIVE, SHIFTED, chan_merge, finite_shift, row_stats, rstd_from_m2
+from ._moments import FAST, JIT, NAIVE, SHIFTED, chan_merge, row_stats, rstd_from_m2, shift3
 from ._stream import PARTIAL_PAD, _put, aligned_empty, new_output, streamable
 
 #: rows x D below this many values run serially
@@ -101,11 +101,16 @@ def _forward_rows(x, r, alpha, fused, y, h, w, b, mean, rstd, D, r0, r1, rms, al
 
 
 @njit(**FAST)
-def _shift_of(x, r, alpha, fused, lo, rms, algo):
-    """The shift of the one-pass sums: the row's first value (shifted), 0 (naive, RMS)."""
+def _shift_of(x, r, alpha, fused, lo, D, rms, algo):
+    """The shift of the one-pass sums (as range_moments'): the middle one of the row's first, middle and last
+    values (shifted, :func:`shift3`), 0 (naive, RMS)."""
     if rms or algo == NAIVE:
         return 0.0
-    return finite_shift(np.float64(x[lo]) + alpha * np.float64(r[lo]) if fused else np.float64(x[lo]))
+    if fused:
+        return shift3(np.float64(x[lo]) + alpha * np.float64(r[lo]),
+                      np.float64(x[lo + D // 2]) + alpha * np.float64(r[lo + D // 2]),
+                      np.float64(x[lo + D - 1]) + alpha * np.float64(r[lo + D - 1]))
+    return shift3(np.float64(x[lo]), np.float64(x[lo + D // 2]), np.float64(x[lo + D - 1]))
 
 
 @njit(**FAST)
@@ -127,7 +132,7 @@ def _forward_rows_pipelined(x, r, alpha, fused, y, h, w, b, mean, rstd, D, r0, r
     row loop alternates read-only and write-only streams and reached 0.45-0.6 of a copy per core, this 0.6-0.8)."""
     ws = w[:D]
     bs = b[:D]
-    shift = _shift_of(x, r, alpha, fused, r0 * D, rms, algo)
+    shift = _shift_of(x, r, alpha, fused, r0 * D, D, rms, algo)
     s = 0.0
     s2 = 0.0
     xs = x[r0 * D:r0 * D + D]
@@ -148,7 +153,7 @@ def _forward_rows_pipelined(x, r, alpha, fused, y, h, w, b, mean, rstd, D, r0, r
             # the last row of a chunk takes ordinary stores: one compiled variant of _write_y fewer (compile time)
             _write_y(x, r, alpha, fused, y, h, lo, lo + D, 0, m, rs, w, b, False)
             break
-        shift = _shift_of(x, r, alpha, fused, lo + D, rms, algo)
+        shift = _shift_of(x, r, alpha, fused, lo + D, D, rms, algo)
         s = 0.0
         s2 = 0.0
         # unsigned offsets into the full arrays (row i at c, row i + 1 at c + n), not per-row views: views made

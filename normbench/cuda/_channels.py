@@ -24,7 +24,7 @@ from numba import cuda, float32, float64
 
 from . import config
 from ._arrays import dummy, empty, flat, launch, output, to_device
-from ._reduce import (advance, chan, cursor, drstd_factor, group_moments, group_sum2, rstd_from_m2,
+from ._reduce import (advance, chan, cursor, drstd_factor, group_moments, group_sum2, rstd_from_m2, seg_shift,
                       thread_moments32, thread_moments64)
 from .config import MAX_THREADS
 
@@ -51,9 +51,11 @@ def kernels(acc_name: str):
         if q < Q:
             base = (q // qin) * qout + (q % qin) * qst
             if acc64:
-                n, m, m2 = thread_moments64(x, base, inner, outer, lo + ty, hi, cuda.blockDim.y, algo, x[base])
+                n, m, m2 = thread_moments64(x, base, inner, outer, lo + ty, hi, cuda.blockDim.y, algo,
+                                            seg_shift(x, base, inner, outer, cnt))
             else:
-                n, m, m2 = thread_moments32(x, base, inner, outer, lo + ty, hi, cuda.blockDim.y, algo, x[base])
+                n, m, m2 = thread_moments32(x, base, inner, outer, lo + ty, hi, cuda.blockDim.y, algo,
+                                            seg_shift(x, base, inner, outer, cnt))
         n, m, m2 = group_moments(sn, sm, sq, tx, cuda.blockDim.y, ty, n, m, m2)
         if ty == 0 and q < Q:
             o = (k * Q + q) * 3

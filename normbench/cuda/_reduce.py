@@ -129,6 +129,19 @@ def _row_sum2_tree(sa, sb, a, b):
 row_sum2 = _row_sum2_tree if simulator() else _row_sum2_shfl
 
 
+@cuda.jit(device=True, inline=True)
+def seg_shift(x, base, inner, outer, n):
+    """The shifted sums' shift of a segment of ``n`` values laid out as :func:`cursor` says: the middle one of its
+    values 0, n // 2 and n - 1, as the CPU kernels take it (cpu/_moments.shift3; thread_moments maps a
+    non-finite one to 0).  The same for every thread and block of the segment."""
+    jm = n // 2
+    jl = n - 1
+    a = x[base]
+    b = x[base + (jm // inner) * outer + jm % inner]
+    c = x[base + (jl // inner) * outer + jl % inner]
+    return max(min(a, b), min(max(a, b), c))
+
+
 def make_thread_moments(acc):
     """Per-thread (n, mean, M2) of the values ``j = j0, j0+step, ... < j1`` of a segment with algorithm ``algo``,
     accumulated in ``acc`` (float32 or float64) and returned in float64.  ``shift`` is the segment's shift for

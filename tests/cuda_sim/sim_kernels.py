@@ -274,6 +274,24 @@ def test_backward_of_data_at_extreme_scales(scale, eps):
                 np.testing.assert_allclose(got, want, rtol=1e-9, atol=0, err_msg=f"{fwd.__name__} {name}")
 
 
+def test_an_outlier_first_value_is_not_the_shift():
+    """float64 rows and channels whose first value is an outlier (1e5): the shifted sums' shift was the segment's
+    first value, which float64 cannot absorb (cpu/_moments.shift3); now the middle of its first, middle and
+    last values, as on the CPU."""
+    rng = np.random.default_rng(44)
+    x = rng.standard_normal((12, 3, 20))
+    x[0, :, 0] = 1e5
+    x[:, 0, 0] = 1e5
+    for axis in (1, -1):
+        xx = x if axis == 1 else np.moveaxis(x, 1, -1).copy()
+        for fn, args in ((nb.layer_norm_forward, (xx.shape[-1],)), (nb.batch_norm_forward, (None, None, None, None))):
+            kw = {} if fn is nb.layer_norm_forward else dict(axis=axis)
+            got = fn(xx, *args, backend="cuda", **kw)[0]
+            got = got.copy_to_host() if hasattr(got, "copy_to_host") else got
+            want = fn(xx, *args, backend="reference", **kw)[0]
+            assert np.abs(got - want).max() <= 8 * np.finfo(np.float64).eps * np.abs(want).max(), (fn.__name__, axis)
+
+
 def test_constant_rows_with_eps_outside_give_the_documented_limit():
     x = np.ones((2, 3, 5))  # variance exactly 0 in every row and channel
     dy = np.random.default_rng(3).standard_normal(x.shape)
