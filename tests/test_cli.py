@@ -221,10 +221,7 @@ def test_missing_optional_package_is_one_line_for_every_subcommand(tmp_path, cap
 
 
 # ------------------------------------------------------------------------------------------- output locations
-UNWRITABLE = Path("/proc/normbench-test/out")  # /proc takes no new folders, not even from root
-
-
-def test_output_dir_error():
+def test_output_dir_error(unwritable_dir):
     """A folder that exists or can be created is fine (and is not created by the check); a file, a folder under a
     file and a place where nothing can be created are one line naming the option."""
     import tempfile
@@ -243,8 +240,7 @@ def test_output_dir_error():
         assert cli.writable_file_error("--readme", d / "g") == f"--readme {d / 'g'}: no such file"
         assert cli.writable_file_error("--readme", d) == f"--readme {d}: not a regular file"
         assert cli.writable_file_error("--docs", d / "new" / "g.md", create=True) is None
-    if Path("/proc/self").exists():
-        assert cli.output_dir_error("--out", UNWRITABLE).startswith(f"--out {UNWRITABLE}: not writable")
+    assert cli.output_dir_error("--out", unwritable_dir).startswith(f"--out {unwritable_dir}: not writable")
 
 
 @pytest.mark.parametrize("where", ["file", "under_file", "unwritable"])
@@ -252,17 +248,15 @@ def test_output_dir_error():
     ["accuracy", "--quick", "--variant", "rms_norm", "--family", "standard", "--no-peers", "--out"],
     ["study", "lr", "--lrs", "0.1", "--norms", "none", "--seeds", "1", "--epochs", "1", "--out"],
 ], ids=["accuracy", "study"])
-def test_bad_output_folder_exits_2_before_anything_runs(tmp_path, capsys, monkeypatch, where, argv):
+def test_bad_output_folder_exits_2_before_anything_runs(tmp_path, capsys, monkeypatch, unwritable_dir, where, argv):
     from normbench import study
     from normbench.accuracy import sweep
 
-    if where == "unwritable" and not Path("/proc/self").exists():
-        pytest.skip("no /proc here")
     monkeypatch.setattr(sweep, "sweep", lambda *a, **k: pytest.fail("swept despite a bad --out"))
     monkeypatch.setattr(study, "run_study", lambda *a, **k: pytest.fail("trained despite a bad --out"))
     afile = tmp_path / "afile"
     afile.write_text("")
-    out = {"file": afile, "under_file": afile / "sub", "unwritable": UNWRITABLE}[where]
+    out = {"file": afile, "under_file": afile / "sub", "unwritable": unwritable_dir}[where]
     with pytest.raises(SystemExit) as exc:
         cli.main(argv + [str(out)])
     assert exc.value.code == 2
@@ -270,13 +264,11 @@ def test_bad_output_folder_exits_2_before_anything_runs(tmp_path, capsys, monkey
     assert err.splitlines()[-1].startswith(f"normbench {' '.join(argv[:1 + (argv[0] == 'study')])}: error: --out {out}")
 
 
-def test_accuracy_unwritable_docs_exits_2_before_the_sweep(capsys, monkeypatch):
+def test_accuracy_unwritable_docs_exits_2_before_the_sweep(capsys, monkeypatch, unwritable_dir):
     from normbench.accuracy import sweep
 
-    if not Path("/proc/self").exists():
-        pytest.skip("no /proc here")
     monkeypatch.setattr(sweep, "sweep", lambda *a, **k: pytest.fail("swept despite a bad --docs"))
-    docs = UNWRITABLE / "numerics.md"
+    docs = unwritable_dir / "numerics.md"
     with pytest.raises(SystemExit) as exc:
         cli.main(["accuracy", "--quick", "--variant", "rms_norm", "--docs", str(docs)])
     assert exc.value.code == 2

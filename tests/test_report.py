@@ -376,18 +376,16 @@ def test_speedup_plot_shows_only_the_speedups_the_table_shows(tmp_path, monkeypa
 
 
 @pytest.mark.parametrize("where", ["file", "unwritable", "readme_in_a_file", "readme_unwritable"])
-def test_bad_output_paths_exit_2_before_anything_is_written(tmp_path, capsys, monkeypatch, where):
+def test_bad_output_paths_exit_2_before_anything_is_written(tmp_path, capsys, monkeypatch, unwritable_dir, where):
     """--out must be a folder that can be written (or created), --readme a file that can be written (or created):
     checked before reading the sources, so a bad one writes nothing (not report.md first, then a traceback)."""
-    if where == "unwritable" and not Path("/proc/self").exists():
-        pytest.skip("no /proc here")
     afile = tmp_path / "afile"
     afile.write_text("")
     out, readme = tmp_path / "rep", []
     if where == "file":
         out = afile
     elif where == "unwritable":
-        out = Path("/proc/normbench-test/rep")
+        out = unwritable_dir
     elif where == "readme_in_a_file":  # its folder is a file
         readme = ["--readme", str(afile / "README.md")]
     else:  # an existing file that cannot be opened for writing (root opens anything: the refusal is simulated)
