@@ -15,6 +15,8 @@ from normbench import _checks, functional, peers, registry
 from normbench.accuracy import families, layout, metrics, oracle, sweep
 from normbench.benchmarks import cases, runner
 
+from nbtest import DeviceLike
+
 DOC = Path(__file__).resolve().parents[1] / "docs" / "adding-a-variant.md"
 
 
@@ -228,16 +230,7 @@ def test_the_recipe_gives_a_variant_the_accuracy_harness_measures(toy_variant, d
     assert np.isfinite(err["y"]) and np.isfinite(err["dx"])
 
 
-class _DeviceLike:
-    """Stands for a CUDA device array (what _checks.is_device_array recognises) without a GPU."""
-
-    def __init__(self, a):
-        self.shape, self.dtype, self.ndim = a.shape, a.dtype, a.ndim
-        self.__cuda_array_interface__ = {"shape": a.shape, "typestr": a.dtype.str, "data": (0, False),
-                                         "version": 3}
-
-
 def test_the_recipes_front_rejects_a_device_array_on_a_host_backend(toy_variant):
     i = _make_scale((4, 8), np.dtype(np.float32), np.random.default_rng(0))
     with pytest.raises(TypeError, match="out is a CUDA device array"):
-        registry.VARIANTS[NAME].run_forward(i, backend="cpu", out=_DeviceLike(i["x"]))
+        registry.VARIANTS[NAME].run_forward(i, backend="cpu", out=DeviceLike(i["x"]))

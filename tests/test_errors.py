@@ -8,6 +8,8 @@ import pytest
 import normbench as nb
 from normbench import registry
 
+from nbtest import DeviceLike
+
 
 def backends(variant):
     return [b for b in registry.available_backends(variant) if b != "cuda"]
@@ -615,15 +617,6 @@ EVERY_HOST_BACKEND = [(v, b) for v in registry.VARIANTS for b in backends(v)]
 _SMALL = (2, 4, 3)  # a logical shape every variant takes: rows of 3 values, or N=2, C=4 (4 groups), 3 positions
 
 
-class _DeviceLike:
-    """Stands for a CUDA device array (what _checks.is_device_array recognises) without a GPU."""
-
-    def __init__(self, a):
-        self.shape, self.dtype, self.ndim = a.shape, a.dtype, a.ndim
-        self.__cuda_array_interface__ = {"shape": a.shape, "typestr": a.dtype.str, "data": (0, False),
-                                         "version": 3}
-
-
 def _fresh(inputs):
     return {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in inputs.items()}
 
@@ -632,7 +625,7 @@ def _fresh(inputs):
 def test_every_front_rejects_a_device_output_on_a_host_backend(variant, backend, rng):
     spec = registry.VARIANTS[variant]
     inputs = spec.make_inputs(_SMALL, np.dtype(np.float32), rng)
-    fake = _DeviceLike(inputs["x"])
+    fake = DeviceLike(inputs["x"])
     with pytest.raises(TypeError, match="out is a CUDA device array"):
         spec.run_forward(_fresh(inputs), backend=backend, out=fake)
     out = spec.run_forward(_fresh(inputs), backend=backend)
