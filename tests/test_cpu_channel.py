@@ -13,7 +13,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import normbench as nb
-from normbench import functional as F
 from normbench.cpu import _channel, _stream
 
 from nbtest import torch_or_skip

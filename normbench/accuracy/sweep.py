@@ -15,7 +15,6 @@ reported as GPU accuracy: the simulator's arithmetic is NumPy's, not the GPU's.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -239,8 +238,6 @@ def cuda_agreement(variant, fam, dtype, rng, meta):
 def summary(df) -> str:
     """Markdown: the defaults' max error (units of eps) per variant x family, float32 and float64, cpu backend;
     then every failure (NaN/Inf where the oracle is finite) and every error raised."""
-    import pandas as pd
-
     parts = []
     base = df[(df.kind == "backend") & (df.impl == "cpu") & (df.is_default == True)]  # noqa: E712
     for dtype in DTYPES:

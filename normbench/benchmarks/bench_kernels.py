@@ -5,8 +5,6 @@ and are skipped (``NotImplementedError``) on a machine without a GPU, as are var
 installed commit lacks.  ``track_*`` report the achieved bandwidth as a fraction of a same-size copy measured in
 the same process: a ratio that can be compared across commits and machines, unlike absolute times.
 """
-import numpy as np
-
 from normbench import bandwidth
 
 from . import _harness

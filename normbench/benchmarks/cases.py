@@ -97,7 +97,7 @@ class Case:
         p = dict(self.params)
         item = np.dtype(self.dtype).itemsize
         family = self.spec.family
-        N, rest = self.shape[0], self.shape[1:]
+        N = self.shape[0]
         if family in ("layer", "rms", "fused"):
             return self.shape[-1] * item
         if family == "lrn":

@@ -16,7 +16,6 @@ import math
 from numba import cuda, float32, float64
 
 from . import simulator
-from .config import MAX_THREADS
 
 TWO_PASS, WELFORD, NAIVE, SHIFTED = 0, 1, 2, 3  # numerics.VARIANCE_CODE
 
