@@ -244,6 +244,17 @@ def latest_runs(runs: pd.DataFrame) -> pd.DataFrame:
     return runs[runs["created"] == newest]
 
 
+TABLE_MIN_BYTES = 128 * 2**20  # the results table's bandwidth-bound cases: working sets out of every cache
+
+
+def table_rows(runs: pd.DataFrame) -> pd.DataFrame:
+    """The rows the results table and its two plots show: the newest per machine, case, backend and pass, of
+    working sets of at least ``TABLE_MIN_BYTES`` (all of them where a run has none that big)."""
+    df = latest_runs(runs)
+    big = df[df["bytes"] >= TABLE_MIN_BYTES]
+    return big if len(big) else df
+
+
 def _fmt(values: pd.Series, spec: str) -> pd.Series:
     """Numbers as text, a missing one (null in the file) blank."""
     return values.map(lambda v: "" if pd.isna(v) else format(v, spec))
@@ -266,9 +277,7 @@ def results_table(runs: pd.DataFrame) -> str:
     """The README table: the bandwidth-bound cases (working set of 128 MiB or more) of the newest row per machine,
     case, backend and pass over all runs, with the fraction of the applicable limit, speed-ups over the peers and
     the error, and a line naming the run files and commits the rows come from."""
-    df = latest_runs(runs)
-    big = df[df["bytes"] >= 128 * 2**20]
-    df = big if len(big) else df
+    df = table_rows(runs)
     t = pd.DataFrame({
         "machine": df["machine"], "variant": df["variant"], "pass": df["pass"], "shape": df["shape"],
         "dtype": df["dtype"], "params": df["params"].fillna(""), "backend": df["backend"],
@@ -356,9 +365,10 @@ def _row_labels(df: pd.DataFrame, with_pass: bool = False) -> pd.Series:
 
 
 def plot_roofline(runs: pd.DataFrame, path: Path) -> Path:
-    """Fraction of the applicable limit per variant and pass (one bar per table row), the limit drawn at 1."""
+    """Fraction of the applicable limit per variant and pass (one bar per results-table row), the limit drawn
+    at 1."""
     plt = _plt()
-    df = latest_runs(runs).copy()
+    df = table_rows(runs).copy()
     df["label"] = _row_labels(df)
     n = max(len(df[df["pass"] == p]) for p in ("forward", "backward")) if len(df) else 0
     fig, axes = plt.subplots(1, 2, figsize=(15, max(3, 0.28 * n + 1.5)))
@@ -377,9 +387,9 @@ def plot_roofline(runs: pd.DataFrame, path: Path) -> Path:
 
 
 def plot_speedups(runs: pd.DataFrame, path: Path) -> Path | None:
-    """The speed-ups the results table shows (:func:`shown_speedups`), a bar per row and peer; None (no file) when
-    there are none."""
-    df = latest_runs(runs)
+    """The speed-ups the results table shows (its rows, :func:`shown_speedups`), a bar per row and peer; None (no
+    file) when there are none."""
+    df = table_rows(runs)
     speedups = shown_speedups(df).dropna(axis=1, how="all")
     if speedups.empty:
         return None

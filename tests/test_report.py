@@ -319,6 +319,25 @@ def test_roofline_and_speedups_one_bar_per_row(tmp_path, monkeypatch):
     assert len(set(labels)) == len(labels) == len(runs)
 
 
+def test_plots_draw_the_rows_the_results_table_lists(tmp_path, monkeypatch):
+    """Where a run holds cases out of cache (>= 128 MiB) and cache-resident ones, the table lists the former only,
+    and so do the roofline and speed-up plots (a fraction of the memory limit means nothing in cache)."""
+    run = report.load_run(_one("runs/*.json")).assign(peers_paired=True)
+    big = run.assign(case=run["case"] + "-big", shape=run["shape"] + "0", bytes=report.TABLE_MIN_BYTES)
+    runs = pd.concat([run.assign(bytes=report.TABLE_MIN_BYTES - 1), big], ignore_index=True)
+    table_shapes = {ln.split("|")[4].strip() for ln in report.results_table(runs).splitlines()[2:]
+                    if ln.startswith("|")}
+    assert table_shapes == set(big["shape"])
+    figs = _plotted(monkeypatch)
+    report.plot_roofline(runs, tmp_path / "roofline.png")
+    report.plot_speedups(runs, tmp_path / "speedup.png")
+    roof, speed = figs
+    drawn = [t.get_text() for ax in roof.axes for t in ax.get_yticklabels()]
+    drawn += [t.get_text() for t in speed.axes[0].get_yticklabels()]
+    assert drawn and all(any(f" {s} " in lb for s in table_shapes) for lb in drawn)
+    assert len([t for ax in roof.axes for t in ax.get_yticklabels()]) == len(big)
+
+
 def test_history_plot_names_class_method_and_backend_one_axis_per_unit(tmp_path, monkeypatch):
     asv = report.load_asv(DATA / "asv")
     figs = _plotted(monkeypatch)
