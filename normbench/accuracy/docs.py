@@ -48,6 +48,47 @@ def _speed_doc(out_path: Path):
     return p if p.exists() else None
 
 
+OFFSETS = ("offset1e3", "offset1e4", "offset1e6")
+#: the float32 stress families the defaults' claim names, in the words it uses
+FLOAT32_STRESS = {"offset1e4": "offset data", "offset1e6": "offset data", "overflow32":
+                  "data whose squares overflow float32", "constant": "constant rows", "long_rows": "2**20-long rows"}
+NOT_STUDIED = "Not in this run: the studies are written by `normbench accuracy --plot`.\n"
+
+
+def _float32_conclusion(d32) -> str:
+    """The claim the float32 defaults' figures (all within one unit, no failures) support, naming only the stress
+    families that were measured."""
+    stress = list(dict.fromkeys(FLOAT32_STRESS[f] for f in FLOAT32_STRESS if f in set(d32.family)))
+    where = (", on " + (", ".join(stress[:-1]) + " and " if len(stress) > 1 else "") + stress[-1] + " alike"
+             if stress else "")
+    return f": the float64 accumulator makes float32 kernels as good as rounding the exact result once{where}."
+
+
+def _algorithm_conclusion(alg) -> str:
+    """What the float32 data at offset 1e4 says about the algorithms and the accumulator: the figures, and the
+    conclusions only where they hold."""
+    o4 = alg[alg.family == "offset1e4"].groupby(["accumulate", "variance"]).max_err.max()
+    if o4.empty:
+        return "Offset 1e4 was not measured in this run: no conclusion about the algorithms.\n"
+    names = {"naive": "naive", "two_pass": "two-pass", "welford": "Welford", "shifted": "shifted"}
+    text = []
+    for acc in ("float32", "float64"):
+        if acc in o4.index.get_level_values(0):
+            text.append(f"With a **{acc} accumulator**, at offset 1e4: " + ", ".join(
+                f"{names.get(v, v)} {_fmt(e)}" for v, e in o4[acc].items()) + " units.")
+    if {"float32", "float64"} <= set(o4.index.get_level_values(0)):
+        if o4["float32"].min() > o4["float64"].max():
+            text.append("Every algorithm with a float64 accumulator beats every algorithm with a float32 one: the "
+                        "accumulator matters more than the algorithm.")
+        if "naive" in o4["float32"] and o4["float32"]["naive"] > 10 * o4["float32"].min():
+            text.append("Naive float32 sums lose most (catastrophic cancellation of sum(x^2) - sum(x)^2/n).")
+    f64 = o4.get("float64")
+    if f64 is not None and {"shifted", "two_pass"} <= set(f64.index) and f64["shifted"] <= f64["two_pass"] + 0.5:
+        text.append("With a float64 accumulator the one-pass shifted sums are as accurate as two passes "
+                    "(within half a unit).")
+    return " ".join(text) + "\n"
+
+
 def build(results: Path, out_path: Path) -> str:
     import pandas as pd
 
@@ -59,7 +100,7 @@ def build(results: Path, out_path: Path) -> str:
     df["is_default"] = df.is_default.astype(str) == "True"
     ex = df[(df["pass"] == EXACT_H_PASS) & df.family.str.startswith("offset") & (df.dtype == "float32")
             & df.is_default & (df.impl == "cpu")].groupby("family").max_err.max()
-    exact_h = ", ".join(f"{k[6:]}: {_fmt(v)}" for k, v in ex.items()) or "n/a"
+    exact_h = ", ".join(f"{k[6:]}: {_fmt(v)}" for k, v in ex.items())
     df = df[df["pass"] != EXACT_H_PASS]  # an end-to-end figure for one note, not a kernel's error
     study = {n: pd.read_csv(results / f"{n}.csv") for n in
              ("offset_study", "eps_placement_study", "correction_study", "speed_study")
@@ -98,26 +139,30 @@ def build(results: Path, out_path: Path) -> str:
     if not d32.empty:
         worst = d32.max_err.max()
         fails = int(d32.n_fail.sum())
-        w(f"**Float32:** the defaults' worst error over every variant, family and output (saved statistics and "
-          f"parameter gradients included) is **{_fmt(worst)} units**, with {fails} NaN/Inf failures: the "
-          f"float64 accumulator makes float32 kernels as good as rounding the exact result once, on offset data, "
-          f"data whose squares overflow float32, constant rows and 2**20-long rows alike. tests/test_accuracy.py "
-          f"guards this: the defaults must stay within **{GUARD_BOUND:g} units** on every family for every "
-          f"available backend.\n")
+        w(f"**Float32:** the defaults' worst error over every variant, family and output measured (saved "
+          f"statistics and parameter gradients included) is **{_fmt(worst)} units**, with {fails} NaN/Inf "
+          f"failures" + (_float32_conclusion(d32) if worst <= 1 and not fails else ".")
+          + f" tests/test_accuracy.py guards the defaults: within **{GUARD_BOUND:g} units** on every family "
+          f"for every available backend.\n")
     d64 = dflt[dflt.dtype == "float64"]
     if not d64.empty:
-        off = d64[d64.family.isin(["offset1e3", "offset1e4", "offset1e6"])]
-        hard = ["offset1e3", "offset1e4", "offset1e6", "long_rows", "cauchy", "mixed_scale", "overflow32"]
+        off = d64[d64.family.isin(OFFSETS)].groupby("family").max_err.max()
+        hard = list(OFFSETS) + ["long_rows", "cauchy", "mixed_scale", "overflow32"]
         rest = d64[~d64.family.isin(hard)]
-        by_fam = d64[d64.family.isin(hard[3:])].groupby("family").max_err.max()
-        w(f"**Float64:** nothing is wider than the data by default, so the error follows the conditioning: "
-          f"at most {_fmt(rest.max_err.max())} units on well-conditioned families, and on offset data about "
-          f"(offset/spread) x 0.1-0.3 units (worst {_fmt(off.max_err.max())} at 1e6): the mean itself cannot be "
-          f"represented closer than half an ulp of the offset. Elsewhere the worst figures are "
-          + ", ".join(f"{k} {_fmt(v)}" for k, v in by_fam.items())
-          + " units (sums over 2**20 values, dynamic range of the data, LRN's power of x*x near 1e40). "
-          f"The guard's float64 bounds scale accordingly "
-          f"(tests/test_accuracy.py, `FLOAT64_BOUND`).\n")
+        by_fam = d64[d64.family.isin(hard[len(OFFSETS):])].groupby("family").max_err.max()
+        text = ["**Float64:** nothing is wider than the data by default, so the error follows the conditioning:"]
+        if not rest.empty:
+            text.append(f"at most {_fmt(rest.max_err.max())} units on well-conditioned families"
+                        + ("," if len(off) or len(by_fam) else "."))
+        if len(off):
+            text.append("on offset data " + ", ".join(f"{_fmt(v)} at {k[6:]}" for k, v in off.items())
+                        + " (the mean itself cannot be represented closer than half an ulp of the offset)"
+                        + ("." if by_fam.empty else ";"))
+        if len(by_fam):
+            text.append("elsewhere " + ", ".join(f"{k} {_fmt(v)}" for k, v in by_fam.items())
+                        + " units (sums over 2**20 values, dynamic range of the data, LRN's power of x*x near 1e40).")
+        text.append("The guard's float64 bounds scale accordingly (tests/test_accuracy.py, `FLOAT64_BOUND`).\n")
+        w(" ".join(text))
 
     # ---------------------------------------------------------------------------------- algorithms
     w("## Variance algorithm and accumulator\n")
@@ -129,16 +174,7 @@ def build(results: Path, out_path: Path) -> str:
         w("Max error of y (units of eps), float32, cpu backend, by algorithm and accumulator:\n")
         w(_md(_pivot(alg.assign(option=alg.variance + " / " + alg.accumulate), ["variant", "option"], "family"))
           + "\n")
-        f32 = alg[alg.accumulate == "float32"]
-        f64 = alg[alg.accumulate == "float64"]
-        o4 = lambda d, v: d[(d.family == "offset1e4") & (d.variance == v)].max_err.max()  # noqa: E731
-        w(f"With a **float32 accumulator** every algorithm degrades with the offset: at offset 1e4 naive "
-          f"reaches {_fmt(o4(f32, 'naive'))} units (catastrophic cancellation of sum(x^2) - sum(x)^2/n), "
-          f"two-pass {_fmt(o4(f32, 'two_pass'))}, Welford {_fmt(o4(f32, 'welford'))}, shifted "
-          f"{_fmt(o4(f32, 'shifted'))} (the float32 rounding of the data's deviations and of the mean itself). "
-          f"With a **float64 accumulator** naive is {_fmt(o4(f64, 'naive'))} and the other three "
-          f"{_fmt(max(o4(f64, v) for v in ('two_pass', 'welford', 'shifted')))}: a float64 accumulator matters "
-          f"more than the algorithm, and with it the one-pass shifted sums are as accurate as two passes.\n")
+        w(_algorithm_conclusion(alg))
         of = cpu[(cpu.family == "overflow32") & (cpu.dtype == "float32") & (cpu.accumulate == "float32")]
         if not of.empty and of.n_fail.sum() + (of.max_err > 1e3).sum() > 0:
             w("On data whose squares overflow float32 (|x| ~ 1e20), float32 accumulators overflow: the output "
@@ -150,7 +186,9 @@ def build(results: Path, out_path: Path) -> str:
           "of centring, not the algorithm._\n")
     sp = study.get("speed_study")
     w("### What the defaults cost in speed\n")
-    if sp is not None and not sp.empty:
+    if sp is None or sp.empty:
+        w(NOT_STUDIED)
+    else:
         t = sp.assign(option=sp.variance + " / " + sp.accumulate).pivot_table(
             index="option", columns="variant", values=["forward_vs_default", "backward_vs_default"])
         w("Time relative to the defaults (shifted / float64), cpu backend, float32, medians measured in the same "
@@ -199,7 +237,9 @@ def build(results: Path, out_path: Path) -> str:
     # ---------------------------------------------------------------------------------- eps placement
     ep = study.get("eps_placement_study")
     w("## When eps placement matters\n")
-    if ep is not None and not ep.empty:
+    if ep is None or ep.empty:
+        w(NOT_STUDIED)
+    else:
         t = ep.pivot_table(index="var_over_eps", columns=["variant", "output"], values="rel_diff")
         w("Max relative difference between `1/sqrt(var + eps)` and `1/(sqrt(var) + eps)` outputs (exact values, "
           "float64 oracle), vs var/eps:\n")
@@ -225,17 +265,19 @@ def build(results: Path, out_path: Path) -> str:
     # ---------------------------------------------------------------------------------- correction
     cs = study.get("correction_study")
     w("## What correction does to small batches\n")
-    if cs is not None and not cs.empty:
+    if cs is None or cs.empty:
+        w(NOT_STUDIED)
+    else:
         w("Batch norm, max relative difference between `correction=1` (unbiased) and `correction=0` (biased, "
           "PyTorch's normalising variance) outputs, exact values:\n")
         w(_md(cs.pivot_table(index="N", columns="output", values=["rel_diff", "closed_form"]), digits=5) + "\n")
-        r2 = cs[(cs.N == 2) & (cs.output == "y")].rel_diff.iloc[0]
-        r64 = cs[(cs.N == 64) & (cs.output == "y")].rel_diff.iloc[0]
-        w(f"Unbiased outputs are sqrt((N-1)/N) times the biased ones: {100 * r2:.0f}% smaller at N = 2, "
-          f"{100 * r64:.1f}% at N = 64 (the closed form column). With N = 2 every normalised value is +-1 (biased) "
-          f"or +-0.71 (unbiased): the choice changes the layer's output scale, not its accuracy, so it must match "
-          f"between training and whatever the model is compared with. The running variance is always unbiased "
-          f"(n - 1), as PyTorch's.\n")
+        y = cs[cs.output == "y"].set_index("N").rel_diff
+        w("Unbiased outputs are sqrt((N-1)/N) times the biased ones: "
+          + ", ".join(f"{100 * r:.2g}% smaller at N = {n}" for n, r in y[y.index.isin([2, 64])].items())
+          + " (the closed form column). With N = 2 every normalised value is +-1 (biased) "
+          "or +-0.71 (unbiased): the choice changes the layer's output scale, not its accuracy, so it must match "
+          "between training and whatever the model is compared with. The running variance is always unbiased "
+          "(n - 1), as PyTorch's.\n")
     if "correction_vs_batch.png" in fig:
         w(f"![correction]({_rel(fig['correction_vs_batch.png'], out_path)})\n")
     n2 = cpu[(cpu.family == "batch_n2") & cpu.output.isin(["y", "dx"]) & (cpu.variance == var)
@@ -276,19 +318,19 @@ def build(results: Path, out_path: Path) -> str:
 
     # ---------------------------------------------------------------------------------- notes
     w("## How to read these numbers\n")
-    w("- The oracle's own error: below 1e-6 units for float32 and below 0.1 units for float64 on 1e3-offset data "
+    notes = ("- The oracle's own error: below 1e-6 units for float32 and below 0.1 units for float64 on 1e3-offset data "
       "(tests/test_accuracy.py compares it with exact rationals); on float64 data offset by 1e6 it is ~2**-11 of "
       "the offset's ulp, still 1000x below what it judges.\n"
-      f"- Fused add + norm's backward is judged given its own inputs (the stored `h`, rounded to the input dtype "
-      "by contract, and the forward's statistics). Judged against the gradient at the exact `h`, the rounding "
-      f"of `h` alone costs units that grow with the offset (float32, dx, offset {exact_h}; pass "
-      "`backward_exact_h` in the CSV): a property of storing `h` in "
-      "the input dtype, shared by every fused implementation.\n"
-      "- `reference` rows are a sanity check of the harness: 0 for float32 inputs, at most 0.5 units for float64 "
+      "- Fused add + norm's backward is judged given its own inputs (the stored `h`, rounded to the input dtype "
+      "by contract, and the forward's statistics)."
+      + (" Judged against the gradient at the exact `h`, the rounding of `h` alone costs units that grow with the "
+         f"offset (float32, dx, offset {exact_h}; pass `backward_exact_h` in the CSV): a property of storing `h` "
+         "in the input dtype, shared by every fused implementation." if len(ex) else "")
+      + "\n- `reference` rows are a sanity check of the harness: 0 for float32 inputs, at most 0.5 units for float64 "
       "ones (the reference backend rounds the extended-precision oracle to float64).\n"
       "- Reproduce: `normbench accuracy --plot --docs` (full: ~20 min on a shared 2-core machine) or "
-      "`normbench accuracy --quick`."
-      "\n")
+      "`normbench accuracy --quick`.\n")
+    w(notes)
     return "\n".join(L)
 
 
