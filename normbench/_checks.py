@@ -107,9 +107,9 @@ def stats(name: str, s, shape: tuple):
 
 def channel_axis(axis, x) -> int:
     """axis=1 (channels-first) or -1 (channels-last); returns the non-negative channel axis."""
-    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)) or axis not in (1, -1):
-        raise ValueError(f"axis={axis!r}; expected 1 (channels-first, (N, C, *spatial)) "
-                         "or -1 (channels-last, (N, *spatial, C))")
+    expected = "1 (channels-first, (N, C, *spatial)) or -1 (channels-last, (N, *spatial, C))"
+    if integer("axis", axis, expected) not in (1, -1):
+        raise ValueError(f"axis={axis!r}; expected {expected}")
     return 1 if axis == 1 else x.ndim - 1
 
 
@@ -143,7 +143,7 @@ def momentum(value) -> float:
 
 
 def positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    if integer(name, value, "a positive integer") < 1:
         raise ValueError(f"{name}={value!r}; expected a positive integer")
     return int(value)
 
@@ -160,7 +160,8 @@ def real(name: str, value, expected: str = "a real number") -> float:
 
 
 def integer(name: str, value, expected: str) -> int:
-    """An int or NumPy integer (not a bool, not a float such as 1.0)."""
+    """An int or NumPy integer (not a bool, not a float such as 1.0): anything else is a TypeError (a value out of
+    range is the caller's ValueError), as for PyTorch's integer arguments."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name}={value!r}; expected {expected}")
     return int(value)

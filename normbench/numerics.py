@@ -84,8 +84,9 @@ def resolve(numerics: dict) -> Numerics:
     if eps_placement not in EPS_PLACEMENTS:
         raise ValueError(f"eps_placement={eps_placement!r}; expected one of {list(EPS_PLACEMENTS)}")
     correction = numerics.get("correction", DEFAULT_CORRECTION)
-    if isinstance(correction, bool) or not isinstance(correction, (int, np.integer)) or correction < 0:
-        raise ValueError(f"correction={correction!r}; expected a non-negative integer (0 biased, 1 unbiased)")
+    expected = "a non-negative integer (0 biased, 1 unbiased)"
+    if _checks.integer("correction", correction, expected) < 0:
+        raise ValueError(f"correction={correction!r}; expected {expected}")
     variance = numerics.get("variance", DEFAULT_VARIANCE)
     if variance not in VARIANCE_ALGORITHMS:
         raise ValueError(f"variance={variance!r}; expected one of {list(VARIANCE_ALGORITHMS)}")

@@ -108,8 +108,11 @@ def test_instance_norm_one_value_per_instance_channel(rng):
 def test_num_groups(x4):
     with pytest.raises(ValueError, match="num_groups=3 does not divide .* C=4"):
         nb.group_norm_forward(x4, 3)
-    for bad in (0, -2, 1.5, True):
+    for bad in (0, -2):
         with pytest.raises(ValueError, match="num_groups"):
+            nb.group_norm_forward(x4, bad)
+    for bad in (1.5, 2.0, True, "2"):  # a wrong type is a TypeError, as in PyTorch
+        with pytest.raises(TypeError, match="num_groups"):
             nb.group_norm_forward(x4, bad)
 
 
@@ -168,15 +171,20 @@ def test_correction_must_be_below_n(x4):
     with pytest.raises(ValueError, match="correction"):
         nb.batch_norm_forward(x4, None, None, rm, rv, correction=6)
     np.testing.assert_array_equal(rm, 0)
-    for bad in (-1, 0.5, True, "1"):
-        with pytest.raises(ValueError, match="correction"):
+    with pytest.raises(ValueError, match="correction"):
+        nb.layer_norm_forward(x4, 3, correction=-1)
+    for bad in (0.5, 1.0, True, "1"):
+        with pytest.raises(TypeError, match="correction"):
             nb.layer_norm_forward(x4, 3, correction=bad)
     nb.layer_norm_forward(x4, 3, correction=2)  # n - correction = 1 is allowed
 
 
 def test_lrn_size(x4):
-    for bad in (0, -1, 2.0, None):
+    for bad in (0, -1):
         with pytest.raises(ValueError, match="size"):
+            nb.local_response_norm_forward(x4, bad)
+    for bad in (2.0, None):
+        with pytest.raises(TypeError, match="size"):
             nb.local_response_norm_forward(x4, bad)
     with pytest.raises(TypeError, match="alpha"):
         nb.local_response_norm_forward(x4, 3, alpha="x")
@@ -534,8 +542,13 @@ def test_strings_booleans_and_floats_are_not_numbers_here(backend, x4):
                      (dict(momentum=False), "momentum")):
         with pytest.raises(TypeError, match=name):
             nb.batch_norm_forward(x4, None, None, rm, rv, backend=backend, **kw)
-    with pytest.raises(ValueError, match="axis=1.0"):
-        nb.batch_norm_forward(x4, None, None, rm, rv, axis=1.0, backend=backend)
+    for axis in (1.0, True, "1"):
+        with pytest.raises(TypeError, match=f"axis={axis!r}"):
+            nb.batch_norm_forward(x4, None, None, rm, rv, axis=axis, backend=backend)
+    for name, kw in (("num_groups", dict(num_groups=2.0)), ("size", dict(size=True))):
+        with pytest.raises(TypeError, match=name):
+            (nb.group_norm_forward if name == "num_groups" else nb.local_response_norm_forward)(x4, backend=backend,
+                                                                                              **kw)
     np.testing.assert_array_equal(rm, 0)
     for ns in ("43", (3.0,), (True,), 3.0):
         with pytest.raises(TypeError, match="normalized_shape"):
