@@ -281,6 +281,21 @@ def test_out_overlap(x4):
     np.testing.assert_array_equal(rv, 1)
 
 
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_out_overlapping_only_a_copied_strided_input_is_computed_from_the_copy(backend, rng):
+    """docs/api.md: a non-contiguous NumPy x is copied to C order first, so an out= over the same memory is
+    written from the copy: the result is the one on a fresh x."""
+    buf = rng.standard_normal(64).astype(np.float32)
+    x = buf[::2].reshape(4, 8)  # strided: copied by the front
+    want = nb.layer_norm_forward(x.copy(), 8, backend="reference")[0]
+    if backend == "reference":  # it returns float64
+        buf = buf.astype(np.float64)
+        x = buf[::2].reshape(4, 8)
+    y = nb.layer_norm_forward(x, 8, out=buf[:32].reshape(4, 8), backend=backend)[0]
+    assert np.shares_memory(y, buf)
+    np.testing.assert_allclose(y, want, rtol=0, atol=4 * np.finfo(np.float32).eps * np.abs(want).max())
+
+
 # ---------------------------------------------------------------------------------------------- no half-updated state
 @pytest.mark.parametrize("variant", ["batch", "instance"])
 def test_running_stats_untouched_after_any_error(variant, x4):
