@@ -350,7 +350,7 @@ def _dvar_term(r, s, divisor, eps, eps_placement):
         return -(s / divisor) * r * r * r  # in this order: r^3 alone under/overflows (cpu/_rows.py)
     sd = 1 / r - eps  # sqrt(var)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(sd > 0, -(s / (np.where(sd > 0, sd, 1) * divisor)) * r * r, 0.0)
+        return np.where(sd > 0, -(s / (np.where(sd > 0, sd, 1) * divisor)) * r * r, 0.0 * r)  # NaN: r = inf
 
 
 # ----------------------------------------------------------------------------------------- PreciseBN

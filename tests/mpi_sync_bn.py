@@ -205,6 +205,31 @@ def _eval_nonfinite_case(comm, axis):
             "tol": TOL}
 
 
+def _eps_zero_constant_channel_case(comm, eps_placement):
+    """eps = 0 on a channel constant over every rank: rstd = inf, so y and dx are NaN in that channel on every
+    rank (as single-process batch norm), finite and equal to it elsewhere."""
+    import normbench as nb
+    from normbench import distributed as dist
+
+    counts = [2] * comm.size
+    rng = np.random.default_rng(23)
+    xg = rng.standard_normal((sum(counts), 3, 4))
+    xg[:, 1] = 0.5
+    dyg = rng.standard_normal(xg.shape)
+    kw = dict(eps=0.0, eps_placement=eps_placement)
+    with np.errstate(all="ignore"):
+        _, mg, rg = nb.batch_norm_forward(xg, None, None, None, None, backend="reference", **kw)
+        dxg = nb.batch_norm_backward(dyg, xg, None, None, mg, rg, backend="reference", **kw)[0]
+        sl = _split(counts, comm.rank)
+        y, m, r = dist.sync_batch_norm_forward(xg[sl], None, None, None, None, comm=comm, **kw)
+        dx = dist.sync_batch_norm_backward(dyg[sl], xg[sl], None, None, m, r, comm=comm, **kw)[0]
+    rest = [0, 2]
+    return {"y_nan_in_the_channel": bool(np.isnan(y[:, 1]).all()),
+            "dx_nan_in_the_channel": bool(np.isnan(dx[:, 1]).all()),
+            "finite_elsewhere": bool(np.isfinite(y[:, rest]).all() and np.isfinite(dx[:, rest]).all()),
+            "dx": _err(dx[:, rest], dxg[sl][:, rest], np.abs(dxg[:, rest]).max(), np.float64), "tol": TOL}
+
+
 def _empty_global_batch_case(comm):
     """Every rank empty: empty outputs, running statistics untouched and parameter gradients 0 (single-process
     batch norm on the empty concatenation), not 0 * the NaN saved invstd."""
@@ -327,6 +352,8 @@ def cases(P):
         "precise_bn_on_one_rank_forward_on_others": lambda comm: _mixed_calls_case(comm, "population"),
         "eval_backward_nonfinite_x": lambda comm: _eval_nonfinite_case(comm, 1),
         "eval_backward_nonfinite_x_channels_last": lambda comm: _eval_nonfinite_case(comm, -1),
+        "eps_zero_constant_channel_inside": lambda comm: _eps_zero_constant_channel_case(comm, "inside"),
+        "eps_zero_constant_channel_outside": lambda comm: _eps_zero_constant_channel_case(comm, "outside"),
         "empty_global_batch": _empty_global_batch_case,
         "zero_channels": _zero_channels_case,
         "precise_bn_samples": lambda comm: _precise_bn_case(comm, "samples"),

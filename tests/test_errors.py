@@ -405,6 +405,59 @@ def test_nan_stays_in_its_channel_or_group(rng):
     assert np.isnan(y[bad]).all() and np.isfinite(y[~bad]).all()
 
 
+def _zero_variance_cases(rng):
+    """(name, forward, backward, extra args, kw, x, mask of the zero-variance unit): a constant row, a zero RMS row,
+    a constant channel and a constant group, in both layouts."""
+    x = rng.standard_normal((3, 4, 5))
+    row = x.copy()
+    row[1, 2] = 2.5
+    zero = x.copy()
+    zero[1, 2] = 0.0
+    chan = x.copy()
+    chan[:, 1] = -1.5
+    grp = x.copy()
+    grp[2, 2:4] = 0.75
+    unit = {"row": np.zeros(x.shape, bool), "chan": np.zeros(x.shape, bool), "grp": np.zeros(x.shape, bool)}
+    unit["row"][1, 2], unit["chan"][:, 1], unit["grp"][2, 2:4] = True, True, True
+    last = lambda a: np.moveaxis(a, 1, -1).copy()  # noqa: E731
+    return [("layer", nb.layer_norm_forward, nb.layer_norm_backward, (5,), {}, row, unit["row"]),
+            ("rms", nb.rms_norm_forward, nb.rms_norm_backward, (5,), {}, zero, unit["row"]),
+            ("batch", nb.batch_norm_forward, nb.batch_norm_backward, (None, None), {}, chan, unit["chan"]),
+            ("batch_cl", nb.batch_norm_forward, nb.batch_norm_backward, (None, None), {"axis": -1}, last(chan),
+             last(unit["chan"])),
+            ("group", nb.group_norm_forward, nb.group_norm_backward, (2,), {}, grp, unit["grp"]),
+            ("group_cl", nb.group_norm_forward, nb.group_norm_backward, (2,), {"axis": -1}, last(grp),
+             last(unit["grp"]))]
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("placement", ["inside", "outside"])
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_eps_zero_on_zero_variance_is_nan_in_that_unit_only(backend, placement, rng):
+    """eps = 0 on a zero-variance row, channel or group: rstd = inf, the forward is 0 * inf = NaN there, and so is
+    every value of that unit's input gradient (the CPU channel kernels returned +-inf with eps outside, the
+    reference and the row kernels a mix of NaN and +-inf); every other unit stays finite and exact."""
+    for name, fwd, bwd, args, kw, x, unit in _zero_variance_cases(rng):
+        dy = rng.standard_normal(x.shape)
+        opts = dict(kw, eps=0.0, eps_placement=placement)
+        if name.startswith("batch"):
+            y, mean, rstd = fwd(x, *args, None, None, backend=backend, **opts)
+            dx = bwd(dy, x, *args, mean, rstd, backend=backend, **opts)[0]
+            ref = bwd(dy, x, *args, mean, rstd, backend="reference", **opts)[0]
+        elif name == "rms":
+            y, rstd = fwd(x, *args, backend=backend, **opts)
+            dx = bwd(dy, x, *args, rstd, backend=backend, **opts)[0]
+            ref = bwd(dy, x, *args, rstd, backend="reference", **opts)[0]
+        else:
+            y, mean, rstd = fwd(x, *args, backend=backend, **opts)
+            dx = bwd(dy, x, *args, mean, rstd, backend=backend, **opts)[0]
+            ref = bwd(dy, x, *args, mean, rstd, backend="reference", **opts)[0]
+        for out, what in ((y, "y"), (dx, "dx")):
+            assert np.isnan(out[unit]).all(), (name, what, out[unit])
+            assert np.isfinite(out[~unit]).all(), (name, what)
+        np.testing.assert_allclose(dx[~unit], ref[~unit], rtol=1e-12, atol=1e-12, err_msg=name)
+
+
 @pytest.mark.parametrize("variant", ["batch_norm", "instance_norm"])
 def test_strided_running_stats_are_updated_in_place(variant, rng):
     """Running statistics are the caller's buffers: a strided view is updated in place, like a contiguous one."""

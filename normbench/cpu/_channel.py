@@ -55,7 +55,7 @@ def _coeffs(tdy, tdyxc, r, n, correction, eps, eps_code):
         k = -(tdyxc / (n - correction)) * r * r * r  # r^3 alone underflows where std > 1e103 (see _dx_coefficients)
     else:
         sd = 1.0 / r - eps  # sqrt(var); where var = 0 the derivative does not exist: the term is taken as 0
-        k = -(tdyxc / (sd * (n - correction))) * r * r if sd > 0 else 0.0
+        k = -(tdyxc / (sd * (n - correction))) * r * r if sd > 0 else 0.0 * r  # NaN where r = inf (eps = 0)
     return mdx, k
 
 

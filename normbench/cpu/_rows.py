@@ -264,7 +264,8 @@ def _dx_coefficients(sa, sb, rs, D, corr, eps, eps_code, rms):
         k = -(sb / nc) * rs * rs * rs
     else:
         sd = 1.0 / rs - eps  # sqrt(var)
-        k = -(sb / (sd * nc)) * rs * rs if sd > 0 else 0.0
+        # var = 0: the term is taken as 0, or NaN where rs = inf (eps = 0: the forward's xhat is 0 * inf = NaN)
+        k = -(sb / (sd * nc)) * rs * rs if sd > 0 else 0.0 * rs
     c0 = 0.0 if rms else -rs * sa / np.float64(D)
     return k, c0
 

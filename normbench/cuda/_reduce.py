@@ -213,9 +213,11 @@ thread_moments64 = make_thread_moments(float64)
 def rstd_from_m2(m2, n, correction, eps, eps_code):
     """1/sqrt(var + eps) (eps_code 0) or 1/(sqrt(var) + eps) (1), var = m2/(n - correction), float64."""
     var = m2 / float64(n - correction)
+    # float64(...): a no-op on the GPU; in the simulator it keeps NumPy's 1/0 = inf (eps = 0, var = 0) where
+    # Python's float would raise ZeroDivisionError
     if eps_code == 0:
-        return 1.0 / math.sqrt(var + eps)
-    return 1.0 / (math.sqrt(var) + eps)
+        return 1.0 / float64(math.sqrt(var + eps))
+    return 1.0 / float64(math.sqrt(var) + eps)
 
 
 @cuda.jit(device=True, inline=True)
@@ -227,4 +229,4 @@ def drstd_factor(r, s, n, correction, eps, eps_code):
     sd = 1.0 / r - eps
     if sd > 0.0:
         return -(s / (sd * float64(n - correction))) * r * r
-    return float64(0.0)
+    return float64(0.0) * r  # NaN where r = inf (eps = 0; cpu/_rows.py)

@@ -40,7 +40,8 @@ def normalize_backward(dxhat, xc, r, axes, correction, eps, eps_placement):
 
     (for RMS norm the ``mean(dxhat)`` term is absent: pass ``centered=False`` via xc is x and subtract nothing).
     r'(var) = -r**3/2 with eps inside the root, -r**2/(2 sqrt(var)) with eps outside; where var = 0 with eps
-    outside the derivative does not exist and the limit with this term taken as 0 is returned.
+    outside the derivative does not exist and the limit with this term taken as 0 is returned (NaN where eps = 0
+    too: r is then inf, and the forward's ``xc * r`` is already NaN).
     """
     n = int(np.prod([xc.shape[a] for a in axes]))
     s = (dxhat * xc).sum(axis=axes, keepdims=True)
@@ -49,7 +50,8 @@ def normalize_backward(dxhat, xc, r, axes, correction, eps, eps_placement):
     else:
         sd = 1 / r - r.dtype.type(eps)  # sqrt(var)
         with np.errstate(divide="ignore", invalid="ignore"):
-            k = np.where(sd > 0, -(r ** 2) * s / (np.where(sd > 0, sd, 1) * (n - correction)), 0)
+            # 0 * r: the term taken as 0, NaN where r = inf (eps = 0: the forward's xhat is 0 * inf = NaN too)
+            k = np.where(sd > 0, -(r ** 2) * s / (np.where(sd > 0, sd, 1) * (n - correction)), 0 * r)
     return r * dxhat + k * xc
 
 

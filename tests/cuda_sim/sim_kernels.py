@@ -306,6 +306,24 @@ def test_constant_rows_with_eps_outside_give_the_documented_limit():
         assert np.isfinite(g_cuda[0]).all()
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_eps_zero_on_a_constant_unit_gives_nan_there_only():
+    """eps = 0 on a zero-variance row or channel: rstd = inf, so y and dx are NaN in that unit (as on the
+    reference and cpu backends), finite elsewhere."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 4, 5))
+    x[:, 1] = 2.0  # channel 1 constant: also rows [n, 1] for layer norm
+    dy = rng.standard_normal(x.shape)
+    for placement in ("inside", "outside"):
+        kw = dict(eps=0.0, eps_placement=placement)
+        y, m, r = nb.layer_norm_forward(x, 5, backend="cuda", **kw)
+        dx = nb.layer_norm_backward(dy, x, 5, m, r, backend="cuda", **kw)[0]
+        y2, m2, r2 = nb.batch_norm_forward(x, None, None, None, None, backend="cuda", **kw)
+        dx2 = nb.batch_norm_backward(dy, x, None, None, m2, r2, backend="cuda", **kw)[0]
+        for out in (y, dx, y2, dx2):
+            assert np.isnan(out[:, 1]).all() and np.isfinite(np.delete(out, 1, axis=1)).all(), placement
+
+
 def test_nan_stays_in_its_row_and_channel():
     x = np.random.default_rng(4).standard_normal((3, 4, 5)).astype(np.float32)
     x[1, 2, 3] = np.nan
