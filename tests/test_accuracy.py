@@ -49,6 +49,19 @@ def test_metrics_nan_inf_where_oracle_finite_are_failures_not_errors():
     assert m["n_fail"] == 2 and m["n_ref_nonfinite"] == 2 and m["max_err"] == 0.0
 
 
+def test_metrics_an_all_zero_group_is_judged_by_the_whole_output():
+    """A group whose exact result is 0 (dx of a one-value group): a rounding-sized value there is a small error
+    against the output's magnitude, not 1e30 units against a scale of 0; a wrong value is still a large one."""
+    ref = np.array([[1.0, -2.0], [0.0, 0.0]])
+    ids = np.repeat(np.arange(2), 2).reshape(2, 2)
+    scale = metrics.group_scale(ref, ids, 2)
+    np.testing.assert_array_equal(scale, [[2.0, 2.0], [2.0, 2.0]])
+    tiny = np.array([[1.0, -2.0], [1e-8, 0.0]], np.float32)
+    assert metrics.error_stats(tiny, ref, scale, F32)["max_err"] == pytest.approx(1e-8 / (2 * np.finfo(F32).eps))
+    wrong = np.array([[1.0, -2.0], [0.5, 0.0]], np.float32)
+    assert metrics.error_stats(wrong, ref, scale, F32)["max_err"] > 1e6
+
+
 def test_metrics_float64_outputs_are_compared_in_extended_precision():
     ref = np.array([1.0], np.longdouble) + np.longdouble(2.0) ** -60  # below float64's resolution
     m = metrics.error_stats(np.array([1.0]), ref, 1.0, np.float64)

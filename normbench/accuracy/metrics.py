@@ -8,6 +8,8 @@ where ``scale`` is the magnitude the output is judged against:
 
 * x-shaped outputs (y, h, dx, dresidual, LRN scale): the max |r| over the element's normalisation group
   (row, channel, (sample, group)), so that a value near zero inside a row of O(1) values is judged by the row;
+  a group whose exact result is all zero (the backward of a one-value group) by the max |r| over the whole
+  output, since a scale of 0 would make any rounding an infinite error;
 * parameter gradients (dweight, dbias): the max |r| over the whole vector;
 * saved statistics: ``mean`` by ``|mean| + 1/rstd`` (about |mean| + std: the mean's natural error scale, also
   for zero-mean data), ``rstd`` by ``|rstd|`` (relative error).
@@ -61,10 +63,11 @@ def error_stats(out, ref, scale, dtype) -> dict:
 
 
 def group_scale(ref, ids, G) -> np.ndarray:
-    """Per element: max |ref| over its group (finite values only)."""
+    """Per element: max |ref| over its group (finite values only); over the whole output where that is 0."""
     a = np.abs(np.asarray(ref))
     a = np.where(np.isfinite(a), a, 0)
-    return group_rows(a, ids, G).max(axis=1)[ids]
+    per_group = group_rows(a, ids, G).max(axis=1)
+    return np.where(per_group > 0, per_group, per_group.max(initial=0))[ids]
 
 
 def output_scale(name, ref, oracle_fwd, ids=None, G=None):
