@@ -168,6 +168,13 @@ def make_rows(shape, dtype, rng, affine=True, normalized_ndim=1):
     return dict(x=x, normalized_shape=nshape, weight=w, bias=b)
 
 
+def make_rms(shape, dtype, rng, affine=True, normalized_ndim=1):
+    """make_rows without the bias, which RMS norm does not take (the same weights: the bias is still drawn)."""
+    d = make_rows(shape, dtype, rng, affine=affine, normalized_ndim=normalized_ndim)
+    d["bias"] = None
+    return d
+
+
 def make_group(shape, dtype, rng, num_groups=32, axis=1, affine=True):
     phys, C = _channels(shape, axis)
     x = rng.standard_normal(phys).astype(dtype)
@@ -286,17 +293,27 @@ def _params(i):
     return _nbytes(i.get("weight"), i.get("bias"))
 
 
-def _bytes_norm_fwd(i):
+def _stats_bytes(i, per_unit=2):
+    """The saved float64 statistics: mean and rstd per unit, rstd alone for RMS norm (``per_unit=1``)."""
+    return per_unit * 8 * _stat_count(i)
+
+
+def _bytes_norm_fwd(i, per_unit=2):
     """read x (+ params), write y (+ saved statistics, float64)."""
-    x = i["x"]
-    lead = _stat_count(i)
-    return 2 * x.nbytes + _params(i) + 2 * 8 * lead
+    return 2 * i["x"].nbytes + _params(i) + _stats_bytes(i, per_unit)
 
 
-def _bytes_norm_bwd(i):
+def _bytes_norm_bwd(i, per_unit=2):
     """read dy, x (+ params, stats), write dx (+ dweight, dbias)."""
-    x = i["x"]
-    return 3 * x.nbytes + 2 * _params(i) + 2 * 8 * _stat_count(i)
+    return 3 * i["x"].nbytes + 2 * _params(i) + _stats_bytes(i, per_unit)
+
+
+def _bytes_rms_fwd(i):
+    return _bytes_norm_fwd(i, per_unit=1)
+
+
+def _bytes_rms_bwd(i):
+    return _bytes_norm_bwd(i, per_unit=1)
 
 
 def is_row(inputs) -> bool:
@@ -316,12 +333,16 @@ def _stat_count(i):
     return x.shape[0] * x.shape[1 if i["axis"] == 1 else -1]
 
 
+def _fused_stats_bytes(i):
+    return _stats_bytes(i, 1 if i["norm"] == "rms" else 2)
+
+
 def _bytes_fused_fwd(i):
-    return 4 * i["x"].nbytes + _params(i) + 2 * 8 * _stat_count(i)  # read x, residual; write y, h
+    return 4 * i["x"].nbytes + _params(i) + _fused_stats_bytes(i)  # read x, residual; write y, h
 
 
 def _bytes_fused_bwd(i):
-    return 4 * i["x"].nbytes + 2 * _params(i) + 2 * 8 * _stat_count(i)  # read dy, h; write dx, dresidual
+    return 4 * i["x"].nbytes + 2 * _params(i) + _fused_stats_bytes(i)  # read dy, h; write dx, dresidual
 
 
 def _bytes_lrn_fwd(i):
@@ -350,7 +371,7 @@ VARIANTS: dict[str, Variant] = {
                 shapes=IMAGES + ((4096, 8192), (8, 64, 16, 56, 56)), params={"axis": (1, -1), "training": (True, False)}),
         Variant("layer_norm", "layer", make_rows, _fwd_layer, _bwd_layer, _bytes_norm_fwd, _bytes_norm_bwd,
                 shapes=ROWS),
-        Variant("rms_norm", "rms", make_rows, _fwd_rms, _bwd_rms, _bytes_norm_fwd, _bytes_norm_bwd, shapes=ROWS),
+        Variant("rms_norm", "rms", make_rms, _fwd_rms, _bwd_rms, _bytes_rms_fwd, _bytes_rms_bwd, shapes=ROWS),
         Variant("group_norm", "group", make_group, _fwd_group, _bwd_group, _bytes_norm_fwd, _bytes_norm_bwd,
                 shapes=IMAGES, params={"axis": (1, -1)}),
         Variant("instance_norm", "group", make_instance, _fwd_instance, _bwd_instance, _bytes_norm_fwd,

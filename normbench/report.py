@@ -322,7 +322,9 @@ def asv_table(asv: pd.DataFrame, pattern: str) -> str:
     d = asv[asv["benchmark"].str.contains(pattern, regex=True)]
     if d.empty:
         return f"(no asv benchmark matches {pattern!r})"
-    t = d.pivot_table(index=["benchmark", "params"], columns=["machine", "commit"], values="value", aggfunc="first")
+    # the unit in the index: one table may mix seconds, fractions of copy, GB/s and thread counts
+    t = d.pivot_table(index=["benchmark", "params", "unit"], columns=["machine", "commit"], values="value",
+                      aggfunc="first")
     # history order: per machine, the commits by the date asv recorded for them (pivot_table sorts by hash)
     order = d.groupby(["machine", "commit"])["date"].min().reset_index().sort_values(["machine", "date", "commit"])
     t = t[[mc for mc in zip(order["machine"], order["commit"]) if mc in t.columns]]  # all-NaN ones are dropped

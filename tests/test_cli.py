@@ -143,6 +143,42 @@ def test_run_bad_or_missing_peer_exits_2(tmp_path, monkeypatch, capsys, peer, in
     assert not out.exists()
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--variant", "batch_norm", "--shape", "64x64", "--axis", "-1"],
+     "normbench run: the selected variants, shapes, dtypes and --axis leave no case (a 2-D (N, C) shape has one "
+     "layout, listed as axis=1)"),
+    (["--variant", "batch_norm", "--shape", "64x64", "--axis", "-1", "--backend", "cpu"],
+     "normbench run: the selected variants, shapes, dtypes and --axis leave no case (a 2-D (N, C) shape has one "
+     "layout, listed as axis=1)"),
+    (["--variant", "rms_norm", "--shape", "3x16", "--no-peers", "--peer", "foo"],
+     "normbench run: peer=['foo']; expected some of ['numpy', 'torch', 'jax']"),
+])
+def test_run_selection_errors_exit_2(tmp_path, monkeypatch, capsys, argv, message):
+    """A selection that leaves no case used to blame the backend ("not available here for  (cuda needs a GPU")
+    or print an empty "no case ran:"; a --peer typo beside --no-peers ran and exited 0."""
+    from normbench.benchmarks import runner
+
+    monkeypatch.setattr(runner, "run_case", lambda *a, **k: pytest.fail("measured despite a bad selection"))
+    out = tmp_path / "runs"
+    assert runner.main(argv + ["--repeats", "1", "--no-accuracy", "--out-dir", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.splitlines() == [message]
+    assert not out.exists()
+
+
+def test_run_list_options_take_several_values_after_one_flag(tmp_path, monkeypatch):
+    """``--variant a b`` as ``normbench accuracy`` takes it (it was "unrecognized arguments"), mixed with repeats;
+    a value given twice runs once."""
+    from normbench.benchmarks import runner
+
+    ran = []
+    monkeypatch.setattr(runner, "run_case", lambda case, *a, **k: ran.append(case.name) or [])
+    runner.main(["--variant", "layer_norm", "rms_norm", "--variant", "layer_norm", "--shape", "3x16", "4x8",
+                 "--no-peers", "--repeats", "1", "--no-accuracy", "--out-dir", str(tmp_path)])
+    assert ran == ["layer_norm/3x16/float32", "layer_norm/4x8/float32", "rms_norm/3x16/float32",
+                   "rms_norm/4x8/float32"]
+
+
 def test_paired_seconds_times_the_copies_it_is_given():
     """The limit of a paired measurement is the fastest of the copies passed (a device copy for cuda rows), timed
     in the same rounds as the kernel; sleeps give closed-form lower bounds."""

@@ -42,6 +42,9 @@ def test_tables_say_what_the_files_hold():
     t = report.pytest_table(report.load_pytest_benchmark(_one("pytest/*.json")))
     assert "layer_norm/8x768/float32 forward" in t and "normbench (ms)" in t and "torch (x copy)" in t
     assert "track_numba_threads" in report.asv_table(report.load_asv(DATA / "asv"), "numba_threads")
+    mixed = report.asv_table(report.load_asv(DATA / "asv"), r"Forward\.t|numba_threads")  # each row's unit
+    rows = mixed.splitlines()[2:]
+    assert rows and all(re.search(r"'(seconds|threads)'\) *\|", ln) for ln in rows), mixed
     assert "(no asv benchmark matches" in report.asv_table(report.load_asv(DATA / "asv"), "nothing_like_this")
     acc = report.accuracy_table(report.load_accuracy(_one("accuracy/*.csv")))
     assert "layer_norm" in acc and "cpu" in acc
@@ -268,7 +271,7 @@ def test_report_reads_the_full_accuracy_sweep_not_also_the_quick_one(tmp_path, c
 def test_asv_history_columns_in_date_order():
     when = {"c092c4b9": "2026-11-22 05:27", "07c72589": "2026-11-22 05:23", "03cbe2b6": "2026-11-22 05:24"}
     asv = pd.DataFrame([{"machine": "box", "commit": c, "date": pd.Timestamp(t), "benchmark": "b.track_x",
-                         "params": "", "value": v, "env": ""}
+                         "params": "", "value": v, "env": "", "unit": "seconds"}
                         for (c, t), v in zip(when.items(), (3.0, 1.0, 2.0))])
     header = report.asv_table(asv, "track_x").splitlines()[0]
     found = re.findall(r"'box', '([0-9a-f]{8})'", header)

@@ -65,6 +65,15 @@ def test_bytes_moved_closed_form():
     assert c.nbytes("forward") == 128 + 64 + 128 + 64
     # read dy, x, weight, bias, mean, rstd; write dx, dweight, dbias
     assert c.nbytes("backward") == 3 * 128 + 2 * 64 + 64
+    # RMS norm takes no bias and saves rstd alone: read x and weight, write y and rstd (4 x 8 B)
+    c = cases.Case("rms_norm", (4, 8), "float32")
+    assert c.make_inputs()["bias"] is None
+    assert c.nbytes("forward") == 128 + 32 + 128 + 32 and c.nbytes("backward") == 3 * 128 + 2 * 32 + 32
+    y, rstd = c.spec.run_forward(c.make_inputs(), backend="cpu")
+    assert y.nbytes == 128 and rstd.nbytes == 32  # what the call really writes
+    fused = cases.Case("fused_add_norm", (4, 8), "float32", (("norm", "rms"),))
+    # read x, residual, weight; write y, h, rstd
+    assert fused.nbytes("forward") == 4 * 128 + 32 + 32
 
 
 def test_case_filters_and_errors():
@@ -435,3 +444,21 @@ def test_check_html_swaps_cdn_scripts_for_local_copies(tmp_path, monkeypatch):
     assert 'src="jquery.min.js"' in html and 'src="jquery.flot.js"' in html and 'src="asv.js"' in html
     assert "orderBars" not in html and (tmp_path / "out" / "jquery.min.js").exists()
     assert missing == [str(js / "blueimp-md5/md5.min.js")]
+
+
+def test_check_html_removes_its_served_copy(tmp_path, monkeypatch):
+    """The site copy it serves went to a mkdtemp folder that was never removed (one more per run)."""
+    import tempfile
+
+    from normbench.benchmarks import _check_html
+
+    html = tmp_path / "html"
+    html.mkdir()
+    (html / "index.html").write_text("<html></html>")
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    monkeypatch.setattr(_check_html.shutil, "which", lambda name: "/bin/true")  # a browser that renders nothing
+    monkeypatch.setattr(_check_html, "localize", lambda src, site: [])
+    assert _check_html.main(["--html", str(html), "--out", str(tmp_path / "shot.png")]) == 1  # not rendered
+    assert list(temp.iterdir()) == []

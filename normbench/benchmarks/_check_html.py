@@ -80,7 +80,11 @@ def main(argv=None) -> int:
     if browser is None:
         print("check-html: chromium not found (apt-get install chromium)", file=sys.stderr)
         return 2
-    site = Path(tempfile.mkdtemp(prefix="normbench-asv-html-"))
+    with tempfile.TemporaryDirectory(prefix="normbench-asv-html-") as site:  # the served copy, removed after
+        return _check(html, Path(site), browser, args)
+
+
+def _check(html: Path, site: Path, browser: str, args) -> int:
     missing = localize(html, site)
     if missing:
         print(f"check-html: missing local scripts {missing} (apt-get install libjs-jquery libjs-jquery-flot "

@@ -7,7 +7,7 @@ A case is a variant x logical shape x dtype x parameter combination, built from 
   ResNet activations from the stem (64 x 112 x 112) to the last stage (2048 x 7 x 7), 3-d volumes, 1-d batch
   norm), float32 and float64, every parameter combination of the registry's grid;
 * the **quick** matrix (``make bench``): float32, the variant's smallest shape (latency-bound) and its first
-  shape whose forward working set reaches :data:`BIG_BYTES` (bandwidth-bound; the headline size), or
+  shape whose x and y together (float32) reach :data:`BIG_BYTES` (bandwidth-bound; the headline size), or
   its largest shape when none does.
 
 Shapes are *logical*: ``(N, C, *spatial)`` for channel variants whatever the layout; the registry's input

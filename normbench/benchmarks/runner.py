@@ -307,14 +307,16 @@ def build_parser() -> argparse.ArgumentParser:
     size = ap.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="the quick matrix (default)")
     size.add_argument("--full", action="store_true", help="the full matrix: all shapes, float32 and float64")
-    ap.add_argument("--variant", action="append", help="variant name (repeatable); default all")
-    ap.add_argument("--backend", action="append",
-                    help="backend (repeatable); default every installed kernel backend (cpu, cuda), or the "
+    # the list options take several values after one flag and may be repeated (as normbench accuracy's)
+    many = dict(action="extend", nargs="+")
+    ap.add_argument("--variant", **many, help="variant names; default all")
+    ap.add_argument("--backend", **many,
+                    help="backends; default every installed kernel backend (cpu, cuda), or the "
                          "reference when no kernel exists for a variant")
-    ap.add_argument("--shape", action="append", help="logical shape such as 8192x4096 (repeatable)")
-    ap.add_argument("--dtype", action="append", choices=_cases.DTYPES_FULL, help="dtype (repeatable)")
+    ap.add_argument("--shape", **many, help="logical shapes such as 8192x4096")
+    ap.add_argument("--dtype", **many, choices=_cases.DTYPES_FULL, help="dtypes")
     ap.add_argument("--axis", type=int, choices=(1, -1), help="only this layout (channel variants)")
-    ap.add_argument("--peer", action="append", help="peers to time (repeatable); default every installed one")
+    ap.add_argument("--peer", **many, help="peers to time; default every installed one")
     ap.add_argument("--no-peers", action="store_true", help="time no peers")
     ap.add_argument("--no-accuracy", action="store_true", help="skip the error column (no reference run)")
     ap.add_argument("--repeats", type=int, default=7, help="timed calls per measurement (median)")
@@ -354,6 +356,12 @@ def main(argv=None) -> int:
     except ValueError as err:
         print(f"normbench run: {err}", file=sys.stderr)
         return 2
+    if not matrix:  # e.g. --axis -1 with 2-D shapes only: an (N, C) input has one layout
+        hint = (" (a 2-D (N, C) shape has one layout, listed as axis=1)"
+                if args.axis == -1 and shapes and all(len(s) == 2 for s in shapes) else "")
+        print(f"normbench run: the selected variants, shapes, dtypes and --axis leave no case{hint}",
+              file=sys.stderr)
+        return 2
     out_dir = Path(args.out_dir)
     if args.backend:
         bad = [b for b in args.backend if b not in registry.BACKENDS]
@@ -366,11 +374,11 @@ def main(argv=None) -> int:
         print(f"normbench run: {problem}", file=sys.stderr)
         return 2
     installed = _peers.available()
+    bad = [p for p in args.peer or () if p not in _peers.PEERS]
+    if bad:  # a typo is an error with --no-peers too
+        print(f"normbench run: peer={bad}; expected some of {list(_peers.PEERS)}", file=sys.stderr)
+        return 2
     if args.peer and not args.no_peers:
-        bad = [p for p in args.peer if p not in _peers.PEERS]
-        if bad:
-            print(f"normbench run: peer={bad}; expected some of {list(_peers.PEERS)}", file=sys.stderr)
-            return 2
         missing = [p for p in args.peer if p not in installed]
         if missing:
             print(f"normbench run: peer={missing} is not installed here (installed: {installed}); install it "
