@@ -158,6 +158,10 @@ def test_families_produce_what_they_claim(variant, rng):
     chan = layout.channel_ids(variant, inputs)
     stds = [inputs["x"][chan == c].std() for c in range(chan.max() + 1)]
     assert max(stds) / min(stds) > 1e3
+    if variant == "batch_norm":  # a running mean as training leaves it: the data's, within its spread
+        inputs = make("offset1e4")
+        rm = inputs["running_mean"].astype(np.float64)
+        assert np.all(np.abs(rm - _groups(variant, inputs).mean(axis=1)) < 1.0)
 
 
 def test_family_long_rows_and_batch_n2_shapes(rng):

@@ -124,6 +124,29 @@ def test_batch_norm_training_every_option(rng, schedule, dtype, shape, axis):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,axis", [((5, 3, 4, 6), 1), ((5, 3, 4, 2), 1), ((7, 5), 1), ((3, 5, 4, 3), -1)])
+def test_running_statistics_near_offset_data_lose_nothing(rng, dtype, shape, axis):
+    """Evaluation, frozen and running-statistics instance norm on data offset by 1e4 spreads with a running mean
+    near the data's mean (a trained model): y within 4 units of the reference (the issue's bound). The folded
+    x*scale + (bias - rm*scale) cost float64 data 660 units there (log10(offset/spread) digits)."""
+    x = (1e4 + rng.standard_normal(phys(shape, axis))).astype(dtype)
+    C = shape[1]
+    w, b = affine(rng, C, dtype)
+    rm = (1e4 + 0.25 * rng.standard_normal(C)).astype(dtype)
+    rv = (0.5 + rng.random(C)).astype(dtype)
+    calls = [(nb.batch_norm_forward, (w, b, rm, rv), dict(training=False)),
+             (nb.frozen_batch_norm_forward, (w, b, rm, rv), {})]
+    if len(shape) > 2:
+        calls.append((nb.instance_norm_forward, (w, b, rm, rv), dict(use_input_stats=False)))
+    for fn, args, kw in calls:
+        y = fn(x, *args, axis=axis, backend="cpu", **kw)
+        y = y[0] if isinstance(y, tuple) else y
+        want = fn(x, *args, axis=axis, backend="reference", **kw)
+        want = want[0] if isinstance(want, tuple) else want
+        assert units(y, want, x.ndim - 1 if axis == -1 else 1, dtype) <= 4, fn.__name__
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,axis", BN_CASES + [((6, 4), -1), ((5, 3, 1, 1), -1)])
 @pytest.mark.parametrize("eps_placement", ("inside", "outside"))
 def test_batch_norm_eval_and_frozen(rng, schedule, dtype, shape, axis, eps_placement):

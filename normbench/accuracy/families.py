@@ -1,7 +1,10 @@
 """Stress families: ``family(shape, dtype, rng, variant="layer_norm", **params) -> inputs``.
 
-Each returns the input dict of ``registry.VARIANTS[variant].make_inputs`` (weights, biases, running statistics
-as the registry makes them) with ``x`` (and fused add + norm's ``residual``) replaced by the family's data.
+Each returns the input dict of ``registry.VARIANTS[variant].make_inputs`` (weights, biases and running variances
+as the registry makes them) with ``x`` (and fused add + norm's ``residual``) replaced by the family's data, and a
+running mean where the inputs have one as training leaves it: each channel's data mean, off by a quarter of its
+spread (:func:`trained_running_mean`; evaluation then meets the cancellation of ``x - running_mean`` that a real
+model meets on offset data).
 What each family claims (checked by tests/test_accuracy.py):
 
 =================  ==================================================================================
@@ -116,10 +119,21 @@ def _family(make_x, *, shape=None, variants=None):
         inputs["x"] = np.ascontiguousarray(make_x(inputs, variant, rng), dtype=dtype)
         if "residual" in inputs:
             inputs["residual"] = np.ascontiguousarray(make_x(inputs, variant, rng), dtype=dtype)
+        if isinstance(inputs.get("running_mean"), np.ndarray):
+            inputs["running_mean"] = trained_running_mean(inputs, rng)
         return inputs
 
     family.variants = variants
     return family
+
+
+def trained_running_mean(inputs, rng) -> np.ndarray:
+    """Each channel's mean of x plus 0.25 of its spread times N(0, 1), in the running mean's dtype."""
+    x = inputs["x"].astype(np.float64)
+    ax = layout.channel_axis(inputs)
+    other = tuple(a for a in range(x.ndim) if a != ax)
+    mean, spread = x.mean(axis=other), x.std(axis=other)
+    return (mean + 0.25 * spread * rng.standard_normal(mean.shape)).astype(inputs["running_mean"].dtype)
 
 
 def _normal(i, v, rng):

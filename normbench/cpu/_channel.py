@@ -1010,30 +1010,32 @@ def cl_backward_split(dy3, x3, dx3, Cg, w, gmean, grstd, P, train, correction, e
 
 
 # ------------------------------------------------------------------ per-channel constants (eval, frozen BN)
+# y = (x - center)*scale + shift, the training outputs' formula (_yv) with the running mean as the center: the
+# folded x*scale + (shift - center*scale) loses log10(offset/spread) digits of float64 data near its running mean
 @njit(**_SEQ)
-def _affine_slab(xf, yf, lo, hi, sc, sh, nt):
+def _affine_slab(xf, yf, lo, hi, ce, sc, sh, nt):
     x = xf[lo:hi]
     y = yf[lo:hi]
     for i in range(0, hi - lo):
-        _put(y, i, x[i] * sc + sh, nt)
+        _put(y, i, _yv(x[i], ce, sc, sh), nt)
 
 
 @njit(**_PAR)
-def affine_cf(xf, yf, C, S, scale, shift, nt):
-    """y = x*scale[c] + shift[c] on (N, C, S) flattened, one (n, c) slab per iteration."""
+def affine_cf(xf, yf, C, S, center, scale, shift, nt):
+    """y = (x - center[c])*scale[c] + shift[c] on (N, C, S) flattened, one (n, c) slab per iteration."""
     for t in prange(xf.shape[0] // S):
         c = t % C
         if nt:  # a literal each way (see the note above _yv)
-            _affine_slab(xf, yf, t * S, (t + 1) * S, scale[c], shift[c], True)
+            _affine_slab(xf, yf, t * S, (t + 1) * S, center[c], scale[c], shift[c], True)
         else:
-            _affine_slab(xf, yf, t * S, (t + 1) * S, scale[c], shift[c], False)
+            _affine_slab(xf, yf, t * S, (t + 1) * S, center[c], scale[c], shift[c], False)
 
 
 @njit(**_SEQ)
-def _affine_rows(x2, y2, r0, r1, scale, shift, nt):
+def _affine_rows(x2, y2, r0, r1, center, scale, shift, nt):
     C = x2.shape[1]
     K = _tile_rows(C)  # tiles of K rows, as _normalize_rows_loop
-    ts, th = _tiled(scale, K), _tiled(shift, K)
+    tc, ts, th = _tiled(center, K), _tiled(scale, K), _tiled(shift, K)
     xf = x2[r0:r1].reshape(-1)
     yf = y2[r0:r1].reshape(-1)
     n = r1 - r0
@@ -1042,18 +1044,18 @@ def _affine_rows(x2, y2, r0, r1, scale, shift, nt):
         x = xf[r * C:r * C + m]
         y = yf[r * C:r * C + m]
         for i in range(0, m):
-            _put(y, i, x[i] * ts[i] + th[i], nt)
+            _put(y, i, _yv(x[i], tc[i], ts[i], th[i]), nt)
 
 
 @njit(**_PAR)
-def affine_cl(x2, y2, scale, shift, P, nt):
-    """y = x*scale[c] + shift[c] on (R, C), rows cut into P chunks."""
+def affine_cl(x2, y2, center, scale, shift, P, nt):
+    """y = (x - center[c])*scale[c] + shift[c] on (R, C), rows cut into P chunks."""
     R = x2.shape[0]
     for p in prange(P):
         if nt:  # a literal each way (see the note above _yv)
-            _affine_rows(x2, y2, p * R // P, (p + 1) * R // P, scale, shift, True)
+            _affine_rows(x2, y2, p * R // P, (p + 1) * R // P, center, scale, shift, True)
         else:
-            _affine_rows(x2, y2, p * R // P, (p + 1) * R // P, scale, shift, False)
+            _affine_rows(x2, y2, p * R // P, (p + 1) * R // P, center, scale, shift, False)
 
 
 # ------------------------------------------------------------------------------------- Python-side planning
@@ -1253,23 +1255,23 @@ def backward_sums(dy, x, dx, lay, weight, mean, rstd, train, opts, eps):
     return sdy, sdyxc
 
 
-def apply_affine(x, y, axis, scale, shift):
-    """``y = x*scale[c] + shift[c]`` with per-channel float64 vectors (evaluation, frozen batch norm)."""
+def apply_affine(x, y, axis, center, scale, shift):
+    """``y = (x - center[c])*scale[c] + shift[c]`` with per-channel float64 vectors (evaluation, frozen batch
+    norm: the running mean is the center)."""
     if x.size == 0:
         return y
     N, C, S = _nsc(x, axis)
-    scale = np.ascontiguousarray(scale, np.float64)
-    shift = np.ascontiguousarray(shift, np.float64)
+    center, scale, shift = (np.ascontiguousarray(v, np.float64) for v in (center, scale, shift))
     serial, T = _threads(x)
     # streaming stores where every slab (channels-first) or row (channels-last) starts on a line
     if axis == 1 and S >= SMALL_S:
         nt = int(y is not x and _stream.streamable(y, S))
-        _pick(affine_cf, serial)(x.reshape(-1), y.reshape(-1), C, S, scale, shift, nt)
+        _pick(affine_cf, serial)(x.reshape(-1), y.reshape(-1), C, S, center, scale, shift, nt)
     elif axis == 1:  # short slabs: rows of C*S columns
         nt = int(y is not x and _stream.streamable(y, C * S))
-        _pick(affine_cl, serial)(x.reshape(N, C * S), y.reshape(N, C * S), np.repeat(scale, S), np.repeat(shift, S),
-                                 min(N, T), nt)
+        _pick(affine_cl, serial)(x.reshape(N, C * S), y.reshape(N, C * S), np.repeat(center, S),
+                                 np.repeat(scale, S), np.repeat(shift, S), min(N, T), nt)
     else:
         nt = int(y is not x and _stream.streamable(y, C))
-        _pick(affine_cl, serial)(x.reshape(-1, C), y.reshape(-1, C), scale, shift, min(N * S, T), nt)
+        _pick(affine_cl, serial)(x.reshape(-1, C), y.reshape(-1, C), center, scale, shift, min(N * S, T), nt)
     return y

@@ -38,16 +38,16 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, *, training, 
             update_running(running_mean, running_var, mean, m2 / (x.size // C - 1), momentum)
         return y, mean, rstd
     mean, rstd, scale, shift = fold_running(running_mean, running_var, weight, bias, eps, opts)
-    apply_affine(x, y, axis, scale, shift)
+    apply_affine(x, y, axis, mean, scale, shift)
     return y, mean, rstd
 
 
 def fold_running(running_mean, running_var, weight, bias, eps, opts):
-    """(mean, rstd, scale, shift) in float64 for ``y = x*scale + shift`` with running statistics."""
+    """(mean, rstd, scale, shift) in float64 for ``y = (x - mean)*scale + shift`` with running statistics."""
     mean = running_mean.astype(np.float64)
     rstd = rstd_from_var(running_var.astype(np.float64), eps, opts.eps_placement)
     scale = rstd if weight is None else rstd * weight
-    shift = -mean * scale if bias is None else bias - mean * scale
+    shift = np.zeros_like(mean) if bias is None else bias.astype(np.float64)
     return mean, rstd, scale, shift
 
 
@@ -70,10 +70,11 @@ def _frozen_scale(weight, running_var, eps):
 def frozen_batch_norm_forward(x, weight, bias, running_mean, running_var, *, eps, axis, out=None):
     y = out if out is not None else aligned_empty(x.shape, x.dtype)
     scale = _frozen_scale(weight, running_var, eps)
-    return apply_affine(x, y, axis, scale, bias - running_mean * scale)
+    return apply_affine(x, y, axis, running_mean, scale, bias)
 
 
 def frozen_batch_norm_backward(dy, weight, running_var, *, eps, axis, dx_out=None):
     dx = dx_out if dx_out is not None else aligned_empty(dy.shape, dy.dtype)
     scale = _frozen_scale(weight, running_var, eps)
-    return apply_affine(dy, dx, axis, scale, np.zeros_like(scale))
+    zero = np.zeros_like(scale)
+    return apply_affine(dy, dx, axis, zero, scale, zero)

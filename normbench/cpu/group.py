@@ -67,7 +67,7 @@ def instance_norm_forward(x, weight, bias, running_mean, running_var, *, use_inp
         return y, mean, rstd
     y = out if out is not None else aligned_empty(x.shape, x.dtype)
     mean, rstd, scale, shift = fold_running(running_mean, running_var, weight, bias, eps, opts)
-    apply_affine(x, y, axis, scale, shift)
+    apply_affine(x, y, axis, mean, scale, shift)
     return y, np.broadcast_to(mean, (N, C)).copy(), np.broadcast_to(rstd, (N, C)).copy()
 
 

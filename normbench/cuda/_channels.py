@@ -205,7 +205,7 @@ def kernels(acc_name: str):
         for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
             c = (i // cdiv) % C
             scale = float64(w[c]) / math.sqrt(float64(rv[c]) + eps)
-            y[i] = float64(x[i]) * scale + (float64(b[c]) - float64(rm[c]) * scale)
+            y[i] = (float64(x[i]) - float64(rm[c])) * scale + float64(b[c])  # not folded: cpu/_channel.py
 
     @cuda.jit(cache=True)
     def frozen_backward(dy, w, rv, eps, C, cdiv, dx):
@@ -225,7 +225,8 @@ class Geometry(SimpleNamespace):
 
 def geometry(shape, axis, G=None):
     N = shape[0]
-    C = shape[1] if axis == 1 else shape[-1]
+    # not shape[-1]: the simulator's device array shapes refuse negative indices
+    C = shape[1] if axis == 1 else shape[len(shape) - 1]
     S = math.prod(shape) // (N * C) if N * C else 0
     g = Geometry(N=N, C=C, S=S, cdiv=S if axis == 1 else 1, CS=C * S, axis=axis)
     if G is None:  # batch norm: segment c over (n, s)

@@ -46,7 +46,7 @@ def instance_norm_forward(x, weight, bias, running_mean, running_var, *, use_inp
                           out=None):
     host = on_host(x)
     ks = ch.kernels(opts.accumulator(x.dtype).name)
-    C = x.shape[1] if axis == 1 else x.shape[-1]
+    C = x.shape[1] if axis == 1 else x.shape[x.ndim - 1]  # not [-1]: see _channels.geometry
     g = ch.geometry(x.shape, axis, C)
     xd = _dev(x, "x")
     y = ch.out_array(out, x, host)
@@ -68,5 +68,5 @@ def instance_norm_forward(x, weight, bias, running_mean, running_var, *, use_inp
 
 
 def instance_norm_backward(dy, x, mean, rstd, weight, bias, *, use_input_stats, eps, axis, opts, dx_out=None):
-    C = x.shape[1] if axis == 1 else x.shape[-1]
+    C = x.shape[1] if axis == 1 else x.shape[x.ndim - 1]
     return _backward(dy, x, C, mean, rstd, weight, bias, use_input_stats, eps, axis, opts, dx_out)

@@ -324,6 +324,36 @@ def test_eps_zero_on_a_constant_unit_gives_nan_there_only():
             assert np.isnan(out[:, 1]).all() and np.isfinite(np.delete(out, 1, axis=1)).all(), placement
 
 
+def test_channels_last_device_arrays():
+    """Device arrays laid out channels-last (axis=-1) gave a bare IndexError in the simulator (shape[-1]); they
+    give what the reference gives on the host array."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((4, 2, 3))
+    w, b = 1 + rng.random(3), rng.standard_normal(3)
+    rm, rv = rng.standard_normal(3), 0.5 + rng.random(3)
+    for fn, args in ((nb.batch_norm_forward, (w, b, None, None)), (nb.group_norm_forward, (3, w, b)),
+                     (nb.frozen_batch_norm_forward, (w, b, rm, rv))):
+        got = fn(cuda.to_device(x), *args, axis=-1)
+        got = (got[0] if isinstance(got, tuple) else got).copy_to_host()
+        want = fn(x, *args, axis=-1, backend="reference")
+        close(fn.__name__, got, want[0] if isinstance(want, tuple) else want, 1e-12)
+    s = PopulationStats(3)
+    s.update(cuda.to_device(x), axis=-1)
+    close("population var", s.var(), x.reshape(-1, 3).var(axis=0), 1e-12)
+
+
+def test_frozen_batch_norm_near_its_running_mean_loses_nothing():
+    """Float64 data offset by 1e4 spreads with a running mean near it: the folded x*scale + (b - rm*scale) lost
+    log10(1e4) digits; (x - rm)*scale + b keeps y within 4 float64 units of the reference."""
+    rng = np.random.default_rng(7)
+    x = 1e4 + rng.standard_normal((6, 3, 5))
+    w, b = 1 + rng.random(3), rng.standard_normal(3)
+    rm, rv = 1e4 + 0.25 * rng.standard_normal(3), 0.5 + rng.random(3)
+    got = nb.frozen_batch_norm_forward(x, w, b, rm, rv, backend="cuda")
+    want = nb.frozen_batch_norm_forward(x, w, b, rm, rv, backend="reference")
+    assert np.abs(got - want).max() <= 4 * np.finfo(np.float64).eps * np.abs(want).max()
+
+
 def test_nan_stays_in_its_row_and_channel():
     x = np.random.default_rng(4).standard_normal((3, 4, 5)).astype(np.float32)
     x[1, 2, 3] = np.nan
