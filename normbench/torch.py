@@ -240,10 +240,13 @@ class FusedAddNormFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dy, dh):
         x, weight, bias = ctx.saved_tensors
-        dy = np.zeros(x.shape, _array(x).dtype) if dy is None else _array(dy, "grad")
+        y_unused = dy is None  # only h reached the loss: weight and bias get no gradient (None, not zeros),
+        dy = np.zeros(x.shape, _array(x).dtype) if y_unused else _array(dy, "grad")  # as PyTorch's composition
         dx, dres, dw, db = nbf.fused_add_norm_backward(
             dy, ctx.h, ctx.normalized_shape, *ctx.stats, _array(weight), _array(bias),
             dh=_array(dh, "grad") if dh is not None else None, **ctx.args)
+        if y_unused:
+            dw = db = None
         return _grads(ctx, x, dx, dres, None, dw, db)
 
 

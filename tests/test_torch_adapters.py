@@ -225,6 +225,15 @@ def test_fused_add_norm_gradient_through_h_only():
     h.sum().backward()  # y unused: its gradient arrives as None
     torch.testing.assert_close(x.grad, torch.ones_like(x))
     torch.testing.assert_close(res.grad, torch.full_like(res, 0.25))
+    # weight and bias get no gradient (None, as PyTorch's composition gives: an optimizer then leaves them alone,
+    # where a zero gradient would still decay them), unless y reaches the loss
+    w, b = _t(5, seed=2), _t(5, seed=3)
+    y, h = nt.fused_add_norm(x, res, 5, w, b)
+    h.sum().backward()
+    assert w.grad is None and b.grad is None
+    y, h = nt.fused_add_norm(x, res, 5, w, b)
+    (y.sum() + h.sum()).backward()
+    assert w.grad is not None and b.grad is not None
 
 
 def test_contiguous_tensors_reach_the_kernels_without_a_copy(monkeypatch):
