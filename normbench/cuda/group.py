@@ -18,9 +18,10 @@ def group_norm_forward(x, num_groups, weight, bias, *, eps, axis, opts, out=None
     ks = ch.kernels(opts.accumulator(x.dtype).name)
     g = ch.geometry(x.shape, axis, num_groups)
     xd = _dev(x, "x")
+    wd, bd = _dev(weight, "weight"), _dev(bias, "bias")  # checked before any launch
     y = ch.out_array(out, x, host)
     mean, rstd, _ = ch.moments(ks, xd, g, opts, eps)
-    ch.normalize(ks, xd, flat(y), g, mean, rstd, _dev(weight, "weight"), _dev(bias, "bias"))
+    ch.normalize(ks, xd, flat(y), g, mean, rstd, wd, bd)
     shape = (g.N, num_groups)
     return host_or_device(y, host, x.shape, out=out), host_or_device(mean, host, shape), host_or_device(
         rstd, host, shape)
@@ -49,9 +50,10 @@ def instance_norm_forward(x, weight, bias, running_mean, running_var, *, use_inp
     C = x.shape[1] if axis == 1 else x.shape[x.ndim - 1]  # not [-1]: see _channels.geometry
     g = ch.geometry(x.shape, axis, C)
     xd = _dev(x, "x")
-    y = ch.out_array(out, x, host)
+    wd, bd = _dev(weight, "weight"), _dev(bias, "bias")  # checked before any launch: the running statistics
+    y = ch.out_array(out, x, host)  # are written before y
     if use_input_stats:
-        rm, rv = _dev(running_mean, "running_mean"), _dev(running_var, "running_var")  # checked before any launch
+        rm, rv = _dev(running_mean, "running_mean"), _dev(running_var, "running_var")
         mean, rstd, m2 = ch.moments(ks, xd, g, opts, eps)
         if running_mean is not None:
             launch(ks, "instance_running", *ch._grid(C), mean, m2, g.N, C, g.S, rm, rv, float(momentum))
@@ -61,7 +63,7 @@ def instance_norm_forward(x, weight, bias, running_mean, running_var, *, use_inp
         mean, rstd = ch.empty(g.Q, np.float64), ch.empty(g.Q, np.float64)
         launch(ks, "eval_stats", *ch._grid(g.Q), _dev(running_mean, "running_mean"),
                _dev(running_var, "running_var"), float(eps), opts.eps_code, g.Q, mean, rstd)
-    ch.normalize(ks, xd, flat(y), g, mean, rstd, _dev(weight, "weight"), _dev(bias, "bias"))
+    ch.normalize(ks, xd, flat(y), g, mean, rstd, wd, bd)
     shape = (g.N, C)
     return host_or_device(y, host, x.shape, out=out), host_or_device(mean, host, shape), host_or_device(
         rstd, host, shape)

@@ -524,6 +524,29 @@ def test_device_outputs_are_checked_before_any_kernel_writes():
     close("dresidual_out", dro, want[1], 1e-12)
 
 
+@pytest.mark.parametrize("param", ["weight", "bias"])
+def test_instance_norm_bad_device_parameter_leaves_running_statistics_untouched(param):
+    """A non-contiguous device weight/bias was rejected only after the running statistics were updated."""
+    x = cuda.to_device(np.random.default_rng(12).standard_normal((2, 3, 4)).astype(np.float32))
+    bad = {param: cuda.to_device(np.ones(6, np.float32))[::2]}
+    rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
+    with pytest.raises(ValueError, match=param):
+        nb.instance_norm_forward(x, running_mean=rm, running_var=rv, **bad)
+    assert (rm == 0).all() and (rv == 1).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_h_is_exact_with_a_float32_accumulator(dtype):
+    """h is an output: x + alpha * residual rounded once to x's dtype, whatever ``accumulate`` says (it was formed
+    in float32: float64 h carried float32 precision)."""
+    rng = np.random.default_rng(13)
+    x, r = (rng.standard_normal((4, 64)).astype(dtype) for _ in range(2))
+    want = (x.astype(np.float64) + 0.3 * r.astype(np.float64)).astype(dtype)
+    for acc in ("float32", "float64"):
+        h = nb.fused_add_norm_forward(x, r, 64, alpha=0.3, accumulate=acc, backend="cuda")[1]
+        np.testing.assert_array_equal(h, want)
+
+
 def test_population_stats_device_array_with_a_constant_channel():
     """An all-zero channel (e.g. after a ReLU) is a normal input: variance 0, no ZeroDivisionError (probe D5)."""
     x = np.random.default_rng(12).standard_normal((3, 2, 4))
