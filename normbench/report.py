@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from .accuracy.sweep import EXACT_H_PASS
+from .benchmarks.cases import BIG_BYTES
 from .cli import output_dir_error, writable_file_error
 
 RUN_SCHEMA = "normbench.run/1"
@@ -244,7 +245,7 @@ def latest_runs(runs: pd.DataFrame) -> pd.DataFrame:
     return runs[runs["created"] == newest]
 
 
-TABLE_MIN_BYTES = 128 * 2**20  # the results table's bandwidth-bound cases: working sets out of every cache
+TABLE_MIN_BYTES = BIG_BYTES  # the results table's bandwidth-bound cases: working sets out of every cache
 
 
 def table_rows(runs: pd.DataFrame) -> pd.DataFrame:

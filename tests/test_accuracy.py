@@ -288,3 +288,15 @@ def test_accuracy_command_bad_arguments_write_nothing(tmp_path, capsys, monkeypa
         sweep.main(base[:-1] + [str(afile)])
     assert exit_.value.code == 2 and "is a file" in capsys.readouterr().err
     assert not out.exists() and afile.read_text() == ""
+
+
+def test_accuracy_command_list_options_extend_and_dedupe(tmp_path):
+    """``--variant a --variant b`` kept only b (argparse's store); now both, and a repeated value once."""
+    import pandas as pd
+
+    out = tmp_path / "acc"
+    assert sweep.main(["--quick", "--variant", "layer_norm", "--variant", "rms_norm", "layer_norm", "--family",
+                       "standard", "--no-peers", "--backend", "reference", "--out", str(out)]) == 0
+    df = pd.read_csv(out / "accuracy-quick.csv")
+    assert sorted(df.variant.unique()) == ["layer_norm", "rms_norm"]
+    assert not df.duplicated(subset=[c for c in df.columns if c not in ("max_err", "median_err", "max_ulp")]).any()

@@ -167,7 +167,7 @@ def toy_variant(monkeypatch):
         lambda i, **kw: functional.__dict__[f"{NAME}_forward"](i["x"], i["normalized_shape"], i["g"], **kw),
         lambda i, o, dy, **kw: functional.__dict__[f"{NAME}_backward"](dy, i["x"], i["normalized_shape"], o[1],
                                                                        i["g"], **kw),
-        registry._bytes_norm_fwd, registry._bytes_norm_bwd, shapes=((8, 64), (64, 256)))
+        registry._bytes_rms_fwd, registry._bytes_rms_bwd, shapes=((8, 64), (64, 256)))
     monkeypatch.setitem(registry.VARIANTS, NAME, spec)
     # step 6: the oracle's five entries, as the doc writes them
     monkeypatch.setitem(oracle.FORWARD_NAMES, NAME, ("y", "rstd"))

@@ -116,7 +116,9 @@ def build(results: Path, out_path: Path) -> str:
       "x87 extended precision for float64 inputs, itself checked against exact rational arithmetic in "
       "tests/test_accuracy.py) and reported in **units of the input dtype's eps scaled by the magnitude of the "
       "row** (channel, group) it belongs to: `max |out - oracle| / (eps * max |oracle row|)`. 1 unit is one "
-      "rounding of the largest value of the row; a correctly rounded result scores at most 0.5. Parameter "
+      "rounding of the largest value of the row; a correctly rounded result scores at most 0.5. A row whose "
+      "exact result is all zero (the backward of a one-value group) is scaled by the whole output's largest value. "
+      "Parameter "
       "gradients are scaled by the largest entry of the vector, `mean` by `|mean| + std`, `rstd` relatively. "
       "NaN/Inf where the oracle is finite count as failures (`n_fail`), never as an error figure. "
       "Details: normbench/accuracy/metrics.py; stress families: normbench/accuracy/families.py.\n")
@@ -318,8 +320,8 @@ def build(results: Path, out_path: Path) -> str:
 
     # ---------------------------------------------------------------------------------- notes
     w("## How to read these numbers\n")
-    notes = ("- The oracle's own error: below 1e-6 units for float32 and below 0.1 units for float64 on 1e3-offset data "
-      "(tests/test_accuracy.py compares it with exact rationals); on float64 data offset by 1e6 it is ~2**-11 of "
+    notes = ("- The oracle's own error: below 1e-6 units for float32 and below 0.1 units for float64 on 1e3-offset "
+      "data (tests/test_accuracy.py compares it with exact rationals); on float64 data offset by 1e6 it is ~2**-11 of "
       "the offset's ulp, still 1000x below what it judges.\n"
       "- Fused add + norm's backward is judged given its own inputs (the stored `h`, rounded to the input dtype "
       "by contract, and the forward's statistics)."

@@ -205,7 +205,9 @@ def kernels(acc_name: str):
         for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
             c = (i // cdiv) % C
             scale = float64(w[c]) / math.sqrt(float64(rv[c]) + eps)
-            y[i] = (float64(x[i]) - float64(rm[c])) * scale + float64(b[c])  # not folded: cpu/_channel.py
+            # not folded: float64 data near rm lose log10(offset/spread) digits in x*scale + (b - rm*scale); the CPU
+            # folds float32 data only (exact enough there) for speed; this loop is bandwidth-bound on a GPU
+            y[i] = (float64(x[i]) - float64(rm[c])) * scale + float64(b[c])
 
     @cuda.jit(cache=True)
     def frozen_backward(dy, w, rv, eps, C, cdiv, dx):
