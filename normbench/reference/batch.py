@@ -77,8 +77,10 @@ def batch_norm_backward(dy, x, weight, bias, save_mean, save_invstd, *, training
 def frozen_batch_norm_forward(x, weight, bias, running_mean, running_var, *, eps, axis, out=None):
     _, _, bshape = _layout(x, axis)
     scale = wide(weight) / np.sqrt(wide(running_var) + eps)
-    shift = wide(bias) - wide(running_mean) * scale
-    return finish(wide(x) * scale.reshape(bshape) + shift.reshape(bshape), out)
+    # (x - running_mean) first: the folded x*scale + (bias - running_mean*scale) loses log10(offset/spread) digits
+    # of x near its running mean, even in extended precision (2**-64 * 1e6: ~120 float64 units at offset 1e6)
+    xc = wide(x) - wide(running_mean).reshape(bshape)
+    return finish(xc * scale.reshape(bshape) + wide(bias).reshape(bshape), out)
 
 
 def frozen_batch_norm_backward(dy, weight, running_var, *, eps, axis, dx_out=None):
