@@ -230,16 +230,17 @@ class FusedAddNormFunction(torch.autograd.Function):
         y, h, mean, rstd = nbf.fused_add_norm_forward(
             _array(x), _array(residual, "residual"), normalized_shape, _array(weight, "weight"),
             _array(bias, "bias"), alpha=alpha, norm=norm, eps=eps, backend=backend, **numerics)
-        ctx.save_for_backward(x, weight, bias)
+        h_out = _tensor(h, x)  # shares h's memory (CPU): saved below so that autograd's version counter guards it
+        ctx.save_for_backward(x, weight, bias, h_out)  # an in-place change of h is then an error, as in PyTorch
         ctx.h, ctx.stats, ctx.normalized_shape = h, (mean, rstd), normalized_shape
         ctx.args = dict(alpha=alpha, norm=norm, eps=eps, backend=backend, **numerics)
         ctx.set_materialize_grads(False)
-        return _tensor(y, x), _tensor(h, x)
+        return _tensor(y, x), h_out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dh):
-        x, weight, bias = ctx.saved_tensors
+        x, weight, bias, _ = ctx.saved_tensors  # (unpacking checks that h was not changed in place)
         y_unused = dy is None  # only h reached the loss: weight and bias get no gradient (None, not zeros),
         dy = np.zeros(x.shape, _array(x).dtype) if y_unused else _array(dy, "grad")  # as PyTorch's composition
         dx, dres, dw, db = nbf.fused_add_norm_backward(

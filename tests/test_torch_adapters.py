@@ -236,6 +236,29 @@ def test_fused_add_norm_gradient_through_h_only():
     assert w.grad is not None and b.grad is not None
 
 
+def test_fused_add_norm_h_changed_in_place_is_an_error_as_in_pytorch():
+    """h is saved for the backward and shared with the returned tensor: changing it in place used to give a silently
+    wrong gradient (x100 here); PyTorch's composition raises, and so does the adapter now."""
+    x, res = _t(2, 4), _t(2, 4, seed=1, grad=False)
+    c = _t(2, 4, seed=2, grad=False)
+    def composition(a, b, n):
+        h = a + b
+        return torch.nn.functional.layer_norm(h, (n,)), h
+
+    for fused in (nt.fused_add_norm, composition):
+        y, h = fused(x, res, 4)
+        h.mul_(100.0)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            torch.autograd.grad((y * c).sum(), x)
+    y, h = nt.fused_add_norm(x, res, 4)
+    h2 = h * 100.0  # out of place: fine
+    (g,) = torch.autograd.grad((y * c).sum() + h2.sum(), x)
+    ref = x.detach().clone().requires_grad_(True)
+    hr = ref + res
+    (gr,) = torch.autograd.grad((torch.nn.functional.layer_norm(hr, (4,)) * c).sum() + (hr * 100.0).sum(), ref)
+    torch.testing.assert_close(g, gr)
+
+
 def test_contiguous_tensors_reach_the_kernels_without_a_copy(monkeypatch):
     seen = {}
     real = nt.nbf.layer_norm_forward
