@@ -427,6 +427,25 @@ def test_lrn_nan_reaches_exactly_the_windows_that_hold_it(backend, bad, rng):
     assert np.isfinite(dx[1]).all() and np.isfinite(dx[0, 6:]).all()
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_lrn_float32_scale_overflow_backward_matches_the_reference(threads, rng, monkeypatch):
+    """|x| = 1e22 in float32: alpha/size * sum(x**2) passes float32's range, so the stored scale is inf; y is
+    right (float64 sums) and dx was 0 where it is 1e-2 (scale**-beta taken as 0). The backward now recomputes in
+    float64: dx within float32 rounding of the reference's, which keeps a finite float64 scale."""
+    monkeypatch.setattr(cpu_lrn, "PARALLEL_MIN", 0 if threads == 2 else 1 << 30)
+    x = rng.standard_normal((2, 5, 300)).astype(np.float32)
+    x[1, 2, 7] = 1e22
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    kw = dict(alpha=1e-4, beta=0.05, k=1.0)
+    y, s = nb.local_response_norm_forward(x, 3, backend="cpu", **kw)
+    assert np.isinf(s[1, 1:4, 7]).all()
+    yr, sr = nb.local_response_norm_forward(x, 3, backend="reference", **kw)
+    want = nb.local_response_norm_backward(dy, x, yr, sr, 3, backend="reference", **kw)
+    dx = nb.local_response_norm_backward(dy, x, y, s, 3, backend="cpu", **kw)
+    assert abs(want[1, 1, 7]) > 1e-3  # the case tests something: the gradient there is not negligible
+    np.testing.assert_allclose(dx, want, rtol=4 * np.finfo(np.float32).eps, atol=0)
+
+
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
 def test_lrn_small_terms_next_to_a_huge_one(backend, rng):
     """The window sums keep the small terms that sat next to a huge one (a sliding or cumulative sum loses them:

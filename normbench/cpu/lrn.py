@@ -191,6 +191,7 @@ def _backward_units(dy, x, y, scale, dx, N, C, S, size, alpha, beta, u0, u1, ws,
     after = size // 2
     coef = 2.0 * alpha * beta / size
     nb = (S + SBLOCK - 1) // SBLOCK
+    over = 0.0  # positions whose stored scale is inf (returned: see local_response_norm_backward)
     for u in range(u0, u1):
         n = u // nb
         s0 = (u % nb) * SBLOCK
@@ -219,6 +220,7 @@ def _backward_units(dy, x, y, scale, dx, N, C, S, size, alpha, beta, u0, u1, ws,
             dxc = dx[base:base + m]
             for s in range(m):
                 pw[s] = sca[s]
+                over += 1.0 if sca[s] == np.inf else 0.0
             _neg_pow(pw, m, beta)
             for s in range(m):
                 t = ws[s]
@@ -231,6 +233,7 @@ def _backward_units(dy, x, y, scale, dx, N, C, S, size, alpha, beta, u0, u1, ws,
                 for s in range(m):
                     sc = np.float64(scale[base + s])
                     dx[base + s] = np.float64(dy[base + s]) * sc ** (-beta) - coef * np.float64(x[base + s]) * ws[s]
+    return over
 
 
 @njit(parallel=True, **JIT)
@@ -249,13 +252,15 @@ def _forward_par(x, y, scale, N, C, S, size, alpha, beta, k, direct, T):
 def _backward_par(dy, x, y, scale, dx, N, C, S, size, alpha, beta, direct, T):
     U = N * ((S + SBLOCK - 1) // SBLOCK)
     nch = min(U, T)
+    over = np.zeros(nch)
     for c in prange(nch):
         ws = np.empty(SBLOCK)
         pw = np.empty(SBLOCK)
         wa = np.empty(SBLOCK)
         pk = np.empty(SBLOCK)
-        _backward_units(dy, x, y, scale, dx, N, C, S, size, alpha, beta, c * U // nch, (c + 1) * U // nch, ws,
-                        pw, wa, pk, direct)
+        over[c] = _backward_units(dy, x, y, scale, dx, N, C, S, size, alpha, beta, c * U // nch, (c + 1) * U // nch,
+                                  ws, pw, wa, pk, direct)
+    return over.sum()
 
 
 def _dims(x):
@@ -294,7 +299,14 @@ def local_response_norm_backward(dy, x, y, scale, size, *, alpha, beta, k, opts=
                 int(size), float(alpha), float(beta))
         direct = x.dtype == np.float64 and size <= DIRECT_MAX_SIZE  # module docstring
         if T == 1:
-            _backward_units(*args, 0, N * ((S + SBLOCK - 1) // SBLOCK), *np.empty((4, SBLOCK)), direct)
+            over = _backward_units(*args, 0, N * ((S + SBLOCK - 1) // SBLOCK), *np.empty((4, SBLOCK)), direct)
         else:
-            _backward_par(*args, direct, T)
+            over = _backward_par(*args, direct, T)
+        if over and x.dtype == np.float32:
+            # a float32 scale overflowed (alpha/size * sum(x**2) > 3.4e38, |x| ~ 1e21): its scale**-beta terms came
+            # out 0. The whole call again in float64 from x, where the scale is finite, rounded once into dx.
+            x64 = x.astype(np.float64)
+            y64, scale64 = local_response_norm_forward(x64, size, alpha=alpha, beta=beta, k=k)
+            dx[...] = local_response_norm_backward(dy.astype(np.float64), x64, y64, scale64, size, alpha=alpha,
+                                                   beta=beta, k=k)
     return dx

@@ -18,23 +18,34 @@ from ._rows import host_or_device
 def kernels(acc_name: str):
     acc = float32 if acc_name == "float32" else float64
 
+    @cuda.jit(device=True, inline=True)
+    def window_scale(x, base, c, C, S, size, alpha, k):
+        """k + alpha/size * sum of x**2 over channel c's window, in the accumulator's precision."""
+        s = acc(0.0)
+        for j in range(max(0, c - size // 2), min(C, c + (size - 1) // 2 + 1)):
+            v = acc(x[base + j * S])
+            s += v * v
+        return acc(k) + acc(alpha) / acc(size) * s
+
+    @cuda.jit(device=True, inline=True)
+    def stored_scale(scale, x, o, C, S, size, alpha, k):
+        """scale[o], or where it overflowed x's dtype (float32 data, |x| ~ 1e21) the window's scale again."""
+        sc = acc(scale[o])
+        if math.isinf(sc):
+            c = (o // S) % C
+            sc = window_scale(x, o - c * S, c, C, S, size, alpha, k)
+        return sc
+
     @cuda.jit(cache=True)
     def forward(x, C, S, size, alpha, beta, k, y, scale):
-        before = size // 2
-        after = (size - 1) // 2
         for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
             c = (i // S) % C
-            base = i - c * S
-            s = acc(0.0)
-            for j in range(max(0, c - before), min(C, c + after + 1)):
-                v = acc(x[base + j * S])
-                s += v * v
-            sc = acc(k) + acc(alpha) / acc(size) * s
+            sc = window_scale(x, i - c * S, c, C, S, size, alpha, k)
             scale[i] = sc
             y[i] = acc(x[i]) * math.pow(sc, -acc(beta))
 
     @cuda.jit(cache=True)
-    def backward(dy, x, y, scale, C, S, size, alpha, beta, dx):
+    def backward(dy, x, y, scale, C, S, size, alpha, beta, k, dx):
         """dx = dy * scale^-beta - 2 alpha beta / size * x * sum over the channels whose window holds c of
         dy * y / scale (= dy * x * scale^(-beta-1))."""
         before = (size - 1) // 2  # the transposed window
@@ -45,8 +56,8 @@ def kernels(acc_name: str):
             t = acc(0.0)
             for j in range(max(0, c - before), min(C, c + after + 1)):
                 o = base + j * S
-                t += acc(dy[o]) * acc(y[o]) / acc(scale[o])
-            dx[i] = (acc(dy[i]) * math.pow(acc(scale[i]), -acc(beta))
+                t += acc(dy[o]) * acc(y[o]) / stored_scale(scale, x, o, C, S, size, alpha, k)
+            dx[i] = (acc(dy[i]) * math.pow(stored_scale(scale, x, i, C, S, size, alpha, k), -acc(beta))
                      - acc(2.0) * acc(alpha) * acc(beta) / acc(size) * acc(x[i]) * t)
 
     return SimpleNamespace(module=__name__, acc=acc_name, forward=forward, backward=backward)
@@ -82,5 +93,5 @@ def local_response_norm_backward(dy, x, y, scale, size, *, alpha, beta, k, opts,
     if dy.size:  # y and scale may arrive float64 from the reference backend: cast to the computing dtype
         launch(ks, "backward", *_grid(dy.size), flat(to_device(dy, "dy")), flat(to_device(x, "x", dy.dtype)),
                flat(to_device(y, "y", dy.dtype)), flat(to_device(scale, "scale", dy.dtype)), C, S, size,
-               float(alpha), float(beta), flat(dx))
+               float(alpha), float(beta), float(k), flat(dx))
     return host_or_device(dx, host, dy.shape, out=dx_out)

@@ -354,6 +354,22 @@ def test_frozen_batch_norm_near_its_running_mean_loses_nothing():
     assert np.abs(got - want).max() <= 4 * np.finfo(np.float64).eps * np.abs(want).max()
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_lrn_float32_scale_overflow_backward_matches_the_reference():
+    """|x| = 1e22 in float32: the stored scale is inf (float32's range), and the backward took scale**-beta as 0
+    (dx 0 where it is 1e-2); it now sums that window again from x."""
+    x = np.array([[[1e22], [1.0], [2.0], [0.5]]], np.float32)
+    dy = np.ones_like(x)
+    kw = dict(alpha=1e-4, beta=0.05, k=1.0)
+    y, s = nb.local_response_norm_forward(x, 3, backend="cuda", **kw)
+    assert np.isinf(s[0, :2]).all()
+    yr, sr = nb.local_response_norm_forward(x, 3, backend="reference", **kw)
+    want = nb.local_response_norm_backward(dy, x, yr, sr, 3, backend="reference", **kw)
+    dx = nb.local_response_norm_backward(dy, x, y, s, 3, backend="cuda", **kw)
+    assert abs(want[0, 0, 0]) > 1e-3
+    np.testing.assert_allclose(dx, want, rtol=4 * np.finfo(np.float32).eps, atol=0)
+
+
 def test_nan_stays_in_its_row_and_channel():
     x = np.random.default_rng(4).standard_normal((3, 4, 5)).astype(np.float32)
     x[1, 2, 3] = np.nan
