@@ -220,15 +220,16 @@ def _backward_units(dy, x, y, scale, dx, N, C, S, size, alpha, beta, u0, u1, ws,
             dxc = dx[base:base + m]
             for s in range(m):
                 pw[s] = sca[s]
-                over += 1.0 if sca[s] == np.inf else 0.0
             _neg_pow(pw, m, beta)
             for s in range(m):
                 t = ws[s]
-                bad += t * 0.0
+                bad += (t + sca[s]) * 0.0  # NaN for a non-finite window sum, or an inf scale (float32 overflow)
                 dxc[s] = np.float64(dyc[s]) * pw[s] - coef * np.float64(xc[s]) * t
         if bad != 0.0:
             for c in range(C):
                 base = (n * C + c) * S + s0
+                for s in range(m):
+                    over += 1.0 if scale[base + s] == np.inf else 0.0
                 _window(dy, n, s0, m, c - before, c + after, C, S, ws, wa, 1, y, scale)
                 for s in range(m):
                     sc = np.float64(scale[base + s])
