@@ -2,7 +2,8 @@
 
 Each subcommand lives in its own module with a ``main(argv)``; this file only dispatches, so that a
 subcommand's dependencies (pandas, matplotlib, tqdm, scikit-learn) are imported only when it runs. It also holds
-the argparse types the subcommands share (:func:`positive_int`, :func:`non_negative_int`, :func:`positive_float`)
+the argparse types the subcommands share (:func:`positive_int`, :func:`non_negative_int`, :func:`positive_float`,
+the list options' :data:`MANY` and :func:`unique`)
 and the checks of what they write to (:func:`output_dir_error`, :func:`writable_file_error`) and which backends
 they may use (:func:`backend_error`), made before anything runs.
 """
@@ -58,6 +59,15 @@ def positive_float(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
     return value
+
+
+#: argparse keywords of a list option: several values after one flag, and repeatable (``--variant a b --variant c``)
+MANY = dict(action="extend", nargs="+")
+
+
+def unique(values):
+    """A list option's values without repeats, in order (a value given twice counts once); None stays None."""
+    return list(dict.fromkeys(values)) if values else values
 
 
 def output_dir_error(option: str, path) -> str | None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import registry
-from ..cli import backend_error, non_negative_int, output_dir_error, writable_file_error
+from ..cli import MANY, backend_error, non_negative_int, output_dir_error, unique, writable_file_error
 from ..numerics import ACCUMULATORS, VARIANCE_ALGORITHMS, resolve
 from . import families, metrics, oracle
 
@@ -262,11 +262,10 @@ def summary(df) -> str:
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="normbench accuracy", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small shapes, float32 only, no long rows")
-    many = dict(action="extend", nargs="+")  # several values after one flag, and repeatable (as normbench run's)
-    ap.add_argument("--variant", **many, choices=list(registry.VARIANTS), help="variants (default: all)")
-    ap.add_argument("--family", **many, choices=list(families.FAMILIES), help="families (default: all)")
-    ap.add_argument("--dtype", **many, choices=DTYPES, help="dtypes (default: both; --quick: float32)")
-    ap.add_argument("--backend", **many, choices=registry.BACKENDS, help="backends (default: all available)")
+    ap.add_argument("--variant", **MANY, choices=list(registry.VARIANTS), help="variants (default: all)")
+    ap.add_argument("--family", **MANY, choices=list(families.FAMILIES), help="families (default: all)")
+    ap.add_argument("--dtype", **MANY, choices=DTYPES, help="dtypes (default: both; --quick: float32)")
+    ap.add_argument("--backend", **MANY, choices=registry.BACKENDS, help="backends (default: all available)")
     ap.add_argument("--no-peers", action="store_true", help="skip the peers")
     ap.add_argument("--out", default=str(RESULTS), help="output folder (default results/accuracy/)")
     ap.add_argument("--plot", action="store_true", help="also run the studies and write PNG figures")
@@ -274,9 +273,8 @@ def main(argv=None):
                     help="write docs/numerics.md (or the given path) from the results in --out")
     ap.add_argument("--seed", type=non_negative_int, default=0, help="data seed, a non-negative integer (default 0)")
     args = ap.parse_args(argv)
-    for name in ("variant", "family", "dtype", "backend"):  # a value given twice counts once
-        if getattr(args, name):
-            setattr(args, name, list(dict.fromkeys(getattr(args, name))))
+    args.variant, args.family, args.dtype, args.backend = map(unique, (args.variant, args.family, args.dtype,
+                                                                       args.backend))
     out = Path(args.out)
     problem = (output_dir_error("--out", out) or (args.docs and writable_file_error("--docs", args.docs, create=True))
                or backend_error(args.backend, args.variant or list(registry.VARIANTS)))

@@ -29,7 +29,7 @@ import numpy as np
 from normbench import bandwidth, registry
 from normbench.benchmarks import _harness
 from normbench.benchmarks import cases as _cases
-from normbench.cli import backend_error, output_dir_error
+from normbench.cli import MANY, backend_error, output_dir_error, unique
 
 SCHEMA = "normbench.run/1"
 #: how peers are timed, recorded in every run document: "paired" = in the kernel's rounds, on reused memory
@@ -307,27 +307,20 @@ def build_parser() -> argparse.ArgumentParser:
     size = ap.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="the quick matrix (default)")
     size.add_argument("--full", action="store_true", help="the full matrix: all shapes, float32 and float64")
-    # the list options take several values after one flag and may be repeated (as normbench accuracy's)
-    many = dict(action="extend", nargs="+")
-    ap.add_argument("--variant", **many, help="variant names; default all")
-    ap.add_argument("--backend", **many,
+    ap.add_argument("--variant", **MANY, help="variant names; default all")
+    ap.add_argument("--backend", **MANY,
                     help="backends; default every installed kernel backend (cpu, cuda), or the "
                          "reference when no kernel exists for a variant")
-    ap.add_argument("--shape", **many, help="logical shapes such as 8192x4096")
-    ap.add_argument("--dtype", **many, choices=_cases.DTYPES_FULL, help="dtypes")
+    ap.add_argument("--shape", **MANY, help="logical shapes such as 8192x4096")
+    ap.add_argument("--dtype", **MANY, choices=_cases.DTYPES_FULL, help="dtypes")
     ap.add_argument("--axis", type=int, choices=(1, -1), help="only this layout (channel variants)")
-    ap.add_argument("--peer", **many, help="peers to time; default every installed one")
+    ap.add_argument("--peer", **MANY, help="peers to time; default every installed one")
     ap.add_argument("--no-peers", action="store_true", help="time no peers")
     ap.add_argument("--no-accuracy", action="store_true", help="skip the error column (no reference run)")
     ap.add_argument("--repeats", type=int, default=7, help="timed calls per measurement (median)")
     ap.add_argument("--out-dir", default="results/runs", help="where the .json/.csv go (default results/runs)")
     ap.add_argument("--json", action="store_true", help="print the result document as JSON on stdout")
     return ap
-
-
-def _unique(values):
-    """A repeatable option's values without repeats, in order (a case named twice runs once); None stays None."""
-    return list(dict.fromkeys(values)) if values else values
 
 
 def _backends_for(variant: str, wanted) -> list[str]:
@@ -348,9 +341,9 @@ def main(argv=None) -> int:
     if args.repeats < 1:
         print("normbench run: --repeats must be >= 1", file=sys.stderr)
         return 2
-    args.variant, args.dtype, args.backend = _unique(args.variant), _unique(args.dtype), _unique(args.backend)
+    args.variant, args.dtype, args.backend = unique(args.variant), unique(args.dtype), unique(args.backend)
     try:
-        shapes = _unique([_cases.parse_shape(s) for s in args.shape]) if args.shape else None
+        shapes = unique([_cases.parse_shape(s) for s in args.shape]) if args.shape else None
         matrix = _cases.cases(full=args.full, variants=args.variant, dtypes=args.dtype, shapes=shapes,
                               params={"axis": args.axis} if args.axis else None)
     except ValueError as err:
@@ -369,7 +362,7 @@ def main(argv=None) -> int:
             print(f"normbench run: backend={bad}; expected some of {list(registry.BACKENDS)}", file=sys.stderr)
             return 2
     problem = (output_dir_error("--out-dir", out_dir)
-               or backend_error(args.backend, list(dict.fromkeys(c.variant for c in matrix))))
+               or backend_error(args.backend, unique([c.variant for c in matrix])))
     if problem:
         print(f"normbench run: {problem}", file=sys.stderr)
         return 2
@@ -385,7 +378,7 @@ def main(argv=None) -> int:
                   f"({', '.join(PEER_INSTALL[p] for p in missing)}) or leave out --peer {missing[0]}",
                   file=sys.stderr)
             return 2
-    peers = [] if args.no_peers else _unique(args.peer or installed)
+    peers = [] if args.no_peers else unique(args.peer or installed)
     bandwidth.reuse_freed_memory()  # peers' fresh outputs then cost what our preallocated ones do: no page faults
     copies = _CopyCache()
     rows, skipped, peer_failures = [], [], {}

@@ -1276,14 +1276,16 @@ def backward_sums(dy, x, dx, lay, weight, mean, rstd, train, opts, eps):
 
 def apply_affine(x, y, axis, center, scale, shift):
     """``y = (x - center[c])*scale[c] + shift[c]`` with per-channel float64 vectors (evaluation, frozen batch
-    norm: the running mean is the center); float32 data as ``x*scale + (shift - center*scale)`` (see
-    _affine_slab)."""
+    norm: the running mean is the center; None: no center); float32 data as ``x*scale + (shift -
+    center*scale)`` (see _affine_slab)."""
     if x.size == 0:
         return y
     N, C, S = _nsc(x, axis)
-    center, scale, shift = (np.ascontiguousarray(v, np.float64) for v in (center, scale, shift))
-    if x.dtype == np.float32:
-        center, shift = None, shift - center * scale
+    scale, shift = (np.ascontiguousarray(v, np.float64) for v in (scale, shift))
+    if center is not None and x.dtype == np.float32:
+        center, shift = None, shift - np.asarray(center, np.float64) * scale
+    elif center is not None:
+        center = np.ascontiguousarray(center, np.float64)
     serial, T = _threads(x)
     # streaming stores where every slab (channels-first) or row (channels-last) starts on a line
     if axis == 1 and S >= SMALL_S:

@@ -76,5 +76,4 @@ def frozen_batch_norm_forward(x, weight, bias, running_mean, running_var, *, eps
 def frozen_batch_norm_backward(dy, weight, running_var, *, eps, axis, dx_out=None):
     dx = dx_out if dx_out is not None else aligned_empty(dy.shape, dy.dtype)
     scale = _frozen_scale(weight, running_var, eps)
-    zero = np.zeros_like(scale)
-    return apply_affine(dy, dx, axis, zero, scale, zero)
+    return apply_affine(dy, dx, axis, None, scale, np.zeros_like(scale))
