@@ -116,7 +116,7 @@ def paired_seconds(fn, nbytes, repeats=7, peers=None, peer_budget=1.0, copies=No
     timed right after the other library's would share the cores with its spinning threads.  A slow peer (the
     textbook NumPy code can be 100x slower) is timed in fewer rounds (at least 3), spread over the run, to fit
     ``peer_budget`` seconds.  ``fn`` and the peers must already be warm.  ``copies``: the copy callables to time
-    instead of the host's (the CUDA backend's limit is a device copy, :func:`normbench.cuda.timing.device_copy`);
+    instead of the host's (the CUDA backend's limit is a device copy, :func:`normbench.cuda.timing.device_copies`);
     the fastest is the limit.  Returns ``(t_fn, t_copy, {name: t_peer})``."""
     if copies is None:
         n = max(1, int(nbytes) // 2 // 4)

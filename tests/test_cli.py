@@ -209,18 +209,20 @@ def test_cuda_rows_are_judged_against_the_device_copy(monkeypatch):
     real_pass = _harness.Pass
     sizes = []
 
-    def device_copy(nbytes):
+    def device_copies(nbytes):
         sizes.append(nbytes)
-        return lambda: time.sleep(0.002)  # a "device copy" far slower than any host copy of 1 KiB
+        return (lambda: time.sleep(0.002), lambda: time.sleep(0.004))  # far slower than any host copy of 1 KiB
 
     monkeypatch.setattr(_harness, "Pass", lambda case, backend, pass_, **kw: real_pass(case, "cpu", pass_, **kw))
-    monkeypatch.setattr(timing, "device_copy", device_copy)
+    monkeypatch.setattr(timing, "device_copies", device_copies)
     (case,) = _cases.cases(full=True, variants=["rms_norm"], dtypes=["float32"], shapes=[(8, 16)])
     rows = runner.run_case(case, ["cuda"], ["numpy"], 3, runner._CopyCache(), accuracy=False)
     assert [r["backend"] for r in rows] == ["cuda", "cuda"]
     assert sizes == [case.nbytes("forward", case.make_inputs(seed=0)), case.nbytes("backward", case.make_inputs(seed=0))]
     assert all("speedup_numpy" not in r for r in rows)
-    assert all(r["copy_gbps"] < 0.01 for r in rows)  # the limit is the given copy (2 ms for 1 KiB), not the host's
+    for r in rows:  # the limit is the faster given copy (2 ms for 1 KiB, not the 4 ms one), not the host's
+        copy_seconds = 2 * (r["bytes"] // 8 * 4) / (r["copy_gbps"] * 1e9)
+        assert 0.002 <= copy_seconds < 0.0035, copy_seconds
 
 
 # ------------------------------------------------------------------------------------------- optional packages

@@ -170,7 +170,7 @@ def run_case(case: _cases.Case, backends, peers, repeats: int, copies: _CopyCach
                 if backend == "cuda":  # judged against the GPU's own copy; the (host) peers are not its peers
                     from normbench.cuda import timing
 
-                    device_copies, pass_peers = (timing.device_copy(nbytes),), {}
+                    device_copies, pass_peers = timing.device_copies(nbytes), {}
                 t, t_copy, t_peers = bandwidth.paired_seconds(run, nbytes, repeats, pass_peers, PEER_BUDGET_S,
                                                               copies=device_copies)
             main = _host(result[0])

@@ -26,6 +26,8 @@ def cursor(j, inner, step):
     (a, b) = divmod(j, inner) (runs of ``inner`` contiguous values, ``outer`` apart; outer = 0 and inner >= the
     count: one contiguous run).  Returns the start (a, b) and the per-step increments: one divide per thread,
     none per element (see :func:`advance`)."""
+    if j < inner and step < inner:  # rows and channel runs longer than the step: no 64-bit divisions
+        return 0, j, 0, step
     return j // inner, j % inner, step // inner, step % inner
 
 
@@ -63,7 +65,7 @@ def group_moments(sn, sm, sq, g, lanes, l, n, m, q):
     cuda.syncthreads()
     s = 1
     while s < lanes:
-        if l % (2 * s) == 0 and l + s < lanes:
+        if (l & (2 * s - 1)) == 0 and l + s < lanes:  # l % (2s): s is a power of two (no 64-bit modulo)
             a, b, c = chan(sn[i], sm[i], sq[i], sn[i + s], sm[i + s], sq[i + s])
             sn[i] = a
             sm[i] = b
@@ -85,7 +87,7 @@ def group_sum2(sa, sb, g, lanes, l, a, b):
     cuda.syncthreads()
     s = 1
     while s < lanes:
-        if l % (2 * s) == 0 and l + s < lanes:
+        if (l & (2 * s - 1)) == 0 and l + s < lanes:  # l % (2s): s is a power of two (no 64-bit modulo)
             sa[i] += sa[i + s]
             sb[i] += sb[i + s]
         cuda.syncthreads()
@@ -136,8 +138,12 @@ def seg_shift(x, base, inner, outer, n):
     jm = n // 2
     jl = n - 1
     a = x[base]
-    b = x[base + (jm // inner) * outer + jm % inner]
-    c = x[base + (jl // inner) * outer + jl % inner]
+    if n <= inner:  # one contiguous run (rows): no divisions
+        b = x[base + jm]
+        c = x[base + jl]
+    else:
+        b = x[base + (jm // inner) * outer + jm % inner]
+        c = x[base + (jl // inner) * outer + jl % inner]
     return max(min(a, b), min(max(a, b), c))
 
 
@@ -155,26 +161,29 @@ def make_thread_moments(acc):
         a0, b0, da, db = cursor(j0, inner, step)
         if algo == TWO_PASS:
             s = zero
-            a, b = a0, b0
-            for _ in range(j0, j1, step):
+            a, b, j = a0, b0, j0
+            while j < j1:
                 s += acc(x[base + a * outer + b])
                 a, b = advance(a, b, da, db, inner)
+                j += step
             mean = s / cnt
             q = zero
-            a, b = a0, b0
-            for _ in range(j0, j1, step):
+            a, b, j = a0, b0, j0
+            while j < j1:
                 d = acc(x[base + a * outer + b]) - mean
                 q += d * d
                 a, b = advance(a, b, da, db, inner)
+                j += step
             return float64(cnt), float64(mean), float64(q)
         if algo == WELFORD:
             k = zero
             mean = zero
             q = zero
-            a, b = a0, b0
-            for _ in range(j0, j1, step):
+            a, b, j = a0, b0, j0
+            while j < j1:
                 v = acc(x[base + a * outer + b])
                 a, b = advance(a, b, da, db, inner)
+                j += step
                 k += acc(1.0)
                 if abs(v) < math.inf and abs(mean) < math.inf:
                     d = v - mean
@@ -189,10 +198,11 @@ def make_thread_moments(acc):
             k0 = zero
         s = zero
         s2 = zero
-        a, b = a0, b0
-        for _ in range(j0, j1, step):
+        a, b, j = a0, b0, j0
+        while j < j1:  # not range(j0, j1, step): its trip count costs a 64-bit division
             d = acc(x[base + a * outer + b]) - k0
             a, b = advance(a, b, da, db, inner)
+            j += step
             s += d
             s2 += d * d
         q = s2 - s * (s / cnt)

@@ -66,8 +66,11 @@ def frozen_batch_norm_forward(x, weight, bias, running_mean, running_var, *, eps
     g = ch.geometry(x.shape, axis)
     p = _params(x, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
     y = ch.out_array(out, x, host)
-    launch(ks, "frozen_forward", *ch._grid(x.size), flat(to_device(x, "x")), p["weight"], p["bias"],
-           p["running_mean"], p["running_var"], float(eps), g.C, g.cdiv, flat(y))
+    xd = flat(to_device(x, "x"))
+    if x.size:
+        grid, block, contig_c = ch.elementwise_shape(g)
+        launch(ks, "frozen_forward", grid, block, xd, p["weight"], p["bias"], p["running_mean"], p["running_var"],
+               float(eps), g.N, g.C, g.S, contig_c, flat(y))
     return host_or_device(y, host, x.shape, out=out)
 
 
@@ -77,8 +80,11 @@ def frozen_batch_norm_backward(dy, weight, running_var, *, eps, axis, dx_out=Non
     g = ch.geometry(dy.shape, axis)
     p = _params(dy, weight=weight, running_var=running_var)
     dx = ch.out_array(dx_out, dy, host, "dx_out")
-    launch(ks, "frozen_backward", *ch._grid(dy.size), flat(to_device(dy, "dy")), p["weight"], p["running_var"],
-           float(eps), g.C, g.cdiv, flat(dx))
+    dyd = flat(to_device(dy, "dy"))
+    if dy.size:
+        grid, block, contig_c = ch.elementwise_shape(g)
+        launch(ks, "frozen_backward", grid, block, dyd, p["weight"], p["running_var"], float(eps), g.N, g.C, g.S,
+               contig_c, flat(dx))
     return host_or_device(dx, host, dy.shape, out=dx_out)
 
 

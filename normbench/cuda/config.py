@@ -9,5 +9,8 @@ MAX_THREADS = 1024  # shared-memory reduction buffers hold this many values per 
 THREADS_PER_BLOCK = 256  # row-wise norms: threads per row; channel norms: threads per block
 CHANNEL_TILE = 32  # channels-last channel norms: channels per block (threads along x); the rest go along y
 SPLIT_ELEMENTS = 16384  # channel norms: values of one channel (segment) reduced by one block before the merge
+MIN_REDUCTION_BLOCKS = 1024  # channel norms: split segments further until a reduction has this many blocks (about
+#   8 per H100 SM; a fixed number, not the GPU's, so that results do not depend on the device)
+ELEMENTWISE_ITEMS = 8  # channel norms' elementwise kernels: positions per thread (channel values read once for them)
 MAX_GRID = 65535  # blocks of a grid-stride elementwise kernel (and of a row kernel, rows beyond loop)
 BACKWARD_ROW_BLOCKS = 264  # row-wise backward: blocks (each owns a dweight/dbias partial row), 2 per H100 SM
