@@ -24,8 +24,8 @@ from numba import cuda, float32, float64
 
 from . import config
 from ._arrays import dummy, empty, flat, launch, output, to_device
-from ._reduce import (advance, chan, cursor, drstd_factor, group_moments, group_sum2, rstd_from_m2, seg_shift,
-                      thread_moments32, thread_moments64)
+from ._reduce import (advance, chan, cursor, drstd_factor, effective_shift, group_moments, group_sum2, rstd_from_m2,
+                      seg_shift, thread_moments32, thread_moments64)
 from .config import MAX_THREADS
 
 
@@ -64,20 +64,21 @@ def kernels(acc_name: str):
         n = float64(0.0)
         m = float64(0.0)
         m2 = float64(0.0)
+        k0 = float64(0.0)
         if q < Q:
             base = (q // qin) * qout + (q % qin) * qst
+            k0 = float64(acc(effective_shift(algo, seg_shift(x, base, inner, outer, cnt))))
             if acc64:
-                n, m, m2 = thread_moments64(x, base, inner, outer, lo + ty, hi, cuda.blockDim.y, algo,
-                                            seg_shift(x, base, inner, outer, cnt))
+                n, m, m2 = thread_moments64(x, base, inner, outer, lo + ty, hi, cuda.blockDim.y, algo, k0)
             else:
-                n, m, m2 = thread_moments32(x, base, inner, outer, lo + ty, hi, cuda.blockDim.y, algo,
-                                            seg_shift(x, base, inner, outer, cnt))
+                n, m, m2 = thread_moments32(x, base, inner, outer, lo + ty, hi, cuda.blockDim.y, algo, k0)
         n, m, m2 = group_moments(sn, sm, sq, tx, cuda.blockDim.y, ty, n, m, m2)
-        if ty == 0 and q < Q:
-            o = (k * Q + q) * 3
+        if ty == 0 and q < Q:  # the mean relative to the segment's k0, stored beside it for seg_finish
+            o = (k * Q + q) * 4
             part[o] = n
             part[o + 1] = m
             part[o + 2] = m2
+            part[o + 3] = k0
 
     @cuda.jit(cache=True)
     def seg_finish(part, nsplit, Q, cnt, corr, eps, eps_code, mean, rstd, m2_out, rm, rv, has_running, momentum):
@@ -98,11 +99,12 @@ def kernels(acc_name: str):
             if q < Q:
                 k = ty
                 while k < nsplit:
-                    o = (k * Q + q) * 3
+                    o = (k * Q + q) * 4
                     n, m, m2 = chan(n, m, m2, part[o], part[o + 1], part[o + 2])
                     k += cuda.blockDim.y
             n, m, m2 = group_moments(sn, sm, sq, tx, cuda.blockDim.y, ty, n, m, m2)
             if ty == 0 and q < Q:
+                m = part[q * 4 + 3] + m  # the segment's k0 (every split stored the same) + the relative mean
                 mean[q] = m
                 m2_out[q] = m2
                 rstd[q] = rstd_from_m2(m2, cnt, corr, eps, eps_code)
@@ -409,7 +411,7 @@ def moments(ks, xd, g, opts, eps, rm=None, rv=None, momentum=0.0):
         nan = np.full(g.Q, np.nan)
         return to_device(nan), to_device(nan), to_device(nan)
     grid, block, nsplit, chunk = _launch_shape(g.Q, g.seg)
-    part = empty(nsplit * g.Q * 3, np.float64)
+    part = empty(nsplit * g.Q * 4, np.float64)  # (count, mean - k0, M2, k0) per split and segment
     qin, qout, qst, cnt, inner, outer = g.seg
     launch(ks, "seg_moments", grid, block, xd, g.Q, qin, qout, qst, cnt, inner, outer, chunk, opts.variance_code,
            part)

@@ -133,7 +133,7 @@ row_sum2 = _row_sum2_tree if simulator() else _row_sum2_shfl
 @cuda.jit(device=True, inline=True)
 def seg_shift(x, base, inner, outer, n):
     """The shifted sums' shift of a segment of ``n`` values laid out as :func:`cursor` says: the middle one of its
-    values 0, n // 2 and n - 1, as the CPU kernels take it (cpu/_moments.shift3; thread_moments maps a
+    values 0, n // 2 and n - 1, as the CPU kernels take it (cpu/_moments.shift3; :func:`effective_shift` maps a
     non-finite one to 0).  The same for every thread and block of the segment."""
     jm = n // 2
     jl = n - 1
@@ -147,13 +147,27 @@ def seg_shift(x, base, inner, outer, n):
     return max(min(a, b), min(max(a, b), c))
 
 
+@cuda.jit(device=True, inline=True)
+def effective_shift(algo, shift):
+    """The value a segment's moments are taken about (float64): its shift (:func:`seg_shift`) for every algorithm
+    but naive (0), and 0 for a non-finite shift (cpu/_moments.finite_shift).  Callers round it to the accumulator
+    (``acc(...)``) and pass it to thread_moments, then add it back to the merged mean."""
+    if algo == NAIVE or not abs(shift) < math.inf:
+        return float64(0.0)
+    return float64(shift)
+
+
 def make_thread_moments(acc):
-    """Per-thread (n, mean, M2) of the values ``j = j0, j0+step, ... < j1`` of a segment with algorithm ``algo``,
-    accumulated in ``acc`` (float32 or float64) and returned in float64.  ``shift`` is the segment's shift for
-    the shifted algorithm (the same for every thread and block of a segment)."""
+    """Per-thread (n, mean - k0, M2) of the values ``j = j0, j0+step, ... < j1`` of a segment with algorithm
+    ``algo``, accumulated in ``acc`` (float32 or float64) and returned in float64.  ``k0`` is the segment's
+    :func:`effective_shift` (the same for every thread and block of a segment, representable in ``acc``): the
+    shifted sums are taken about it, and every algorithm returns its mean relative to it, so that the merges
+    (Chan's formula over threads and blocks) never see the offset.  Merging absolute means lost the digits of
+    float64 data far from 0: rstd 4e4 float64 units at an offset of 1e6 spreads (H100 and simulator) where the CPU
+    backend, which sums about the shift, has 1."""
 
     @cuda.jit(device=True)
-    def thread_moments(x, base, inner, outer, j0, j1, step, algo, shift):
+    def thread_moments(x, base, inner, outer, j0, j1, step, algo, k0):
         zero = acc(0.0)
         if j0 >= j1:
             return float64(0.0), float64(0.0), float64(0.0)
@@ -174,7 +188,7 @@ def make_thread_moments(acc):
                 q += d * d
                 a, b = advance(a, b, da, db, inner)
                 j += step
-            return float64(cnt), float64(mean), float64(q)
+            return float64(cnt), float64(mean) - k0, float64(q)
         if algo == WELFORD:
             k = zero
             mean = zero
@@ -192,15 +206,13 @@ def make_thread_moments(acc):
                 else:  # an Inf or NaN: IEEE's sum, m2 NaN (chan's rule)
                     mean = mean + v
                     q = acc(math.nan)
-            return float64(cnt), float64(mean), float64(q)
-        k0 = zero if algo == NAIVE else acc(shift)
-        if not abs(k0) < math.inf:  # an Inf or NaN shift: 0 instead (cpu/_moments.finite_shift)
-            k0 = zero
+            return float64(cnt), float64(mean) - k0, float64(q)
+        ka = acc(k0)
         s = zero
         s2 = zero
         a, b, j = a0, b0, j0
         while j < j1:  # not range(j0, j1, step): its trip count costs a 64-bit division
-            d = acc(x[base + a * outer + b]) - k0
+            d = acc(x[base + a * outer + b]) - ka
             a, b = advance(a, b, da, db, inner)
             j += step
             s += d
@@ -208,7 +220,7 @@ def make_thread_moments(acc):
         q = s2 - s * (s / cnt)
         if q < zero:  # cancellation; NaN stays NaN
             q = zero
-        return float64(cnt), float64(k0 + s / cnt), float64(q)
+        return float64(cnt), float64(s / cnt), float64(q)
 
     return thread_moments
 

@@ -18,8 +18,8 @@ from numba import cuda, float32, float64
 
 from . import config
 from ._arrays import dummy, empty, flat, launch, on_host, output, result, to_device
-from ._reduce import (drstd_factor, group_moments, row_sum2, rstd_from_m2, seg_shift, thread_moments32,
-                      thread_moments64)
+from ._reduce import (drstd_factor, effective_shift, group_moments, row_sum2, rstd_from_m2, seg_shift,
+                      thread_moments32, thread_moments64)
 from .config import MAX_THREADS, ROW_PARTIALS
 
 
@@ -52,11 +52,13 @@ def kernels(acc_name: str):
         while row < rstd_out.size:
             base = row * D
             if center:
+                k0 = float64(acc(effective_shift(algo, seg_shift(src, base, D, 0, D))))
                 if acc64:
-                    n, m, q = thread_moments64(src, base, D, 0, t, D, L, algo, seg_shift(src, base, D, 0, D))
+                    n, m, q = thread_moments64(src, base, D, 0, t, D, L, algo, k0)
                 else:
-                    n, m, q = thread_moments32(src, base, D, 0, t, D, L, algo, seg_shift(src, base, D, 0, D))
-                n, mean, q = group_moments(sn, sm, sq, 0, L, t, n, m, q)
+                    n, m, q = thread_moments32(src, base, D, 0, t, D, L, algo, k0)
+                n, mean, q = group_moments(sn, sm, sq, 0, L, t, n, m, q)  # the mean relative to k0
+                mean = k0 + mean
             else:
                 s = acc(0.0)
                 j = t

@@ -668,3 +668,23 @@ def test_empty_batches_of_device_arrays_come_back_as_device_arrays():
         for i, (g, r) in enumerate(zip(got, want)):
             assert hasattr(g, "copy_to_host"), f"{fn} output {i} is {type(g).__name__}, not a device array"
             close(f"{fn} output {i}", g, r, 1e-6)
+
+
+@pytest.mark.parametrize("variant", ["layer_norm", "group_norm", "instance_norm", "batch_norm_cf", "batch_norm_cl"])
+def test_float64_statistics_far_from_zero_keep_their_digits(variant):
+    """Float64 data offset by 1e6 spreads: mean and rstd within a few float64 units of the reference.  Threads and
+    blocks merged absolute means, whose rounding at the offset's magnitude cost rstd 2e4-8e4 units (H100 and
+    simulator alike); they now merge means relative to the segment's shift."""
+    x = 1e6 + np.random.default_rng(14).standard_normal((2, 4, 16))
+    calls = {
+        "layer_norm": lambda b: nb.layer_norm_forward(x, (4, 16), backend=b),
+        "group_norm": lambda b: nb.group_norm_forward(x, 2, backend=b),
+        "instance_norm": lambda b: nb.instance_norm_forward(x, backend=b),
+        "batch_norm_cf": lambda b: nb.batch_norm_forward(x, None, None, None, None, backend=b),
+        "batch_norm_cl": lambda b: nb.batch_norm_forward(x, None, None, None, None, axis=-1, backend=b),
+    }
+    want, got = calls[variant]("reference"), calls[variant]("cuda")
+    for k in (1, 2):  # mean, rstd
+        ref = np.asarray(want[k], np.float64)
+        err = np.max(np.abs(np.asarray(got[k]) - ref) / np.abs(ref)) / np.finfo(np.float64).eps
+        assert err <= 8, f"{('mean', 'rstd')[k - 1]}: {err:.3g} float64 units"
