@@ -67,7 +67,7 @@ def kernels(acc_name: str):
         k0 = float64(0.0)
         if q < Q:
             base = (q // qin) * qout + (q % qin) * qst
-            k0 = float64(acc(effective_shift(algo, seg_shift(x, base, inner, outer, cnt))))
+            k0 = effective_shift(algo, float64(acc(seg_shift(x, base, inner, outer, cnt))))
             if acc64:
                 n, m, m2 = thread_moments64(x, base, inner, outer, lo + ty, hi, cuda.blockDim.y, algo, k0)
             else:
@@ -178,9 +178,11 @@ def kernels(acc_name: str):
             m = acc(mean[(p // C) * qn + (p % C) // Cg])
             step = cuda.blockDim.y
             ra, rb, da, db = cursor(lo + ty, inner, step)
-            for _ in range(lo + ty, hi, step):
+            j = lo + ty
+            while j < hi:
                 i = base + ra * outer + rb
                 ra, rb = advance(ra, rb, da, db, inner)
+                j += step
                 g = acc(dy[i])
                 a += g
                 s += g * (acc(x[i]) - m)
@@ -384,12 +386,11 @@ def elementwise_shape(g):
     for channels-last, or when there is one position per channel; else positions) on x threads, the other on y,
     samples on z blocks, and ``ELEMENTWISE_ITEMS`` positions per thread."""
     contig_c = g.axis != 1 or g.S == 1
-    from . import simulator
-
-    warp = 1 if simulator() else 32
     tpb = config.THREADS_PER_BLOCK
     inner = g.C if contig_c else g.S
-    bx = max(1, min(tpb, -(-inner // warp) * warp))
+    # not rounded up to a warp: with bx = inner the block's threads still cover consecutive addresses (y rows are
+    # inner apart), so a short contiguous dimension (3 channels-last channels, 3 x 3 positions) keeps every lane
+    bx = max(1, min(tpb, inner))
     by = max(1, tpb // bx)
     items = config.ELEMENTWISE_ITEMS
     if contig_c:
@@ -417,9 +418,9 @@ def moments(ks, xd, g, opts, eps, rm=None, rv=None, momentum=0.0):
            part)
     mean, rstd, m2 = empty(g.Q, np.float64), empty(g.Q, np.float64), empty(g.Q, np.float64)
     has_running = rm is not None and g.qn == 0
-    launch(ks, "seg_finish", *_finish_shape(g.Q, nsplit), part, nsplit, g.Q, cnt, opts.correction, float(eps), opts.eps_code, mean,
-           rstd, m2, rm if has_running else dummy(np.float64), rv if has_running else dummy(np.float64),
-           has_running, float(momentum) if has_running else 0.0)
+    launch(ks, "seg_finish", *_finish_shape(g.Q, nsplit), part, nsplit, g.Q, cnt, opts.correction, float(eps),
+           opts.eps_code, mean, rstd, m2, rm if has_running else dummy(np.float64),
+           rv if has_running else dummy(np.float64), has_running, float(momentum) if has_running else 0.0)
     return mean, rstd, m2
 
 

@@ -150,8 +150,9 @@ def seg_shift(x, base, inner, outer, n):
 @cuda.jit(device=True, inline=True)
 def effective_shift(algo, shift):
     """The value a segment's moments are taken about (float64): its shift (:func:`seg_shift`) for every algorithm
-    but naive (0), and 0 for a non-finite shift (cpu/_moments.finite_shift).  Callers round it to the accumulator
-    (``acc(...)``) and pass it to thread_moments, then add it back to the merged mean."""
+    but naive (0), and 0 for a non-finite shift (cpu/_moments.finite_shift).  Callers pass the shift rounded to the
+    accumulator (``acc(...)``: float64 data beyond float32's range round to Inf there, and take 0 as the CPU's do),
+    give the result to thread_moments, then add it back to the merged mean."""
     if algo == NAIVE or not abs(shift) < math.inf:
         return float64(0.0)
     return float64(shift)
@@ -161,10 +162,12 @@ def make_thread_moments(acc):
     """Per-thread (n, mean - k0, M2) of the values ``j = j0, j0+step, ... < j1`` of a segment with algorithm
     ``algo``, accumulated in ``acc`` (float32 or float64) and returned in float64.  ``k0`` is the segment's
     :func:`effective_shift` (the same for every thread and block of a segment, representable in ``acc``): the
-    shifted sums are taken about it, and every algorithm returns its mean relative to it, so that the merges
-    (Chan's formula over threads and blocks) never see the offset.  Merging absolute means lost the digits of
-    float64 data far from 0: rstd 4e4 float64 units at an offset of 1e6 spreads (H100 and simulator) where the CPU
-    backend, which sums about the shift, has 1."""
+    shifted (and naive, k0 = 0) sums are taken about it, and every algorithm returns its mean relative to it, so
+    that the merges (Chan's formula over threads and blocks) add no rounding at the offset's magnitude.  For the
+    shifted default that keeps float64 data far from 0 exact to about an ulp: merging absolute means had cost rstd
+    2e4-1e5 float64 units at an offset of 1e6 spreads (H100 and simulator; the CPU's row and group kernels have
+    about 1 there, its batch norm 2e4).  Two-pass and Welford form an absolute per-thread mean first, as their
+    definitions do, so their rounding at the offset stays (about 7e4 units there, as on the CPU)."""
 
     @cuda.jit(device=True)
     def thread_moments(x, base, inner, outer, j0, j1, step, algo, k0):

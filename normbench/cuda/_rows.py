@@ -52,7 +52,7 @@ def kernels(acc_name: str):
         while row < rstd_out.size:
             base = row * D
             if center:
-                k0 = float64(acc(effective_shift(algo, seg_shift(src, base, D, 0, D))))
+                k0 = effective_shift(algo, float64(acc(seg_shift(src, base, D, 0, D))))
                 if acc64:
                     n, m, q = thread_moments64(src, base, D, 0, t, D, L, algo, k0)
                 else:

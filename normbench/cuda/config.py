@@ -12,5 +12,6 @@ SPLIT_ELEMENTS = 16384  # channel norms: values of one channel (segment) reduced
 MIN_REDUCTION_BLOCKS = 1024  # channel norms: split segments further until a reduction has this many blocks (about
 #   8 per H100 SM; a fixed number, not the GPU's, so that results do not depend on the device)
 ELEMENTWISE_ITEMS = 8  # channel norms' elementwise kernels: positions per thread (channel values read once for them)
-MAX_GRID = 65535  # blocks of a grid-stride elementwise kernel (and of a row kernel, rows beyond loop)
+MAX_GRID = 65535  # blocks of a grid-stride kernel (and of a row kernel, rows beyond loop); it also caps grids' y and z
+#   dimensions, whose hardware limit is 65535: do not raise it
 BACKWARD_ROW_BLOCKS = 264  # row-wise backward: blocks (each owns a dweight/dbias partial row), 2 per H100 SM

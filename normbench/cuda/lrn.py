@@ -1,7 +1,8 @@
 """Local response norm across channels (PyTorch semantics), numba.cuda kernels; twin of normbench/cpu/lrn.py.
-The channel norms' elementwise launch (_channels.lanes: positions along x threads, channels along y, samples
-along z, no per-element index division); the channel window is summed from global memory (neighbouring threads
-read neighbouring addresses of the same channels, so the window's re-reads hit the cache)."""
+The channel norms' elementwise launch (_channels.lanes: positions along x threads and channels along y, or
+channels along x where there is one position, samples along z; no per-element index division); the channel
+window is summed from global memory (neighbouring threads read neighbouring addresses of the same channels, so
+the window's re-reads hit the cache)."""
 from __future__ import annotations
 
 import functools

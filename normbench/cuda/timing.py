@@ -91,8 +91,8 @@ def device_copies(nbytes: int) -> tuple:
     n = max(1, int(nbytes) // 2 // 4)
     a = cuda.to_device(np.ones(n, dtype=np.float32))
     b = cuda.device_array_like(a)
-    words = n // 4  # 16-byte words; a tail of up to 3 values is left to the memcpy candidate's count
-    aw, bw = (a.view(np.complex128)[:words], b.view(np.complex128)[:words]) if words else (None, None)
+    whole = n % 4 == 0  # the kernel candidate moves 16-byte words: only when they cover the working set exactly
+    aw, bw = (a.view(np.complex128), b.view(np.complex128)) if whole else (None, None)
     sms = getattr(cuda.get_current_device(), "MULTIPROCESSOR_COUNT", 1)  # the simulator has no count
 
     def memcpy():
@@ -103,7 +103,7 @@ def device_copies(nbytes: int) -> tuple:
         _copy_kernel()[sms * 8, 256](aw, bw)
         synchronize()
 
-    copies = [memcpy] + ([kernel] if n % 4 == 0 else [])
+    copies = [memcpy] + ([kernel] if whole else [])
     try:
         import torch
 

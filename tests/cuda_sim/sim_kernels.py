@@ -688,3 +688,45 @@ def test_float64_statistics_far_from_zero_keep_their_digits(variant):
         ref = np.asarray(want[k], np.float64)
         err = np.max(np.abs(np.asarray(got[k]) - ref) / np.abs(ref)) / np.finfo(np.float64).eps
         assert err <= 8, f"{('mean', 'rstd')[k - 1]}: {err:.3g} float64 units"
+
+
+@pytest.mark.parametrize("variance", ["two_pass", "welford", "shifted", "naive"])
+def test_float32_accumulator_on_float64_data_beyond_its_range(variance):
+    """Float64 data above float32's range with accumulate="float32": the shift rounds to Inf in the accumulator and
+    takes 0 (the CPU's rule), so the mean overflows to Inf as on the CPU; rounding after the finiteness rule gave
+    Inf - Inf = NaN means (two-pass, Welford, shifted)."""
+    x = np.array([[[1e39, 2e39, 3e39, 1.0]]] * 2)
+    for call in (lambda b: nb.batch_norm_forward(x, None, None, None, None, backend=b, accumulate="float32",
+                                                 variance=variance),
+                 lambda b: nb.layer_norm_forward(x, (1, 4), backend=b, accumulate="float32", variance=variance)):
+        want, got = call("cpu"), call("cuda")
+        np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]))  # mean: +Inf in each, not NaN
+
+
+@pytest.mark.parametrize("nbytes", [40, 56, 64, 4096 + 8])
+def test_device_copies_of_any_working_set(nbytes):
+    """Every copy candidate runs, whatever the size (a size that is not a whole number of 16-byte words made the
+    kernel candidate's view raise: 16 of the full matrix's passes), and the kernel candidate is offered only when
+    its 16-byte words cover the working set."""
+    from normbench.cuda import timing
+
+    copies = timing.device_copies(nbytes)
+    for copy in copies:
+        copy()
+    assert len(copies) >= (2 if (nbytes // 8) % 4 == 0 else 1)
+
+
+def test_row_backward_column_sums_over_several_lanes(monkeypatch):
+    """dweight/dbias from colsum with two lanes per column (64 threads per block: 32 columns x 2 lanes), three
+    partial rows per lane pair and a one-block grid (grid-stride over the columns)."""
+    monkeypatch.setattr(config, "THREADS_PER_BLOCK", 64)
+    monkeypatch.setattr(config, "BACKWARD_ROW_BLOCKS", 5)
+    monkeypatch.setattr(config, "MAX_GRID", 1)
+    rng = np.random.default_rng(15)
+    x, dy = rng.standard_normal((7, 40)), rng.standard_normal((7, 40))
+    w, b = rng.standard_normal(40), rng.standard_normal(40)
+    _, mean, rstd = nb.layer_norm_forward(x, 40, w, b, backend="reference")
+    want = nb.layer_norm_backward(dy, x, 40, mean, rstd, w, b, backend="reference")
+    got = nb.layer_norm_backward(dy, x, 40, mean, rstd, w, b, backend="cuda")
+    for name, g, r in zip(("dx", "dweight", "dbias"), got, want):
+        close(name, g, r, 1e-12)
