@@ -327,7 +327,9 @@ def build(results: Path, out_path: Path) -> str:
       "by contract, and the forward's statistics)."
       + (" Judged against the gradient at the exact `h`, the rounding of `h` alone costs units that grow with the "
          f"offset (float32, dx, offset {exact_h}; pass `backward_exact_h` in the CSV): a property of storing `h` "
-         "in the input dtype, shared by every fused implementation." if len(ex) else "")
+         "in the input dtype while normalising the exact sum (as the reference, this project's backends and "
+         "PyTorch's composition do), which a backward given only the stored `h` cannot undo; not of a kernel."
+         if len(ex) else "")
       + "\n- `reference` rows are a sanity check of the harness: 0 for float32 inputs, at most 0.5 units for float64 "
       "ones (the reference backend rounds the extended-precision oracle to float64).\n"
       "- Reproduce: `normbench accuracy --plot --docs` (full: ~20 min on a shared 2-core machine) or "

@@ -94,8 +94,10 @@ def fused_backward_oracle(inputs, fwd, dy, numerics):
     """Fused add + norm's backward is judged given its own inputs: the stored ``h`` (rounded to the input dtype
     by contract) and the forward's statistics (of the exact ``h``).  Against the gradient at the exact ``h``, the
     rounding of ``h`` alone costs about |offset|/spread units on offset data (float32, offset 1e4: ~750): a
-    property of storing ``h`` in the input dtype, which every fused implementation shares, not of the kernel
-    (the sweep records that end-to-end figure too, as pass ``backward_exact_h``)."""
+    property of storing ``h`` in the input dtype while normalising the exact sum, which a backward given only the
+    stored ``h`` cannot undo, not of the kernel (an implementation normalising the stored ``h`` would have no such
+    gap, and y half an ulp of ``h`` worse; the sweep records the end-to-end figure too, as pass
+    ``backward_exact_h``)."""
     W = oracle.wide_dtype(inputs["x"].dtype)
     given = {k: np.asarray(fwd[k]).astype(W) for k in ("h", "mean", "rstd") if k in fwd}
     return oracle.backward("fused_add_norm", inputs, given, dy, opts=resolve(numerics))
