@@ -25,12 +25,14 @@ from pathlib import Path
 import numpy as np
 
 from . import functional as nb
-from .cli import output_dir_error, positive_float, positive_int
+from .cli import MANY, output_dir_error, positive_float, positive_int, unique
 
 NORMS = ("none", "batch", "layer", "group", "rms")
 LRS = (0.03, 0.1, 0.3, 1.0, 3.0)
 EPS = 1e-5
 COLLAPSED = 0.9 * math.log(10)  # a final train loss above this is close to ln(10), the uniform guess
+BLOWUP = 2.0  # a collapse blew up first: its largest batch loss was at least this many times its first batch's
+#   (measured over the grid's collapses and beyond: 3.1 to 1e14; runs still learning slowly: 1.00-1.12)
 N_TRAIN = 1347  # training images in load_digits_split(): 1797 digits, a quarter held out for the test
 
 
@@ -178,13 +180,16 @@ def accuracy(model, X, y):
 
 def train_one(data, norm, lr, seed, cfg: Config):
     """Train one model; returns (per-epoch test accuracy, per-epoch mean train loss, diverged). Diverged: the
-    loss became non-finite, or the run ended no better than a uniform guess (final train loss above
-    ``COLLAPSED``): a blow-up that left the ReLUs dead and the output constant."""
+    loss became non-finite, or it blew up (a batch loss at least ``BLOWUP`` times the first batch's) and the run
+    ended no better than a uniform guess (final train loss above ``COLLAPSED``): the ReLUs dead and the output
+    constant.  A run still learning slowly (loss above ``COLLAPSED`` after few epochs or at a small rate, but
+    falling from the start) is not diverged."""
     Xtr, Xte, ytr, yte = data
     rng = np.random.default_rng(seed)
     model = MLP(Xtr.shape[1], cfg.hidden, 10, norm, np.random.default_rng(seed), dtype=np.dtype(cfg.dtype),
                 groups=cfg.groups, momentum=cfg.momentum, backend=cfg.backend)
     accs, losses, diverged = [], [], False
+    first = peak = math.nan  # the first batch's loss and the largest batch loss: a collapse blows up first
     nb_batches = len(Xtr) // cfg.batch_size  # drop the last partial batch: batch norm needs > 1 sample
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         for epoch in range(cfg.epochs):
@@ -197,6 +202,8 @@ def train_one(data, norm, lr, seed, cfg: Config):
                 if not math.isfinite(loss):
                     diverged = True
                     break
+                first = loss if math.isnan(first) else first
+                peak = loss if not peak >= loss else peak
                 model.sgd_step(model.backward(cache, dlogits), lr)
                 total += loss
             if diverged or not all(np.isfinite(p).all() for p in model.params.values()):
@@ -208,7 +215,7 @@ def train_one(data, norm, lr, seed, cfg: Config):
                 break
             losses.append(total / nb_batches)
             accs.append(accuracy(model, Xte, yte))
-    return accs, losses, diverged or not losses[-1] <= COLLAPSED
+    return accs, losses, diverged or (not losses[-1] <= COLLAPSED and peak >= BLOWUP * first)
 
 
 class single_threaded:
@@ -266,7 +273,9 @@ def summarize(runs, target=0.9):
         hit = g["epochs_to_target"].dropna()
         rows.append({
             "norm": norm, "lr": lr,
-            "final test acc": f"{g['final_test_acc'].mean():.3f} ± {g['final_test_acc'].std(ddof=0):.3f}",
+            # the sample sd over seeds (ddof=1; none for one seed)
+            "final test acc": f"{g['final_test_acc'].mean():.3f}" + (
+                f" ± {g['final_test_acc'].std(ddof=1):.3f}" if len(g) > 1 else ""),
             f"epochs to {target:.0%}": (f"{hit.median():g} ({len(hit)}/{len(g)})" if len(hit)
                                         else f"never (0/{len(g)})"),
             "diverged": f"{int(g['diverged'].sum())}/{len(g)}",
@@ -328,7 +337,8 @@ def write_outputs(runs, curves, cfg: Config, seconds):
     curves.to_csv(out / "lr_curves.csv", index=False)
     plot_curves(curves, cfg, out / "lr_curves.png")
     table = (f"MLP 64-{'-'.join(map(str, cfg.hidden))}-10 on scikit-learn digits (1347 train / 450 test), "
-             f"SGD batch {cfg.batch_size}, {cfg.epochs} epochs, {cfg.dtype}, seeds {list(cfg.seeds)}; "
+             f"SGD batch {cfg.batch_size}, {cfg.epochs} epochs, {cfg.dtype}, seeds {list(cfg.seeds)}, "
+             f"backend {cfg.backend or 'cpu (the default)'}; "
              f"{seconds:.0f} s.\n\n"
              "Mean final test accuracy (`*`: at least one seed diverged):\n\n"
              + _markdown(accuracy_grid(runs), index=True) + "\n\n" + _markdown(summarize(runs, cfg.target)) + "\n")
@@ -365,8 +375,8 @@ def _parser():
                              usage="normbench study lr [options]   (normbench study lr --help)",
                              description=__doc__.split("\n\n")[1])
     d = Config()
-    lr.add_argument("--lrs", type=positive_float, nargs="+", default=list(d.lrs), help="learning rates (> 0)")
-    lr.add_argument("--norms", nargs="+", choices=NORMS, default=list(d.norms))
+    lr.add_argument("--lrs", type=positive_float, **MANY, help=f"learning rates (> 0; default {list(d.lrs)})")
+    lr.add_argument("--norms", **MANY, choices=NORMS, help=f"default {list(d.norms)}")
     lr.add_argument("--seeds", type=positive_int, default=len(d.seeds), help="number of seeds, >= 1 (seeds 0, 1, ...)")
     lr.add_argument("--epochs", type=positive_int, default=d.epochs)
     lr.add_argument("--batch-size", type=positive_int, default=d.batch_size)
@@ -383,7 +393,9 @@ def main(argv=None):
     training."""
     p, lr = _parser()
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
-    cfg = Config(lrs=tuple(a.lrs), norms=tuple(a.norms), seeds=tuple(range(a.seeds)), epochs=a.epochs,
+    d = Config()
+    cfg = Config(lrs=tuple(unique(a.lrs) or d.lrs), norms=tuple(unique(a.norms) or d.norms),
+                 seeds=tuple(range(a.seeds)), epochs=a.epochs,
                  batch_size=a.batch_size, hidden=tuple(a.hidden), groups=a.groups, dtype=a.dtype,
                  backend=a.backend, out=a.out)
     try:

@@ -331,3 +331,15 @@ def test_accuracy_command_list_options_extend_and_dedupe(tmp_path):
     df = pd.read_csv(out / "accuracy-quick.csv")
     assert sorted(df.variant.unique()) == ["layer_norm", "rms_norm"]
     assert not df.duplicated(subset=[c for c in df.columns if c not in ("max_err", "median_err", "max_ulp")]).any()
+
+
+def test_plot_runs_the_studies_with_the_seed(tmp_path, monkeypatch):
+    """`normbench accuracy --plot --seed N` gives the studies seed N (they ran with seed 0 whatever was asked)."""
+    from normbench.accuracy import plots, studies, sweep
+
+    seen = []
+    monkeypatch.setattr(studies, "run_all", lambda out, **kw: seen.append(kw) or [])
+    monkeypatch.setattr(plots, "plot_all", lambda out: [])
+    rc = sweep.main(["--quick", "--variant", "rms_norm", "--family", "standard", "--backend", "reference",
+                     "--no-peers", "--plot", "--seed", "7", "--out", str(tmp_path)])
+    assert rc == 0 and seen == [dict(quick=True, seed=7)]

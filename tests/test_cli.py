@@ -235,6 +235,7 @@ def _fake_rows(*a, **k):
     ("tqdm", ["accuracy", "--quick", "--variant", "rms_norm", "--family", "standard", "--no-peers"]),
     ("tabulate", ["report", "--no-plots"]),
     ("matplotlib", ["report"]),
+    ("matplotlib", ["accuracy", "--quick", "--variant", "rms_norm", "--family", "standard", "--no-peers", "--plot"]),
     ("tabulate", ["bandwidth", "--mib", "1"]),
 ])
 def test_missing_optional_package_is_one_line_for_every_subcommand(tmp_path, capsys, monkeypatch, package, argv):
@@ -250,6 +251,10 @@ def test_missing_optional_package_is_one_line_for_every_subcommand(tmp_path, cap
                         "--accuracy", f"{data}/accuracy", "--out", str(tmp_path / "out")], "bandwidth": []}[argv[0]]
     monkeypatch.setattr(roofline, "measure", _fake_rows)
     monkeypatch.setattr(runner, "run_case", lambda *a, **k: pytest.fail("measured without tqdm"))
+    from normbench.accuracy import sweep
+
+    if package == "matplotlib":  # accuracy --plot stops before the sweep (it failed after a whole run)
+        monkeypatch.setattr(sweep, "sweep", lambda *a, **k: pytest.fail("swept without matplotlib"))
     monkeypatch.setitem(sys.modules, package, None)  # as if not installed
     assert cli.main(argv + extra) == 2
     captured = capsys.readouterr()

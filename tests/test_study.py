@@ -140,3 +140,29 @@ def test_out_is_a_file_and_cuda_unavailable_exit_2(tmp_path, capsys, monkeypatch
 
 def test_training_set_size_is_the_split():
     assert len(study.load_digits_split()[0]) == study.N_TRAIN
+
+
+def test_slow_learning_is_not_diverged_and_a_collapse_is():
+    """'Diverged' means the loss became non-finite, or it blew up and the run ended at a guess (loss near ln 10).
+    One epoch at a small rate ends above 0.9 ln 10 too, and was flagged, with its loss falling from the start."""
+    data = study.load_digits_split()
+    cfg = study.Config(lrs=(0.01,), norms=("none",), seeds=(0,), epochs=1, hidden=(32,), groups=4,
+                       backend="reference")
+    accs, losses, diverged = study.train_one(data, "none", 0.01, 0, cfg)
+    assert losses[-1] > study.COLLAPSED  # the case: slow, still learning
+    assert not diverged
+    cfg = study.Config(lrs=(3.0,), norms=("none",), seeds=(0,), epochs=3, hidden=(32,), groups=4,
+                       backend="reference")
+    accs, losses, diverged = study.train_one(data, "none", 3.0, 0, cfg)  # a blow-up that ends at a guess
+    assert diverged and losses[-1] > study.COLLAPSED and accs[-1] < 0.2
+
+
+def test_repeated_list_options_extend_and_count_once(tmp_path, monkeypatch):
+    """--lrs/--norms given twice extend the list (not keep the last), and a value given twice is trained once
+    (the docs' rule for list options; duplicates were trained again and counted as more seeds)."""
+    seen = []
+    monkeypatch.setattr(study, "run_study", lambda cfg: seen.append(cfg) or (_ for _ in ()).throw(SystemExit(0)))
+    with pytest.raises(SystemExit):
+        study.main(["lr", "--norms", "batch", "--norms", "layer", "batch", "--lrs", "0.1", "0.1", "--lrs", "1",
+                    "--out", str(tmp_path)])
+    assert seen[0].norms == ("batch", "layer") and seen[0].lrs == (0.1, 1.0)

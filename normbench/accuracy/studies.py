@@ -134,12 +134,13 @@ STUDIES = {"offset_study": offset_study, "eps_placement_study": eps_placement_st
            "correction_study": correction_study, "speed_study": speed_study}
 
 
-def run_all(out: Path, quick=False):
+def run_all(out: Path, quick=False, seed=0):
+    """Every study (fixed variants and dtypes: they are the figures of docs/numerics.md) with data seed ``seed``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, fn in STUDIES.items():
-        df = fn(quick=quick) if name != "correction_study" else fn()
+        df = fn(quick=quick, seed=seed) if name != "correction_study" else fn(seed=seed)
         path = out / f"{name}.csv"
         df.to_csv(path, index=False)
         paths.append(path)

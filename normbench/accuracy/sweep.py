@@ -270,7 +270,8 @@ def main(argv=None):
     ap.add_argument("--backend", **MANY, choices=registry.BACKENDS, help="backends (default: all available)")
     ap.add_argument("--no-peers", action="store_true", help="skip the peers")
     ap.add_argument("--out", default=str(RESULTS), help="output folder (default results/accuracy/)")
-    ap.add_argument("--plot", action="store_true", help="also run the studies and write PNG figures")
+    ap.add_argument("--plot", action="store_true", help="also run the studies (fixed variants and dtypes; --quick "
+                    "and --seed apply) and write PNG figures; needs matplotlib")
     ap.add_argument("--docs", nargs="?", const="docs/numerics.md", default=None,
                     help="write docs/numerics.md (or the given path) from the results in --out")
     ap.add_argument("--seed", type=non_negative_int, default=0, help="data seed, a non-negative integer (default 0)")
@@ -282,6 +283,8 @@ def main(argv=None):
                or backend_error(args.backend, args.variant or list(registry.VARIANTS)))
     if problem:
         ap.error(problem)
+    if args.plot:  # before the sweep (the CLI turns its absence into the one-line hint): not after a whole run
+        import matplotlib  # noqa: F401
     dtypes = args.dtype or (("float32",) if args.quick else DTYPES)
     df = sweep(args.variant, args.family, dtypes, args.backend, quick=args.quick, peers=not args.no_peers,
                seed=args.seed, progress=True)
@@ -298,7 +301,7 @@ def main(argv=None):
     if args.plot:
         from . import plots, studies
 
-        studies.run_all(out, quick=args.quick)
+        studies.run_all(out, quick=args.quick, seed=args.seed)
         for path in plots.plot_all(out):
             print(f"wrote {path}")
     if args.docs:
