@@ -14,6 +14,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _checks, registry
+from .numerics import DEFAULT as DEFAULT_NUMERICS
 from .numerics import Numerics, check_correction, check_eps, resolve, rstd_from_var
 
 
@@ -110,7 +111,8 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, *, training=T
     Training normalises with the batch statistics and, when running statistics are given, updates them in
     place: ``running = (1 - momentum) * running + momentum * batch`` with the unbiased batch variance.
     Evaluation (``training=False``) uses the running statistics and returns them as ``save_mean`` and
-    ``save_invstd = 1/sqrt(running_var + eps)``.
+    ``save_invstd`` = the rstd of the running variance (``1/sqrt(running_var + eps)``, or ``1/(sqrt(running_var) +
+    eps)`` with ``eps_placement="outside"``).
     """
     a = batch_norm_args(x, weight, bias, running_mean, running_var, training, momentum, eps, axis, numerics)
     x, C, n = a.x, a.C, a.n
@@ -399,27 +401,29 @@ def _lrn_setup(x, size, alpha, beta, k):
     return size, _checks.real("alpha", alpha), _checks.real("beta", beta), _checks.real("k", k)
 
 
-def local_response_norm_forward(x, size, *, alpha=1e-4, beta=0.75, k=1.0, out=None, backend=None, **numerics):
+def local_response_norm_forward(x, size, *, alpha=1e-4, beta=0.75, k=1.0, out=None, backend=None):
     """LRN across channels (axis 1), PyTorch semantics: ``scale = k + alpha/size * sum(x**2 over
-    [c - size//2, c + (size-1)//2])``, ``y = x * scale**(-beta)``. Returns ``(y, scale)``."""
+    [c - size//2, c + (size-1)//2])``, ``y = x * scale**(-beta)``. Returns ``(y, scale)``.  No numerics options:
+    no eps, variance or correction enters it, and every backend sums the window in float64 (a keyword such as
+    ``accumulate=`` is a TypeError, as for frozen batch norm)."""
     x = _checks.array("x", x, min_ndim=3, what="(N, C, *spatial) with at least one spatial dimension")
     size, alpha, beta, k = _lrn_setup(x, size, alpha, beta, k)
-    opts = resolve(numerics)
+    opts = DEFAULT_NUMERICS
     backend = registry.pick_backend(x, backend, "local_response_norm")
     out = _output("out", out, backend, x, x=x)
     impl = registry.implementation("local_response_norm", backend, "forward")
     return impl(x, size, alpha=alpha, beta=beta, k=k, opts=opts, out=out)
 
 
-def local_response_norm_backward(dy, x, y, scale, size, *, alpha=1e-4, beta=0.75, k=1.0, dx_out=None, backend=None,
-                                 **numerics):
+def local_response_norm_backward(dy, x, y, scale, size, *, alpha=1e-4, beta=0.75, k=1.0, dx_out=None,
+                                 backend=None):
     """LRN backward. Returns ``dx``."""
     x = _checks.array("x", x, min_ndim=3, what="(N, C, *spatial) with at least one spatial dimension")
     dy = _checks.like("dy", dy, "x", x)
     y = _checks.same_shape("y", y, "x", x)
     scale = _checks.same_shape("scale", scale, "x", x)
     size, alpha, beta, k = _lrn_setup(x, size, alpha, beta, k)
-    opts = resolve(numerics)
+    opts = DEFAULT_NUMERICS
     backend = registry.pick_backend(x, backend, "local_response_norm")
     dx_out = _output("dx_out", dx_out, backend, x, dy=dy, x=x, y=y, scale=scale)
     impl = registry.implementation("local_response_norm", backend, "backward")

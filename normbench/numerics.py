@@ -70,7 +70,8 @@ DEFAULT = Numerics()
 def resolve(numerics: dict) -> Numerics:
     """Validate ``**numerics`` keyword arguments and return a :class:`Numerics`.
 
-    Raises ``TypeError`` for an unknown option name and ``ValueError`` for a bad value, naming the option.
+    Raises ``TypeError`` for an unknown option name or a value of the wrong type and ``ValueError`` for a bad
+    value, naming the option.
     """
     if not numerics:  # the common call: defaults (this runs on every call, so it is kept cheap)
         return DEFAULT
@@ -80,6 +81,9 @@ def resolve(numerics: dict) -> Numerics:
             f"unknown keyword argument(s) {unknown}; numerics options are {list(NUMERICS_OPTIONS)}"
             " (plus the function's own keywords and backend=)"
         )
+    for name in ("eps_placement", "variance"):  # a wrong type is a TypeError (docs/api.md), a bad string a ValueError
+        if name in numerics and not isinstance(numerics[name], str):
+            raise TypeError(f"{name}={numerics[name]!r}; expected a string")
     eps_placement = numerics.get("eps_placement", DEFAULT_EPS_PLACEMENT)
     if eps_placement not in EPS_PLACEMENTS:
         raise ValueError(f"eps_placement={eps_placement!r}; expected one of {list(EPS_PLACEMENTS)}")
@@ -92,7 +96,9 @@ def resolve(numerics: dict) -> Numerics:
         raise ValueError(f"variance={variance!r}; expected one of {list(VARIANCE_ALGORITHMS)}")
     accumulate = numerics.get("accumulate", None)
     if accumulate is not None and not isinstance(accumulate, str):
-        accumulate = np.dtype(accumulate).name if isinstance(accumulate, (type, np.dtype)) else accumulate
+        if not isinstance(accumulate, (type, np.dtype)) or isinstance(accumulate, type) and accumulate is bool:
+            raise TypeError(f"accumulate={accumulate!r}; expected None, a string or a NumPy dtype")
+        accumulate = np.dtype(accumulate).name
     if accumulate not in ACCUMULATORS:
         raise ValueError(f"accumulate={accumulate!r}; expected one of {list(ACCUMULATORS)}")
     return Numerics(eps_placement, int(correction), variance, accumulate)

@@ -379,7 +379,7 @@ VARIANTS: dict[str, Variant] = {
         Variant("frozen_batch_norm", "batch", make_frozen, _fwd_frozen, _bwd_frozen, _bytes_frozen_fwd,
                 _bytes_frozen_bwd, shapes=IMAGES, params={"axis": (1, -1)}, uses_numerics=False),
         Variant("local_response_norm", "lrn", make_lrn, _fwd_lrn, _bwd_lrn, _bytes_lrn_fwd, _bytes_lrn_bwd,
-                shapes=((8, 64, 56, 56), (32, 96, 55, 55))),
+                shapes=((8, 64, 56, 56), (32, 96, 55, 55)), uses_numerics=False),
         Variant("fused_add_norm", "fused", make_fused, _fwd_fused, _bwd_fused, _bytes_fused_fwd, _bytes_fused_bwd,
                 shapes=ROWS, params={"norm": ("layer", "rms")}),
     )

@@ -197,6 +197,18 @@ def test_unknown_backend_and_options(x4):
         nb.layer_norm_forward(x4, 3, variance_algo="welford")
     with pytest.raises(TypeError, match="correction"):  # FrozenBN computes no statistics: no numerics options
         nb.frozen_batch_norm_forward(x4, np.ones(4), np.ones(4), np.ones(4), np.ones(4), correction=1)
+    # nor LRN (design.md's signature): its options were accepted, ignored by cpu and reference, and cuda alone
+    # took accumulate=
+    for kw in (dict(accumulate="float32"), dict(eps_placement="outside"), dict(variance="naive")):
+        with pytest.raises(TypeError, match=next(iter(kw))):
+            nb.local_response_norm_forward(x4, 3, **kw)
+        with pytest.raises(TypeError, match=next(iter(kw))):
+            nb.local_response_norm_backward(x4, x4, x4, x4, 3, **kw)
+    # a value of the wrong type is a TypeError naming the option (it was a ValueError for these)
+    for kw in (dict(eps_placement=None), dict(eps_placement=0), dict(variance=None), dict(accumulate=True),
+               dict(accumulate=32)):
+        with pytest.raises(TypeError, match=next(iter(kw))):
+            nb.layer_norm_forward(x4, 3, **kw)
     with pytest.raises(ValueError, match="eps_placement='middle'"):
         nb.layer_norm_forward(x4, 3, eps_placement="middle")
     with pytest.raises(ValueError, match="variance='kahan'"):

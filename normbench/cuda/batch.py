@@ -36,7 +36,9 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, *, training, 
 
 def batch_norm_backward(dy, x, weight, bias, save_mean, save_invstd, *, training, eps, axis, opts, dx_out=None):
     host = on_host(dy)
-    ks = ch.kernels(opts.accumulator(dy.dtype).name)
+    # float64 whatever ``accumulate`` says, as the CPU's channel backward (docs/cpu-channel.md): the option
+    # governs the forward's statistics; with float32 sums cuda's dx differed from cpu's by 7e-6 on float64 data
+    ks = ch.kernels("float64")
     g = ch.geometry(x.shape, axis)
     dx = ch.out_array(dx_out, dy, host, "dx_out")
     dw, db = ch.backward(ks, flat(to_device(dy, "dy")), flat(to_device(x, "x")), g,
