@@ -461,10 +461,5 @@ def backward(ks, dyd, xd, g, mean, rstd, weight, want_w, want_b, training, opts,
     return dw, dbias
 
 
-def device_inputs(x, dtype=None, **named):
-    """Flat device arrays for x and the named optional arrays (None stays None)."""
-    return [flat(to_device(a, k, dtype)) if a is not None else None for k, a in named.items()]
-
-
 def out_array(out, x, host, name="out"):
     return output(out, x.shape, x.dtype, host, name)

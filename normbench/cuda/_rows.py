@@ -225,9 +225,8 @@ def rows_forward(x, D, weight, bias, *, eps, opts, center, out=None, residual=No
         src = flat(xd)
         if fused:  # the forward below reads the unrounded sum (float64), not the stored h
             src = empty(x.size, np.float64)
-            tpb = _block()
-            launch(ks, "residual_add", min(-(-x.size // tpb), config.MAX_GRID), tpb, flat(xd),
-                   flat(to_device(residual, "residual")), float(alpha), flat(h), src)
+            launch(ks, "residual_add", *_grid(x.size), flat(xd), flat(to_device(residual, "residual")),
+                   float(alpha), flat(h), src)
         launch(ks, "forward", min(R, config.MAX_GRID), _block(D), src, flat(wd) if wd is not None else none,
                wd is not None, flat(bd) if bd is not None else none, bd is not None, D, center, opts.variance_code,
                opts.correction, float(eps), opts.eps_code, flat(y), mean, rstd)

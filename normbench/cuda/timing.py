@@ -20,8 +20,6 @@ def skip_reason() -> str | None:
     if simulator():
         return "CUDA simulator active (NUMBA_ENABLE_CUDASIM=1): GPU timings would be meaningless"
     try:
-        from numba import cuda
-
         if cuda.is_available():
             return None
     except Exception as err:  # a broken driver install counts as no GPU
@@ -38,8 +36,6 @@ def gpu_name() -> str | None:
     without a GPU."""
     if not available():
         return None
-    from numba import cuda
-
     dev = cuda.get_current_device()
     name = dev.name.decode() if isinstance(dev.name, bytes) else str(dev.name)
     major, minor = dev.compute_capability
@@ -52,8 +48,6 @@ def machine_info() -> dict:
 
 
 def synchronize() -> None:
-    from numba import cuda
-
     cuda.synchronize()
 
 
@@ -86,7 +80,6 @@ def device_copies(nbytes: int) -> tuple:
     PyTorch's ``copy_``).  The candidates: that memcpy, a numba grid-stride copy kernel moving 16-byte words, and
     PyTorch's ``copy_`` where a CUDA build of PyTorch is installed."""
     import numpy as np
-    from numba import cuda
 
     n = max(1, int(nbytes) // 2 // 4)
     a = cuda.to_device(np.ones(n, dtype=np.float32))
