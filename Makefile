@@ -30,16 +30,22 @@ compare: venv
 
 # asv history over a few of the project's commits, on two machine profiles of this box (all threads, and one
 # thread), then the HTML site. ASV_RANGE / ASV_BENCH / ASV_STEPS select what runs (see docs/benchmarking.md).
+# The machine names come from normbench.machine (host name and LLVM CPU: this box's hardware changes between
+# sessions); `?=` defines them recursively (not `:=`), so python runs only in the asv recipe, once the venv exists.
 ASV := $(VENV)/bin/asv
-ASV_MACHINE ?= xeon-2vcpu-24g-numba2t
-ASV_MACHINE_1T ?= xeon-2vcpu-24g-numba1t
+ASV_MACHINE ?= $(shell $(PY) -m normbench.machine tag)-numba2t
+ASV_MACHINE_1T ?= $(shell $(PY) -m normbench.machine tag)-numba1t
+ASV_MACHINE_INFO = --num_cpu $$(nproc) --ram "$$($(PY) -m normbench.machine ram)" \
+	--os "$$($(PY) -m normbench.machine os)"
 ASV_RANGE ?= 03cbe2b^..HEAD
 ASV_STEPS ?= 4
 ASV_BENCH ?= -b "track_numba_threads|track_copy_gbps" -b "\('layer_norm/16384x2048/float32', 'cpu'\)" \
 	-b "\('batch_norm/64x128x56x56/float32/axis=-1,training=True', 'cpu'\)"
 asv: venv
-	$(ASV) machine --yes --machine $(ASV_MACHINE) --num_cpu $$(nproc) >/dev/null
-	$(ASV) machine --yes --machine $(ASV_MACHINE_1T) --num_cpu $$(nproc) >/dev/null
+	$(ASV) machine --yes --machine $(ASV_MACHINE) $(ASV_MACHINE_INFO) \
+		--cpu "$$($(PY) -m normbench.machine describe)" >/dev/null
+	$(ASV) machine --yes --machine $(ASV_MACHINE_1T) $(ASV_MACHINE_INFO) \
+		--cpu "$$($(PY) -m normbench.machine describe), NUMBA_NUM_THREADS=1" >/dev/null
 	$(ASV) run "$(ASV_RANGE)" --steps $(ASV_STEPS) --machine $(ASV_MACHINE) $(ASV_BENCH) --skip-existing-successful
 	NUMBA_NUM_THREADS=1 OMP_NUM_THREADS=1 $(ASV) run "$(ASV_RANGE)" --steps $(ASV_STEPS) \
 		--machine $(ASV_MACHINE_1T) $(ASV_BENCH) --skip-existing-successful

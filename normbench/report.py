@@ -219,7 +219,9 @@ def load_pytest_benchmark(path) -> pd.DataFrame:
     df["datetime"] = str(doc.get("datetime", ""))  # ISO time of the run: the newest per machine is reported
     info = doc.get("machine_info") if isinstance(doc.get("machine_info"), dict) else {}
     nb = info.get("normbench") if isinstance(info.get("normbench"), dict) else {}
-    df["machine"] = f"{info.get('node') or nb.get('node') or '?'}-{nb.get('numba_threads', '?')}t"
+    # normbench.machine.tag(); older saves have none and are labelled by host name
+    tag = nb.get("machine") or info.get("node") or nb.get("node") or "?"
+    df["machine"] = f"{tag}-{nb.get('numba_threads', '?')}t"
     return df
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from normbench import bandwidth, registry
+from normbench import bandwidth, machine, registry
 from normbench.benchmarks import _harness
 from normbench.benchmarks import cases as _cases
 from normbench.cli import MANY, backend_error, output_dir_error, unique
@@ -221,9 +221,9 @@ def code_version() -> dict | None:
 def machine_info() -> dict:
     import numba
 
+    cpu = machine.cpu_info()  # model, LLVM target, caches: the CI machine's hardware changes between sessions
     info = {
-        "machine": os.environ.get("NORMBENCH_MACHINE") or platform.node() or "unknown",
-        "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+        "machine": machine.tag(), "cpu": cpu["cpu_model"], **cpu, "cpu_count": os.cpu_count(),
         "numba_threads": numba.get_num_threads(), "numba": numba.__version__, "numpy": np.__version__,
         "python": platform.python_version(),
         # False: every fresh output of 32 MiB or more cost the peers page faults (not glibc: see bandwidth.py)

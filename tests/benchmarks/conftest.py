@@ -20,16 +20,17 @@ def pytest_configure(config):
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
-    """numba / llvm versions, thread counts and GPU, so saved runs say what they ran on."""
+    """Machine tag, CPU model, LLVM target and caches, numba / llvm versions, thread counts and GPU, so saved runs
+    say what they ran on."""
     import llvmlite
     import llvmlite.binding
     import numba
     import numpy
 
-    from normbench import bandwidth
+    from normbench import bandwidth, machine
 
-    nb = {"numba": numba.__version__, "llvmlite": llvmlite.__version__,
-          "llvm": ".".join(map(str, llvmlite.binding.llvm_version_info)),
+    nb = {"machine": machine.tag(), **machine.cpu_info(), "numba": numba.__version__,
+          "llvmlite": llvmlite.__version__, "llvm": ".".join(map(str, llvmlite.binding.llvm_version_info)),
           "numba_threads": numba.get_num_threads(), "numpy": numpy.__version__,
           "NUMBA_NUM_THREADS": os.environ.get("NUMBA_NUM_THREADS"), "node": platform.node(),
           "freed_memory_reused": bandwidth.freed_memory_reused()}
