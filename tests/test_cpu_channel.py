@@ -287,12 +287,39 @@ def test_channels_last_gangs_of_row_tiles(rng, two_threads_or_serial, offset):
     assert units(y, yr, -1, dtype) <= 4
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("llc", (0, 1 << 40))
+def test_column_sweep_from_memory_and_from_cache(rng, monkeypatch, two_threads_or_serial, dtype, llc):
+    """The channels-last statistics sweep has two forms, picked by whether the data would come from cache
+    (_moments.FOURS: four rows at a time, or one): LLC_BYTES = 0 makes every call take the memory form, a huge one
+    the cache form.  Each, on 105 rows (26 fours and one row left): float32 standard and offset channels within
+    the issue's 4 units of the float64 reference (y, dx, running statistics); float64 standard channels within 16
+    (float64 channels far from zero lose digits in the merged means: docs/cpu-channel.md)."""
+    monkeypatch.setattr(_channel, "LLC_BYTES", llc)
+    assert _channel.from_cache(1) == bool(llc)
+    tol = 4 if dtype == np.float32 else 16
+    for offset in (0.0, 1e4) if dtype == np.float32 else (0.0,):
+        x = (rng.standard_normal((3, 5, 7, 13)) * 2 + offset).astype(dtype)
+        dy = rng.standard_normal(x.shape).astype(dtype)
+        w, b = affine(rng, 13, dtype)
+        rm, rv = np.zeros(13, dtype), np.ones(13, dtype)
+        rm_ref, rv_ref = rm.copy(), rv.copy()
+        y, m, r = nb.batch_norm_forward(x, w, b, rm, rv, training=True, axis=-1, backend="cpu")
+        yr, mr, rr = nb.batch_norm_forward(x, w, b, rm_ref, rv_ref, training=True, axis=-1, backend="reference")
+        assert units(y, yr, -1, dtype) <= tol
+        close(rm, rm_ref, dtype, tol)
+        close(rv, rv_ref, dtype, tol)
+        dx = nb.batch_norm_backward(dy, x, w, b, m, r, training=True, axis=-1, backend="cpu")[0]
+        dxr = nb.batch_norm_backward(dy, x, w, b, mr, rr, training=True, axis=-1, backend="reference")[0]
+        close(dx, dxr, dtype, tol, scale=dx_scale(dxr, dy, rr, w))
+
+
 @pytest.mark.parametrize("C", (16, 20, 1024, 1500))  # K = TILE // C rows a tile: 64, 51, 1 and 1
 def test_tiled_loops_against_numpy(rng, C):
     """The channels-last forward's tiled loops alone, on blocks of fewer rows than a gang, exactly a gang, and a
     gang plus a tile plus one row: _tiled_sums' shifted column sums and sums of squares (summed over the tiles),
     _normalize_rows_loop's y, and _normalize_and_sum doing both at once, against NumPy in float64."""
-    K = int(_channel._tile_rows(C))
+    K = int(_channel._tile_rows(C, _channel.TILE))
     for R in (3, _channel.GANG * K - 1, _channel.GANG * K, _channel.GANG * K + K + 1):
         x = rng.standard_normal((R, C)).astype(np.float32)
         xn = (rng.standard_normal((R, C)) + 5).astype(np.float32)

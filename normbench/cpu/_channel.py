@@ -37,6 +37,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from .. import machine
 from . import _stream
 from ._moments import FAST, JIT, SHIFTED, chan_merge, column_moments, range_moments, rstd_from_m2, shift3
 from ._stream import _put
@@ -469,14 +470,19 @@ def _normalize_rows(x2, y2, r0, r1, mc, sc, sh, nt):
 #: values per tile of rows in the channels-last output loops: per-column coefficient vectors are repeated this
 #: long so that short rows (C = 64: 64 values) run as one long vectorised loop per tile instead of one short
 #: loop per row (GN (8,56,56,64) forward's write sweep, one core: 53 -> 45 us a block; 10 to 20% on the
-#: backward's); results are the same to the bit (the same formula per value)
+#: backward's); results are the same to the bit (the same formula per value).  The backward's loops, which read
+#: five or more tiled float64 vectors, take half tiles (:data:`HALF_TILE`).
 TILE = 1024
+#: tiles of the loops reading five or more tiled vectors (dx: w, rstd, mean, mean(dxhat), k), which full tiles
+#: (40 KiB and more) put out of a 32 KiB L1d: the EPYC's (Zen 4) dx sweep over (200704, 128) rows ran at 0.82 ns
+#: a value from memory on one core with 8-row tiles, 0.46-0.53 with 2-4 rows (512 values: 4)
+HALF_TILE = TILE // 2
 
 
 @njit(**_SEQ)
-def _tile_rows(C):
-    """Rows per tile for rows of C values: at least one."""
-    return max(1, TILE // C)
+def _tile_rows(C, tile):
+    """Rows per tile of ``tile`` values for rows of C values: at least one."""
+    return max(1, tile // C)
 
 
 @njit(**_SEQ)
@@ -540,7 +546,7 @@ def _add_sums1(v, i, tt, ss, ss2):
 @njit(**_SEQ)
 def _normalize_rows_loop(x2, y2, r0, r1, mc, sc, sh, nt):
     C = x2.shape[1]
-    K = _tile_rows(C)
+    K = _tile_rows(C, TILE)
     tm, ts, th = _tiled(mc, K), _tiled(sc, K), _tiled(sh, K)
     xf = x2[r0:r1].reshape(-1)
     yf = y2[r0:r1].reshape(-1)
@@ -560,12 +566,13 @@ def _normalize_rows_loop(x2, y2, r0, r1, mc, sc, sh, nt):
 
 
 @njit(**_PAR)
-def cl_forward_fused(x3, y3, Cg, w, b, algo, acc64, correction, eps, eps_code, gmean, gm2, grstd, write_y, nt):
+def cl_forward_fused(x3, y3, Cg, w, b, algo, acc64, fours, correction, eps, eps_code, gmean, gm2, grstd, write_y,
+                     nt):
     B, R, C = x3.shape
     for bb in prange(B):
         cm = np.empty(C)
         cq = np.empty(C)
-        _column_stats(x3[bb], 0, R, algo, acc64, cm, cq)
+        _column_stats(x3[bb], 0, R, algo, acc64, fours, cm, cq)
         _group_stats(cm, cq, R, Cg, correction, eps, eps_code, gmean[bb], gm2[bb], grstd[bb])
         if write_y:
             sc = np.empty(C)
@@ -669,7 +676,7 @@ def cl_forward_pipelined(x3, y3, Cg, w, b, correction, eps, eps_code, gmean, gm2
     K-row tiles of accumulators, in the same order for every block whatever the thread count."""
     B, R, C = x3.shape
     nch = min(B, T)
-    K = _tile_rows(C)
+    K = _tile_rows(C, TILE)
     for t in prange(nch):
         b0 = t * B // nch
         b1 = (t + 1) * B // nch
@@ -696,23 +703,23 @@ def cl_forward_pipelined(x3, y3, Cg, w, b, correction, eps, eps_code, gmean, gm2
 
 
 @njit(**_SEQ)
-def _column_stats(x2, r0, r1, algo, acc64, cm, cq):
+def _column_stats(x2, r0, r1, algo, acc64, fours, cm, cq):
     C = x2.shape[1]
     work32 = np.empty((3, C), np.float32)
     work64 = np.empty((3, C), np.float64)
-    column_moments(x2, r0, r1, algo, acc64, cm, cq, work32, work64)
+    column_moments(x2, r0, r1, algo, acc64, fours, cm, cq, work32, work64)
 
 
 @njit(**_PAR)
-def cl_forward_split(x3, y3, Cg, w, b, P, algo, acc64, correction, eps, eps_code, gmean, gm2, grstd, write_y,
-                     nt):
+def cl_forward_split(x3, y3, Cg, w, b, P, algo, acc64, fours, correction, eps, eps_code, gmean, gm2, grstd,
+                     write_y, nt):
     B, R, C = x3.shape
     pm = np.empty((B * P, C))
     pq = np.empty((B * P, C))
     for t in prange(B * P):
         bb = t // P
         p = t - bb * P
-        _column_stats(x3[bb], p * R // P, (p + 1) * R // P, algo, acc64, pm[t], pq[t])
+        _column_stats(x3[bb], p * R // P, (p + 1) * R // P, algo, acc64, fours, pm[t], pq[t])
     cm = np.empty((B, C))
     cq = np.empty((B, C))
     for bb in range(B):
@@ -737,6 +744,11 @@ def cl_forward_split(x3, y3, Cg, w, b, P, algo, acc64, correction, eps, eps_code
             _normalize_rows(x3[bb], y3[bb], p * R // P, (p + 1) * R // P, mc, sc, sh, nt)
 
 
+# ROWS_NOTE: the backward's column sweeps (these sums, _column_sums_dx) take one row per sweep over the columns.
+# Four rows per sweep (a quarter of the accumulator loads and stores) were faster on the Xeon, whose L3 held every
+# working set; on the EPYC (Zen 4, 32 MiB L3), two threads, they read memory at half speed (batch norm (64, 128, 56,
+# 56) channels-last: the training backward's sums over 196 MiB took 10.3 ms in fours, 4.7 ms in ones) and were no
+# faster from cache (eval backward (8, 64, 56, 56) 1.65x faster in ones).  The forward's moments choose (FOURS).
 @njit(**_SEQ)
 def _column_sums(dy2, x2, r0, r1, mc, sdy, sdyxc):
     """Per-column sum(dy) and sum(dy*(x - mc)) over rows r0:r1, float64, written to sdy/sdyxc."""
@@ -746,20 +758,7 @@ def _column_sums(dy2, x2, r0, r1, mc, sdy, sdyxc):
         sdyxc[c] = 0.0
     dy2 = dy2[r0:r1]
     x2 = x2[r0:r1]
-    n = r1 - r0
-    r = 0
-    while r + 4 <= n:  # four rows per sweep: a quarter of the accumulator loads and stores
-        for c in range(C):
-            g0 = np.float64(dy2[r, c])
-            g1 = np.float64(dy2[r + 1, c])
-            g2 = np.float64(dy2[r + 2, c])
-            g3 = np.float64(dy2[r + 3, c])
-            m = mc[c]
-            sdy[c] += (g0 + g1) + (g2 + g3)
-            sdyxc[c] += (g0 * (x2[r, c] - m) + g1 * (x2[r + 1, c] - m)) + (g2 * (x2[r + 2, c] - m)
-                                                                            + g3 * (x2[r + 3, c] - m))
-        r += 4
-    for r in range(r, n):
+    for r in range(r1 - r0):  # one row per sweep (ROWS_NOTE)
         for c in range(C):
             g = np.float64(dy2[r, c])
             sdy[c] += g
@@ -789,7 +788,7 @@ def _group_coeffs(sdy, sdyxc, gmean, grstd, Cg, w, rows, train, correction, eps,
 def _dx_rows(dy2, x2, dx2, r0, r1, w, mc, rc, mdx, k, train, nt):
     """Rows r0:r1 of dx, as :func:`_dx_range` with per-column coefficients."""
     C = x2.shape[1]
-    K = _tile_rows(C)  # tiles of K rows, as _normalize_rows_loop
+    K = _tile_rows(C, HALF_TILE)  # tiles of K rows, as _normalize_rows_loop
     tw, tr, tm = _tiled(w, K), _tiled(rc, K), _tiled(mc, K)
     tmdx, tk = _tiled(mdx, K), _tiled(k, K)
     dyf = dy2[r0:r1].reshape(-1)
@@ -826,29 +825,7 @@ def _column_sums_dx(dy2, x2, dx2, r0, r1, w, mc, rc, sdy, sdyxc, nt):
     dy2 = dy2[r0:r1]
     x2 = x2[r0:r1]
     dxf = dx2[r0:r1].reshape(-1)
-    n = r1 - r0
-    r = 0
-    while r + 4 <= n:  # four rows per sweep, as _column_sums; dx through 1-D row views (streamable)
-        d0 = dxf[r * C:(r + 1) * C]
-        d1 = dxf[(r + 1) * C:(r + 2) * C]
-        d2 = dxf[(r + 2) * C:(r + 3) * C]
-        d3 = dxf[(r + 3) * C:(r + 4) * C]
-        for c in range(0, C):
-            g0 = np.float64(dy2[r, c])
-            g1 = np.float64(dy2[r + 1, c])
-            g2 = np.float64(dy2[r + 2, c])
-            g3 = np.float64(dy2[r + 3, c])
-            m = mc[c]
-            f = rc[c] * w[c]
-            sdy[c] += (g0 + g1) + (g2 + g3)
-            sdyxc[c] += (g0 * (x2[r, c] - m) + g1 * (x2[r + 1, c] - m)) + (g2 * (x2[r + 2, c] - m)
-                                                                            + g3 * (x2[r + 3, c] - m))
-            _put(d0, c, f * g0, nt)
-            _put(d1, c, f * g1, nt)
-            _put(d2, c, f * g2, nt)
-            _put(d3, c, f * g3, nt)
-        r += 4
-    for r in range(r, n):
+    for r in range(r1 - r0):  # one row per sweep (ROWS_NOTE); dx through 1-D row views (streamable)
         d = dxf[r * C:(r + 1) * C]
         for c in range(0, C):
             g = np.float64(dy2[r, c])
@@ -925,7 +902,7 @@ def cl_backward_pipelined(dy3, x3, dx3, Cg, w, gmean, grstd, correction, eps, ep
     (from memory)."""
     B, R, C = x3.shape
     nch = min(B, T)
-    K = max(1, (TILE // 2) // C)  # eight tiled vectors here: half the forward's tile keeps them in L1
+    K = _tile_rows(C, HALF_TILE)  # eight tiled vectors
     for t in prange(nch):
         b0 = t * B // nch
         b1 = (t + 1) * B // nch
@@ -1047,7 +1024,7 @@ def affine_cf(xf, yf, C, S, center, scale, shift, nt):
 @njit(**_SEQ)
 def _affine_rows(x2, y2, r0, r1, center, scale, shift, nt):
     C = x2.shape[1]
-    K = _tile_rows(C)  # tiles of K rows, as _normalize_rows_loop
+    K = _tile_rows(C, TILE)  # tiles of K rows, as _normalize_rows_loop
     ts, th = _tiled(scale, K), _tiled(shift, K)
     tc = None if center is None else _tiled(center, K)
     xf = x2[r0:r1].reshape(-1)
@@ -1186,6 +1163,16 @@ def _chunks(lay, T):
     return max(1, min(lay.R, -(-T // lay.B)))
 
 
+#: the last-level cache's bytes (sysfs; 32 MiB where unknown)
+LLC_BYTES = machine.caches().get("l3_kib", 32 * 1024) * 1024
+
+
+def from_cache(nbytes):
+    """Whether a sweep reading ``nbytes`` (called on the same data again, as in training and benchmarks) finds them
+    in cache: at most half the last-level cache.  Picks the column sweep's form (FOURS in :mod:`._moments`)."""
+    return nbytes <= LLC_BYTES // 2
+
+
 def _nt(out, lay):
     """Whether the sweep writing ``out`` takes streaming stores: every segment it writes (a channels-first run of S
     values, a channels-last row of ``cols``) starts on a 64-byte line (:func:`._stream.streamable`; read at call
@@ -1227,12 +1214,14 @@ def forward_stats(x, y, lay, weight, bias, opts, eps, write_y=True):
     mean, m2, rstd = np.empty((lay.B, G)), np.empty((lay.B, G)), np.empty((lay.B, G))
     if lay.B >= T and write_y and algo == SHIFTED and acc64:  # the defaults
         _pick(cl_forward_pipelined, serial)(x3, y3, lay.Cg, w, b, corr, float(eps), ec, mean, m2, rstd, nt, T)
-    elif lay.B >= T:
-        _pick(cl_forward_fused, serial)(x3, y3, lay.Cg, w, b, algo, acc64, corr, float(eps), ec, mean, m2, rstd,
-                                        int(write_y), nt)
+        return mean, m2, rstd
+    fours = int(from_cache(x.nbytes))
+    if lay.B >= T:
+        _pick(cl_forward_fused, serial)(x3, y3, lay.Cg, w, b, algo, acc64, fours, corr, float(eps), ec, mean, m2,
+                                        rstd, int(write_y), nt)
     else:
-        cl_forward_split(x3, y3, lay.Cg, w, b, _chunks(lay, T), algo, acc64, corr, float(eps), ec, mean, m2, rstd,
-                         int(write_y), nt)
+        cl_forward_split(x3, y3, lay.Cg, w, b, _chunks(lay, T), algo, acc64, fours, corr, float(eps), ec, mean, m2,
+                         rstd, int(write_y), nt)
     return mean, m2, rstd
 
 

@@ -213,7 +213,7 @@ def chan_merge(na, mean_a, m2_a, nb, mean_b, m2_b):
 
 def _make_column_moments(acc):
     @njit(**FAST)
-    def column_moments(x, r0, r1, algo, mean_out, m2_out, work):
+    def column_moments(x, r0, r1, algo, fours, mean_out, m2_out, work):
         """Per-column (mean, m2) of rows ``r0:r1`` of the 2-D C-contiguous ``x`` (rows x C), vectorised over
         C: written to ``mean_out``/``m2_out`` (float64, length C). ``work`` is a (3, C) scratch of ``acc``."""
         C = x.shape[1]
@@ -298,7 +298,7 @@ def _make_column_moments(acc):
         for c in range(C):
             t[c] = acc(shift3(acc(x[r0, c]), acc(x[r0 + n // 2, c]), acc(x[r1 - 1, c])))
         r = 0
-        while r + 4 <= n:  # four rows per sweep: a quarter of the accumulator loads and stores
+        while fours and r + 4 <= n:  # four rows per sweep: a quarter of the accumulator loads and stores (FOURS)
             for c in range(C):
                 d0 = acc(x[r, c]) - t[c]
                 d1 = acc(x[r + 1, c]) - t[c]
@@ -326,14 +326,21 @@ column_moments_acc32 = _make_column_moments(np.float32)
 column_moments_acc64 = _make_column_moments(np.float64)
 
 
+#: FOURS: the shifted column sweep takes four rows at a time (``fours``) where its rows come from cache, one where
+#: they stream from memory (:func:`normbench.cpu._channel.from_cache` decides).  One core pair of the EPYC (Zen 4),
+#: ns a value: 6 MiB in L3, fours 0.074-0.080 against ones 0.110-0.130; 98 MiB from memory with C >= 96, fours
+#: 0.23-0.36 against ones 0.19-0.21 (C = 64: 0.14 against 0.18).  The Xeon's L3 held every working set; fours were
+#: chosen there.  The sums are the same sums in another order (last bits).
+
+
 @njit(**FAST)
-def column_moments(x, r0, r1, algo, acc64, mean_out, m2_out, work32, work64):
+def column_moments(x, r0, r1, algo, acc64, fours, mean_out, m2_out, work32, work64):
     """Per-column (mean, m2) of rows ``r0:r1`` of ``x`` with the accumulator chosen at run time: ``work32`` and
-    ``work64`` are (3, C) float32 / float64 scratch arrays (only the chosen one is touched)."""
+    ``work64`` are (3, C) float32 / float64 scratch arrays (only the chosen one is touched); ``fours``: see FOURS."""
     if acc64:
-        column_moments_acc64(x, r0, r1, algo, mean_out, m2_out, work64)
+        column_moments_acc64(x, r0, r1, algo, fours, mean_out, m2_out, work64)
     else:
-        column_moments_acc32(x, r0, r1, algo, mean_out, m2_out, work32)
+        column_moments_acc32(x, r0, r1, algo, fours, mean_out, m2_out, work32)
 
 
 @njit(**JIT)
