@@ -314,6 +314,28 @@ def test_column_sweep_from_memory_and_from_cache(rng, monkeypatch, two_threads_o
         close(dx, dxr, dtype, tol, scale=dx_scale(dxr, dy, rr, w))
 
 
+@pytest.mark.parametrize("offset", (0.0, 1e4))
+def test_channels_last_backward_pipelined_or_not(rng, monkeypatch, two_threads_or_serial, offset):
+    """The channels-last training backward (group and instance norm, a block per sample) runs pipelined or block
+    by block, by machine (_channel.PIPE_BACKWARD).  Both, float32, five samples of 40 rows of C = 24 (threads
+    taking runs of blocks): dx within the issue's 4 units of the float64 reference, and the same to the bit (the
+    same sums in the same order), as are dweight and dbias."""
+    x = (rng.standard_normal((5, 5, 8, 24)) * 3 + offset).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    w, b = affine(rng, 24, np.float32)
+    for G in (4, 24):
+        y, m, r = nb.group_norm_forward(x, G, w, b, axis=-1, backend="cpu")
+        yr, mr, rr = nb.group_norm_forward(x, G, w, b, axis=-1, backend="reference")
+        dxr = nb.group_norm_backward(dy, x, G, mr, rr, w, b, axis=-1, backend="reference")[0]
+        got = {}
+        for pipe in (True, False):
+            monkeypatch.setattr(_channel, "PIPE_BACKWARD", pipe)
+            got[pipe] = nb.group_norm_backward(dy, x, G, m, r, w, b, axis=-1, backend="cpu")
+            close(got[pipe][0], dxr, np.float32, 4, scale=dx_scale(dxr, dy, rr, w))
+        for a, c in zip(got[True], got[False]):
+            np.testing.assert_array_equal(a, c)
+
+
 @pytest.mark.parametrize("C", (16, 20, 1024, 1500))  # K = TILE // C rows a tile: 64, 51, 1 and 1
 def test_tiled_loops_against_numpy(rng, C):
     """The channels-last forward's tiled loops alone, on blocks of fewer rows than a gang, exactly a gang, and a

@@ -896,10 +896,11 @@ def _dx_and_sums(dy2, x2, dx2, dyn, xn, K, tw, tr, tm, tmdx, tk, tmn, ta, tc, nt
 
 
 @njit(**_PAR)
-def cl_backward_pipelined(dy3, x3, dx3, Cg, w, gmean, grstd, correction, eps, eps_code, sdy, sdyxc, nt, T):
-    """The training backward (one block per group-norm sample), software-pipelined as :func:`cl_forward_pipelined`:
-    each thread takes a run of blocks, and the sweep writing block bb's dx (from cache) also sums block bb + 1
-    (from memory)."""
+def cl_backward_pipelined(dy3, x3, dx3, Cg, w, gmean, grstd, correction, eps, eps_code, sdy, sdyxc, nt, T, pipe):
+    """The training backward (one block per group-norm sample), each thread taking a run of blocks.  With ``pipe``,
+    software-pipelined as :func:`cl_forward_pipelined`: the sweep writing block bb's dx (from cache) also sums
+    block bb + 1 (from memory); without, a block's sums, then its dx (PIPE_BACKWARD).  The sums are the same
+    either way (the same tiles, in the same order)."""
     B, R, C = x3.shape
     nch = min(B, T)
     K = _tile_rows(C, HALF_TILE)  # eight tiled vectors
@@ -917,15 +918,18 @@ def cl_backward_pipelined(dy3, x3, dx3, Cg, w, gmean, grstd, correction, eps, ep
         _expand(gmean[b0], Cg, mn)
         _tiled_grad_sums(dy3[b0], x3[b0], K, _tiled(mn, K), ta, tc)
         for bb in range(b0, b1):
+            if bb > b0 and not pipe:
+                _expand(gmean[bb], Cg, mn)
+                _tiled_grad_sums(dy3[bb], x3[bb], K, _tiled(mn, K), ta, tc)
             _untile(ta, tc, sdy[bb], sdyxc[bb])
             _group_coeffs(sdy[bb], sdyxc[bb], gmean[bb], grstd[bb], Cg, w, R, 1, correction, eps, eps_code,
                           mc, rc, mdx, k)
-            if bb + 1 == b1:
+            if bb + 1 == b1 or not pipe:
                 if nt:  # a literal each way (see the note above _yv)
                     _dx_rows(dy3[bb], x3[bb], dx3[bb], 0, R, w, mc, rc, mdx, k, 1, True)
                 else:
                     _dx_rows(dy3[bb], x3[bb], dx3[bb], 0, R, w, mc, rc, mdx, k, 1, False)
-                break
+                continue
             _expand(gmean[bb + 1], Cg, mn)
             tr, tm, tmdx, tk, tmn = _tiled(rc, K), _tiled(mc, K), _tiled(mdx, K), _tiled(k, K), _tiled(mn, K)
             if nt:
@@ -1163,6 +1167,11 @@ def _chunks(lay, T):
     return max(1, min(lay.R, -(-T // lay.B)))
 
 
+#: whether the channels-last training backward is software-pipelined (cl_backward_pipelined): on the Xeon (48 KiB L1d)
+#: it was faster, 2 threads (128, 28, 28, 256) 28 -> 22 ms; on the EPYC (Zen 4, 32 KiB L1d) its combined sweep (8
+#: tiled vectors, 5 streams) ran at 1.5-2.0 ns a value on one core, against 0.3-0.5 + 0.5 for a block's sums from
+#: memory then its dx from cache.  The boundary between the two is a guess (only these two machines were measured).
+PIPE_BACKWARD = machine.caches().get("l1d_kib", 32) >= 48
 #: the last-level cache's bytes (sysfs; 32 MiB where unknown)
 LLC_BYTES = machine.caches().get("l3_kib", 32 * 1024) * 1024
 
@@ -1255,7 +1264,7 @@ def backward_sums(dy, x, dx, lay, weight, mean, rstd, train, opts, eps):
     if lay.B >= T and train:
         # pipelined: the sweep writing a block's dx also streams the next block in (2 threads: (128, 28, 28, 256)
         # 28 -> 22 ms; blocks too big for L2, re-read from L3, gain less: 3.2 MB ((64, 56, 56, 128)) and 6.4 MB)
-        _pick(cl_backward_pipelined, serial)(*args, corr, float(eps), ec, sdy, sdyxc, nt, T)
+        _pick(cl_backward_pipelined, serial)(*args, corr, float(eps), ec, sdy, sdyxc, nt, T, int(PIPE_BACKWARD))
     elif lay.B >= T:
         _pick(cl_backward_eval, serial)(*args, sdy, sdyxc, nt)
     else:
