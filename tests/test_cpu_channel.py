@@ -263,13 +263,16 @@ def two_threads_or_serial(schedule, monkeypatch):
         numba.set_num_threads(before)
 
 
+@pytest.mark.parametrize("gang", (True, False))
 @pytest.mark.parametrize("offset", (0.0, 1e4))
-def test_channels_last_gangs_of_row_tiles(rng, two_threads_or_serial, offset):
+def test_channels_last_gangs_of_row_tiles(rng, monkeypatch, two_threads_or_serial, offset, gang):
     """Channels-last blocks of 400 rows of C = 16 (three blocks: the pipelined forward, one or two threads): its
     tiled loops run whole gangs of _channel.GANG tiles of 64 rows, then the remainder (144 rows: two tiles and a
     partial one); batch norm's row chunks too.  Float32, the default options: within the issue's 4 units of the
     float64 reference, standard and offset data, y (and dx, whose sums use these statistics).  Float64 is covered
-    by STREAM_CASES, each loop alone by test_tiled_loops_against_numpy."""
+    by STREAM_CASES, each loop alone by test_tiled_loops_against_numpy.  Gangs or one tile at a time
+    (_channel.WIDE_L1D: by machine)."""
+    monkeypatch.setattr(_channel, "WIDE_L1D", gang)
     dtype = np.float32
     assert _channel.GANG == 4 and _channel.TILE == 1024  # the shapes below were chosen for these
     x = (rng.standard_normal((3, 20, 20, 16)) * 3 + offset).astype(dtype)
@@ -317,7 +320,7 @@ def test_column_sweep_from_memory_and_from_cache(rng, monkeypatch, two_threads_o
 @pytest.mark.parametrize("offset", (0.0, 1e4))
 def test_channels_last_backward_pipelined_or_not(rng, monkeypatch, two_threads_or_serial, offset):
     """The channels-last training backward (group and instance norm, a block per sample) runs pipelined or block
-    by block, by machine (_channel.PIPE_BACKWARD).  Both, float32, five samples of 40 rows of C = 24 (threads
+    by block, by machine (_channel.WIDE_L1D).  Both, float32, five samples of 40 rows of C = 24 (threads
     taking runs of blocks): dx within the issue's 4 units of the float64 reference, and the same to the bit (the
     same sums in the same order), as are dweight and dbias."""
     x = (rng.standard_normal((5, 5, 8, 24)) * 3 + offset).astype(np.float32)
@@ -329,15 +332,16 @@ def test_channels_last_backward_pipelined_or_not(rng, monkeypatch, two_threads_o
         dxr = nb.group_norm_backward(dy, x, G, mr, rr, w, b, axis=-1, backend="reference")[0]
         got = {}
         for pipe in (True, False):
-            monkeypatch.setattr(_channel, "PIPE_BACKWARD", pipe)
+            monkeypatch.setattr(_channel, "WIDE_L1D", pipe)
             got[pipe] = nb.group_norm_backward(dy, x, G, m, r, w, b, axis=-1, backend="cpu")
             close(got[pipe][0], dxr, np.float32, 4, scale=dx_scale(dxr, dy, rr, w))
         for a, c in zip(got[True], got[False]):
             np.testing.assert_array_equal(a, c)
 
 
+@pytest.mark.parametrize("gang", (1, 0))
 @pytest.mark.parametrize("C", (16, 20, 1024, 1500))  # K = TILE // C rows a tile: 64, 51, 1 and 1
-def test_tiled_loops_against_numpy(rng, C):
+def test_tiled_loops_against_numpy(rng, C, gang):
     """The channels-last forward's tiled loops alone, on blocks of fewer rows than a gang, exactly a gang, and a
     gang plus a tile plus one row: _tiled_sums' shifted column sums and sums of squares (summed over the tiles),
     _normalize_rows_loop's y, and _normalize_and_sum doing both at once, against NumPy in float64."""
@@ -355,7 +359,7 @@ def test_tiled_loops_against_numpy(rng, C):
         np.testing.assert_allclose(ss2.reshape(K, C).sum(0), (d * d).sum(0), rtol=1e-12)
         y_ref = ((x.astype(np.float64) - mc) * sc + sh).astype(np.float32)
         y = np.full_like(x, np.nan)
-        _channel._normalize_rows_loop(x, y, 0, R, mc, sc, sh, False)
+        _channel._normalize_rows_loop(x, y, 0, R, mc, sc, sh, False, gang)
         np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=1e-6)
         y2 = np.full_like(x, np.nan)
         tiled = [_channel._tiled(v, K) for v in (mc, sc, sh)]

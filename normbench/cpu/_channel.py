@@ -459,12 +459,12 @@ def _fold(gmean, grstd, Cg, w, b, mc, sc, sh):
 
 
 @njit(**_SEQ)
-def _normalize_rows(x2, y2, r0, r1, mc, sc, sh, nt):
+def _normalize_rows(x2, y2, r0, r1, mc, sc, sh, nt, gang):
     """Rows r0:r1 of y, per-column coefficients; ``nt`` at run time (the literal dispatch is made here once)."""
     if nt:
-        _normalize_rows_loop(x2, y2, r0, r1, mc, sc, sh, True)
+        _normalize_rows_loop(x2, y2, r0, r1, mc, sc, sh, True, gang)
     else:
-        _normalize_rows_loop(x2, y2, r0, r1, mc, sc, sh, False)
+        _normalize_rows_loop(x2, y2, r0, r1, mc, sc, sh, False, gang)
 
 
 #: values per tile of rows in the channels-last output loops: per-column coefficient vectors are repeated this
@@ -544,15 +544,15 @@ def _add_sums1(v, i, tt, ss, ss2):
 
 
 @njit(**_SEQ)
-def _normalize_rows_loop(x2, y2, r0, r1, mc, sc, sh, nt):
+def _normalize_rows_loop(x2, y2, r0, r1, mc, sc, sh, nt, gang):
     C = x2.shape[1]
-    K = _tile_rows(C, TILE)
+    K = _tile_rows(C, TILE if gang else HALF_TILE)
     tm, ts, th = _tiled(mc, K), _tiled(sc, K), _tiled(sh, K)
     xf = x2[r0:r1].reshape(-1)
     yf = y2[r0:r1].reshape(-1)
     n = r1 - r0
     m = K * C
-    g = n - n % (GANG * K)  # rows in whole gangs of tiles
+    g = n - n % (GANG * K) if gang else 0  # rows in whole gangs of tiles
     for r in range(0, g, GANG * K):  # 1-D views of K rows: 2-D indexing measured 10% slower writing to memory
         xs, ys = _gang(xf, r * C, m), _gang(yf, r * C, m)
         for i in range(0, m):
@@ -567,7 +567,7 @@ def _normalize_rows_loop(x2, y2, r0, r1, mc, sc, sh, nt):
 
 @njit(**_PAR)
 def cl_forward_fused(x3, y3, Cg, w, b, algo, acc64, fours, correction, eps, eps_code, gmean, gm2, grstd, write_y,
-                     nt):
+                     nt, gang):
     B, R, C = x3.shape
     for bb in prange(B):
         cm = np.empty(C)
@@ -578,7 +578,7 @@ def cl_forward_fused(x3, y3, Cg, w, b, algo, acc64, fours, correction, eps, eps_
             sc = np.empty(C)
             sh = np.empty(C)
             _fold(gmean[bb], grstd[bb], Cg, w, b, cm, sc, sh)
-            _normalize_rows(x3[bb], y3[bb], 0, R, cm, sc, sh, nt)
+            _normalize_rows(x3[bb], y3[bb], 0, R, cm, sc, sh, nt, gang)
 
 
 @njit(**_SEQ)
@@ -669,7 +669,7 @@ def _normalize_and_sum(x2, y2, xn, K, tm, ts, th, tt, ss, ss2, nt):
 
 
 @njit(**_PAR)
-def cl_forward_pipelined(x3, y3, Cg, w, b, correction, eps, eps_code, gmean, gm2, grstd, nt, T):
+def cl_forward_pipelined(x3, y3, Cg, w, b, correction, eps, eps_code, gmean, gm2, grstd, nt, T, gang):
     """:func:`cl_forward_fused` with the default statistics (shifted, float64 sums), software-pipelined as the
     channels-first and row kernels: each thread takes a run of blocks, and the sweep that writes block bb (from
     cache) also sums block bb + 1 (from memory), so reads and writes are in flight together.  The sums run in
@@ -693,7 +693,7 @@ def cl_forward_pipelined(x3, y3, Cg, w, b, correction, eps, eps_code, gmean, gm2
             _group_stats(cm, cq, R, Cg, correction, eps, eps_code, gmean[bb], gm2[bb], grstd[bb])
             _fold(gmean[bb], grstd[bb], Cg, w, b, cm, sc, sh)
             if bb + 1 == b1:
-                _normalize_rows(x3[bb], y3[bb], 0, R, cm, sc, sh, nt)
+                _normalize_rows(x3[bb], y3[bb], 0, R, cm, sc, sh, nt, gang)
                 break
             tm, ts, th = _tiled(cm, K), _tiled(sc, K), _tiled(sh, K)
             if nt:  # a literal each way (see the note above _yv)
@@ -712,7 +712,7 @@ def _column_stats(x2, r0, r1, algo, acc64, fours, cm, cq):
 
 @njit(**_PAR)
 def cl_forward_split(x3, y3, Cg, w, b, P, algo, acc64, fours, correction, eps, eps_code, gmean, gm2, grstd,
-                     write_y, nt):
+                     write_y, nt, gang):
     B, R, C = x3.shape
     pm = np.empty((B * P, C))
     pq = np.empty((B * P, C))
@@ -741,7 +741,7 @@ def cl_forward_split(x3, y3, Cg, w, b, P, algo, acc64, fours, correction, eps, e
             sc = np.empty(C)
             sh = np.empty(C)
             _fold(gmean[bb], grstd[bb], Cg, w, b, mc, sc, sh)
-            _normalize_rows(x3[bb], y3[bb], p * R // P, (p + 1) * R // P, mc, sc, sh, nt)
+            _normalize_rows(x3[bb], y3[bb], p * R // P, (p + 1) * R // P, mc, sc, sh, nt, gang)
 
 
 # ROWS_NOTE: the backward's column sweeps (these sums, _column_sums_dx) take one row per sweep over the columns.
@@ -899,7 +899,7 @@ def _dx_and_sums(dy2, x2, dx2, dyn, xn, K, tw, tr, tm, tmdx, tk, tmn, ta, tc, nt
 def cl_backward_pipelined(dy3, x3, dx3, Cg, w, gmean, grstd, correction, eps, eps_code, sdy, sdyxc, nt, T, pipe):
     """The training backward (one block per group-norm sample), each thread taking a run of blocks.  With ``pipe``,
     software-pipelined as :func:`cl_forward_pipelined`: the sweep writing block bb's dx (from cache) also sums
-    block bb + 1 (from memory); without, a block's sums, then its dx (PIPE_BACKWARD).  The sums are the same
+    block bb + 1 (from memory); without, a block's sums, then its dx (WIDE_L1D).  The sums are the same
     either way (the same tiles, in the same order)."""
     B, R, C = x3.shape
     nch = min(B, T)
@@ -1167,11 +1167,19 @@ def _chunks(lay, T):
     return max(1, min(lay.R, -(-T // lay.B)))
 
 
-#: whether the channels-last training backward is software-pipelined (cl_backward_pipelined): on the Xeon (48 KiB L1d)
-#: it was faster, 2 threads (128, 28, 28, 256) 28 -> 22 ms; on the EPYC (Zen 4, 32 KiB L1d) its combined sweep (8
-#: tiled vectors, 5 streams) ran at 1.5-2.0 ns a value on one core, against 0.3-0.5 + 0.5 for a block's sums from
-#: memory then its dx from cache.  The boundary between the two is a guess (only these two machines were measured).
-PIPE_BACKWARD = machine.caches().get("l1d_kib", 32) >= 48
+#: WIDE_L1D: two channels-last choices measured on the Xeon (48 KiB L1d) ran slower on the EPYC (Zen 4, 32 KiB L1d),
+#: so they are taken where the L1d holds at least 48 KiB (a proxy: only these two machines were measured):
+#: * the training backward software-pipelined (cl_backward_pipelined): Xeon, 2 threads, (128, 28, 28, 256) 28 ->
+#:   22 ms; EPYC, one core, its combined sweep (8 tiled vectors, 5 streams) 1.5-2.0 ns a value against 0.3-0.5 +
+#:   0.5 for a block's sums from memory, then its dx from cache (group norm (64, 128, 56, 56) backward 1.28x);
+#: * the forward's write sweep taking GANG tiles at a time (_normalize_rows_loop, see GANG): Xeon, one core,
+#:   1.3-1.6x; EPYC, one core, streaming stores to four tiles at once 0.6-0.8 ns a value from cache, against 0.19
+#:   one tile (of HALF_TILE values) at a time (batch norm (64, 128, 56, 56) channels-last forward 1.55x).  The
+#:   pipelined forward's combined sweep keeps its gangs: on the EPYC one tile at a time measured 0.6-1.8 ns a
+#:   value over tile sizes and repeats (the same configuration 0.9 and 1.6), and 0.73x on a whole group norm.
+WIDE_L1D = machine.caches().get("l1d_kib", 32) >= 48
+
+
 #: the last-level cache's bytes (sysfs; 32 MiB where unknown)
 LLC_BYTES = machine.caches().get("l3_kib", 32 * 1024) * 1024
 
@@ -1221,16 +1229,17 @@ def forward_stats(x, y, lay, weight, bias, opts, eps, write_y=True):
     x3, y3 = x.reshape(lay.B, lay.R, lay.cols), y.reshape(lay.B, lay.R, lay.cols)
     G = lay.cols // lay.Cg
     mean, m2, rstd = np.empty((lay.B, G)), np.empty((lay.B, G)), np.empty((lay.B, G))
+    gang = int(WIDE_L1D)
     if lay.B >= T and write_y and algo == SHIFTED and acc64:  # the defaults
-        _pick(cl_forward_pipelined, serial)(x3, y3, lay.Cg, w, b, corr, float(eps), ec, mean, m2, rstd, nt, T)
+        _pick(cl_forward_pipelined, serial)(x3, y3, lay.Cg, w, b, corr, float(eps), ec, mean, m2, rstd, nt, T, gang)
         return mean, m2, rstd
     fours = int(from_cache(x.nbytes))
     if lay.B >= T:
         _pick(cl_forward_fused, serial)(x3, y3, lay.Cg, w, b, algo, acc64, fours, corr, float(eps), ec, mean, m2,
-                                        rstd, int(write_y), nt)
+                                        rstd, int(write_y), nt, gang)
     else:
         cl_forward_split(x3, y3, lay.Cg, w, b, _chunks(lay, T), algo, acc64, fours, corr, float(eps), ec, mean, m2,
-                         rstd, int(write_y), nt)
+                         rstd, int(write_y), nt, gang)
     return mean, m2, rstd
 
 
@@ -1264,7 +1273,7 @@ def backward_sums(dy, x, dx, lay, weight, mean, rstd, train, opts, eps):
     if lay.B >= T and train:
         # pipelined: the sweep writing a block's dx also streams the next block in (2 threads: (128, 28, 28, 256)
         # 28 -> 22 ms; blocks too big for L2, re-read from L3, gain less: 3.2 MB ((64, 56, 56, 128)) and 6.4 MB)
-        _pick(cl_backward_pipelined, serial)(*args, corr, float(eps), ec, sdy, sdyxc, nt, T, int(PIPE_BACKWARD))
+        _pick(cl_backward_pipelined, serial)(*args, corr, float(eps), ec, sdy, sdyxc, nt, T, int(WIDE_L1D))
     elif lay.B >= T:
         _pick(cl_backward_eval, serial)(*args, sdy, sdyxc, nt)
     else:
