@@ -4,9 +4,14 @@ normbench/accuracy/metrics.py) for the headline cells of the accuracy study:
 * each variant's default options on the standard and the offset-1e4 families (y and dx);
 * each variance algorithm and accumulator on offset-1e4 (layer norm, batch norm);
 * each eps placement on the var-close-to-eps family;
-* each correction on batch norm with N = 2.
+* each correction on batch norm with N = 2;
+* every parameter combination of the case matrix (normbench/benchmarks/cases.py: the layouts, evaluation batch
+  norm, fused RMS norm) with the default options, on the same two families (``TrackMatrixParams``).
 
-All on the cpu backend, float32, the sweep's default shapes.  A commit that lacks the accuracy harness, the
+All on the cpu backend, float32, the sweep's default shapes.  An output that is NaN or Inf where the oracle's is
+finite is the worst error there is; it is recorded as :data:`NONFINITE` (1e30 units), as is any error above
+that: asv writes an infinity into its graph files as ``Infinity``, which is not JSON, and the published graph of
+that benchmark would then not load at all.  A commit that lacks the accuracy harness, the
 variant, the cpu kernel or an option raises NotImplementedError (asv then records the cell as skipped); any
 other error of a kernel fails the benchmark, as a crash should.
 """
@@ -15,10 +20,13 @@ import numpy as np
 from normbench import registry
 
 VARIANTS = list(registry.VARIANTS)
+#: the value recorded for a non-finite output (and the cap of every value): finite, so asv's graphs stay JSON
+NONFINITE = 1e30
 
 
-def _measure(variant, family, numerics, seed=0):
-    """{output: max error in units of eps} of the cpu backend on ``family``, float32."""
+def _measure(variant, family, numerics, seed=0, params=None):
+    """{output: max error in units of eps} of the cpu backend on ``family``, float32; ``params`` the variant's
+    input parameters (layout, training, ...; the registry's defaults where None)."""
     try:
         from normbench.accuracy import families, oracle, sweep
     except ImportError as err:
@@ -29,7 +37,7 @@ def _measure(variant, family, numerics, seed=0):
         raise NotImplementedError(f"family {family} does not apply to {variant}")
     _require_options(numerics)
     rng = np.random.default_rng(seed)
-    inputs = families.make(family, variant, "float32", rng)
+    inputs = families.make(family, variant, "float32", rng, **(params or {}))
     dy = rng.standard_normal(inputs["x"].shape).astype(np.float32)
     f = oracle.forward(variant, inputs, **numerics)
     g = oracle.backward(variant, inputs, f, dy, **numerics)
@@ -43,7 +51,7 @@ def _measure(variant, family, numerics, seed=0):
     if errors:
         raise RuntimeError(f"{variant} on {family} with {numerics or 'default options'}: {errors[0]}")
     # a NaN/Inf where the oracle is finite is the worst error there is
-    return {r["output"]: (np.inf if r["n_fail"] else r["max_err"]) for r in rows
+    return {r["output"]: (NONFINITE if r["n_fail"] else min(r["max_err"], NONFINITE)) for r in rows
             if r["pass"] != "backward_exact_h"}  # (sweep.EXACT_H_PASS, spelled out: older commits lack the name)
 
 
@@ -133,6 +141,48 @@ class TrackCorrection:
         return self.err["y"]
 
     def track_dx(self, correction):
+        return self.err["dx"]
+
+    track_y.unit = track_dx.unit = "eps"
+
+
+def _matrix_params():
+    """``{"variant/name=value,...": (variant, params)}`` for every parameter combination of the case matrix at the
+    sweep's default shape (cases._param_combos: the matrix's own rule, e.g. no channels-last 2-D inputs)."""
+    from normbench.accuracy import families
+    from normbench.benchmarks import cases
+
+    out = {}
+    for variant, spec in registry.VARIANTS.items():
+        for combo in cases._param_combos(spec, tuple(families.SHAPES[variant])):
+            if combo:
+                out[f"{variant}/" + ",".join(f"{k}={v}" for k, v in combo)] = (variant, dict(combo))
+    return out
+
+
+try:
+    MATRIX_PARAMS = _matrix_params()
+except (ImportError, AttributeError):  # discovery must not fail; the class below then has no cells
+    MATRIX_PARAMS = {}
+
+
+class TrackMatrixParams:
+    """Every parameter combination of the case matrix (channels-last layouts, evaluation batch norm, fused RMS norm,
+    ...) with the default options on the standard and offset-1e4 families: the kernels that TrackDefaults, which
+    takes each variant's default parameters, does not reach."""
+    params = (sorted(MATRIX_PARAMS), ["standard", "offset1e4"])
+    param_names = ["case", "family"]
+    unit = "eps"
+    timeout = 300
+
+    def setup(self, case, family):
+        variant, params = MATRIX_PARAMS[case]
+        self.err = _measure(variant, family, {}, params=params)
+
+    def track_y(self, case, family):
+        return self.err["y"]
+
+    def track_dx(self, case, family):
         return self.err["dx"]
 
     track_y.unit = track_dx.unit = "eps"
