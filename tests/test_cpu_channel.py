@@ -294,11 +294,13 @@ def test_channels_last_gangs_of_row_tiles(rng, monkeypatch, two_threads_or_seria
 @pytest.mark.parametrize("llc", (0, 1 << 40))
 def test_column_sweep_from_memory_and_from_cache(rng, monkeypatch, two_threads_or_serial, dtype, llc):
     """The channels-last statistics sweep has two forms, picked by whether the data would come from cache
-    (_moments.FOURS: four rows at a time, or one): LLC_BYTES = 0 makes every call take the memory form, a huge one
-    the cache form.  Each, on 105 rows (26 fours and one row left): float32 standard and offset channels within
-    the issue's 4 units of the float64 reference (y, dx, running statistics); float64 standard channels within 16
-    (float64 channels far from zero lose digits in the merged means: docs/cpu-channel.md)."""
+    (_moments.FOURS: four rows at a time, or one), as have the backward's sums (ROWS_NOTE): LLC_BYTES = 0 makes
+    every call take the one-row form, a huge one (with WIDE_L1D) the four-row form.  Each, on 105 rows (26 fours
+    and one row left): float32 standard and offset channels within the issue's 4 units of the float64 reference
+    (y, training and evaluation dx, running statistics); float64 standard channels within 16 (float64 channels far
+    from zero lose digits in the merged means: docs/cpu-channel.md)."""
     monkeypatch.setattr(_channel, "LLC_BYTES", llc)
+    monkeypatch.setattr(_channel, "WIDE_L1D", bool(llc))
     assert _channel.from_cache(1) == bool(llc)
     tol = 4 if dtype == np.float32 else 16
     for offset in (0.0, 1e4) if dtype == np.float32 else (0.0,):
@@ -315,6 +317,10 @@ def test_column_sweep_from_memory_and_from_cache(rng, monkeypatch, two_threads_o
         dx = nb.batch_norm_backward(dy, x, w, b, m, r, training=True, axis=-1, backend="cpu")[0]
         dxr = nb.batch_norm_backward(dy, x, w, b, mr, rr, training=True, axis=-1, backend="reference")[0]
         close(dx, dxr, dtype, tol, scale=dx_scale(dxr, dy, rr, w))
+        _, me, re = nb.batch_norm_forward(x, w, b, rm, rv, training=False, axis=-1, backend="cpu")
+        dx = nb.batch_norm_backward(dy, x, w, b, me, re, training=False, axis=-1, backend="cpu")[0]
+        dxr = nb.batch_norm_backward(dy, x, w, b, me, re, training=False, axis=-1, backend="reference")[0]
+        close(dx, dxr, dtype, tol, scale=np.abs(dxr).max())
 
 
 @pytest.mark.parametrize("offset", (0.0, 1e4))

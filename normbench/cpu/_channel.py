@@ -744,21 +744,37 @@ def cl_forward_split(x3, y3, Cg, w, b, P, algo, acc64, fours, correction, eps, e
             _normalize_rows(x3[bb], y3[bb], p * R // P, (p + 1) * R // P, mc, sc, sh, nt, gang)
 
 
-# ROWS_NOTE: the backward's column sweeps (these sums, _column_sums_dx) take one row per sweep over the columns.
-# Four rows per sweep (a quarter of the accumulator loads and stores) were faster on the Xeon, whose L3 held every
-# working set; on the EPYC (Zen 4, 32 MiB L3), two threads, they read memory at half speed (batch norm (64, 128, 56,
-# 56) channels-last: the training backward's sums over 196 MiB took 10.3 ms in fours, 4.7 ms in ones) and were no
-# faster from cache (eval backward (8, 64, 56, 56) 1.65x faster in ones).  The forward's moments choose (FOURS).
+# ROWS_NOTE: the backward's column sweeps (these sums, _column_sums_dx) take four rows per sweep (a quarter of the
+# accumulator loads and stores) where WIDE_L1D and the data come from cache, as they were tuned on the Xeon, whose
+# L3 held every working set (batch norm (8, 56, 56, 64) training backward 0.87x -> 1.1x PyTorch there); one row
+# elsewhere.  On the EPYC (Zen 4, 32 MiB L3), two threads, fours read memory at half speed (batch norm (64, 128,
+# 56, 56) channels-last: the training backward's sums over 196 MiB took 10.3 ms in fours, 4.7 ms in ones) and
+# were no faster from cache (evaluation backward (8, 64, 56, 56) 1.65x faster in ones).  The forward's moments
+# choose by cache alone (FOURS).
 @njit(**_SEQ)
-def _column_sums(dy2, x2, r0, r1, mc, sdy, sdyxc):
-    """Per-column sum(dy) and sum(dy*(x - mc)) over rows r0:r1, float64, written to sdy/sdyxc."""
+def _column_sums(dy2, x2, r0, r1, fours, mc, sdy, sdyxc):
+    """Per-column sum(dy) and sum(dy*(x - mc)) over rows r0:r1, float64, written to sdy/sdyxc; four rows per
+    sweep with ``fours`` (ROWS_NOTE)."""
     C = x2.shape[1]
     for c in range(C):
         sdy[c] = 0.0
         sdyxc[c] = 0.0
     dy2 = dy2[r0:r1]
     x2 = x2[r0:r1]
-    for r in range(r1 - r0):  # one row per sweep (ROWS_NOTE)
+    n = r1 - r0
+    r = 0
+    while fours and r + 4 <= n:  # a quarter of the accumulator loads and stores
+        for c in range(C):
+            g0 = np.float64(dy2[r, c])
+            g1 = np.float64(dy2[r + 1, c])
+            g2 = np.float64(dy2[r + 2, c])
+            g3 = np.float64(dy2[r + 3, c])
+            m = mc[c]
+            sdy[c] += (g0 + g1) + (g2 + g3)
+            sdyxc[c] += (g0 * (x2[r, c] - m) + g1 * (x2[r + 1, c] - m)) + (g2 * (x2[r + 2, c] - m)
+                                                                            + g3 * (x2[r + 3, c] - m))
+        r += 4
+    for r in range(r, n):
         for c in range(C):
             g = np.float64(dy2[r, c])
             sdy[c] += g
@@ -815,7 +831,7 @@ def _expand(gmean, Cg, mc):
 
 
 @njit(**_SEQ)
-def _column_sums_dx(dy2, x2, dx2, r0, r1, w, mc, rc, sdy, sdyxc, nt):
+def _column_sums_dx(dy2, x2, dx2, r0, r1, fours, w, mc, rc, sdy, sdyxc, nt):
     """:func:`_column_sums` and, in the same sweep, the evaluation-mode ``dx = r*(w*dy)`` (dx needs no sums
     there: dy is read once instead of twice)."""
     C = x2.shape[1]
@@ -825,7 +841,29 @@ def _column_sums_dx(dy2, x2, dx2, r0, r1, w, mc, rc, sdy, sdyxc, nt):
     dy2 = dy2[r0:r1]
     x2 = x2[r0:r1]
     dxf = dx2[r0:r1].reshape(-1)
-    for r in range(r1 - r0):  # one row per sweep (ROWS_NOTE); dx through 1-D row views (streamable)
+    n = r1 - r0
+    r = 0
+    while fours and r + 4 <= n:  # as _column_sums; dx through 1-D row views (streamable)
+        d0 = dxf[r * C:(r + 1) * C]
+        d1 = dxf[(r + 1) * C:(r + 2) * C]
+        d2 = dxf[(r + 2) * C:(r + 3) * C]
+        d3 = dxf[(r + 3) * C:(r + 4) * C]
+        for c in range(0, C):
+            g0 = np.float64(dy2[r, c])
+            g1 = np.float64(dy2[r + 1, c])
+            g2 = np.float64(dy2[r + 2, c])
+            g3 = np.float64(dy2[r + 3, c])
+            m = mc[c]
+            f = rc[c] * w[c]
+            sdy[c] += (g0 + g1) + (g2 + g3)
+            sdyxc[c] += (g0 * (x2[r, c] - m) + g1 * (x2[r + 1, c] - m)) + (g2 * (x2[r + 2, c] - m)
+                                                                            + g3 * (x2[r + 3, c] - m))
+            _put(d0, c, f * g0, nt)
+            _put(d1, c, f * g1, nt)
+            _put(d2, c, f * g2, nt)
+            _put(d3, c, f * g3, nt)
+        r += 4
+    for r in range(r, n):
         d = dxf[r * C:(r + 1) * C]
         for c in range(0, C):
             g = np.float64(dy2[r, c])
@@ -835,7 +873,7 @@ def _column_sums_dx(dy2, x2, dx2, r0, r1, w, mc, rc, sdy, sdyxc, nt):
 
 
 @njit(**_PAR)
-def cl_backward_eval(dy3, x3, dx3, Cg, w, gmean, grstd, sdy, sdyxc, nt):
+def cl_backward_eval(dy3, x3, dx3, Cg, w, gmean, grstd, fours, sdy, sdyxc, nt):
     """The evaluation-mode backward (fixed statistics): dx and the column sums in one sweep, one block per
     iteration (the training backward is :func:`cl_backward_pipelined`)."""
     B, R, C = x3.shape
@@ -845,9 +883,9 @@ def cl_backward_eval(dy3, x3, dx3, Cg, w, gmean, grstd, sdy, sdyxc, nt):
         rc = np.empty(C)
         _expand(grstd[bb], Cg, rc)
         if nt:  # a literal each way (see the note above _yv)
-            _column_sums_dx(dy3[bb], x3[bb], dx3[bb], 0, R, w, mc, rc, sdy[bb], sdyxc[bb], True)
+            _column_sums_dx(dy3[bb], x3[bb], dx3[bb], 0, R, fours, w, mc, rc, sdy[bb], sdyxc[bb], True)
         else:
-            _column_sums_dx(dy3[bb], x3[bb], dx3[bb], 0, R, w, mc, rc, sdy[bb], sdyxc[bb], False)
+            _column_sums_dx(dy3[bb], x3[bb], dx3[bb], 0, R, fours, w, mc, rc, sdy[bb], sdyxc[bb], False)
 
 
 @njit(**_SEQ)
@@ -941,7 +979,8 @@ def cl_backward_pipelined(dy3, x3, dx3, Cg, w, gmean, grstd, correction, eps, ep
 
 
 @njit(**_PAR)
-def cl_backward_split(dy3, x3, dx3, Cg, w, gmean, grstd, P, train, correction, eps, eps_code, sdy, sdyxc, nt):
+def cl_backward_split(dy3, x3, dx3, Cg, w, gmean, grstd, fours, P, train, correction, eps, eps_code, sdy, sdyxc,
+                      nt):
     B, R, C = x3.shape
     # per-task column sums, updated every few rows: one block, padded (see _stream.PARTIAL_PAD)
     part = np.empty((B * P, 2, C + _stream.PARTIAL_PAD))
@@ -953,16 +992,16 @@ def cl_backward_split(dy3, x3, dx3, Cg, w, gmean, grstd, P, train, correction, e
         pa = part[t, 0, :C]
         pc = part[t, 1, :C]
         if train:
-            _column_sums(dy3[bb], x3[bb], p * R // P, (p + 1) * R // P, mc, pa, pc)
+            _column_sums(dy3[bb], x3[bb], p * R // P, (p + 1) * R // P, fours, mc, pa, pc)
         else:
             rc = np.empty(C)
             _expand(grstd[bb], Cg, rc)
             r0 = p * R // P
             r1 = (p + 1) * R // P
             if nt:  # a literal each way (see the note above _yv)
-                _column_sums_dx(dy3[bb], x3[bb], dx3[bb], r0, r1, w, mc, rc, pa, pc, True)
+                _column_sums_dx(dy3[bb], x3[bb], dx3[bb], r0, r1, fours, w, mc, rc, pa, pc, True)
             else:
-                _column_sums_dx(dy3[bb], x3[bb], dx3[bb], r0, r1, w, mc, rc, pa, pc, False)
+                _column_sums_dx(dy3[bb], x3[bb], dx3[bb], r0, r1, fours, w, mc, rc, pa, pc, False)
     mc = np.empty((B, C))
     rc = np.empty((B, C))
     mdx = np.empty((B, C))
@@ -1177,6 +1216,7 @@ def _chunks(lay, T):
 #:   one tile (of HALF_TILE values) at a time (batch norm (64, 128, 56, 56) channels-last forward 1.55x).  The
 #:   pipelined forward's combined sweep keeps its gangs: on the EPYC one tile at a time measured 0.6-1.8 ns a
 #:   value over tile sizes and repeats (the same configuration 0.9 and 1.6), and 0.73x on a whole group norm.
+#: * the backward's column sums taking four rows per sweep from cache (ROWS_NOTE).
 WIDE_L1D = machine.caches().get("l1d_kib", 32) >= 48
 
 
@@ -1270,14 +1310,15 @@ def backward_sums(dy, x, dx, lay, weight, mean, rstd, train, opts, eps):
     mean, rstd = mean.reshape(lay.B, G), rstd.reshape(lay.B, G)
     sdy, sdyxc = np.empty((lay.B, lay.cols)), np.empty((lay.B, lay.cols))
     args = (dy.reshape(shape), x.reshape(shape), dx.reshape(shape), lay.Cg, w, mean, rstd)
+    fours = int(WIDE_L1D and from_cache(dy.nbytes + x.nbytes))  # the sums' rows per sweep (ROWS_NOTE)
     if lay.B >= T and train:
         # pipelined: the sweep writing a block's dx also streams the next block in (2 threads: (128, 28, 28, 256)
         # 28 -> 22 ms; blocks too big for L2, re-read from L3, gain less: 3.2 MB ((64, 56, 56, 128)) and 6.4 MB)
         _pick(cl_backward_pipelined, serial)(*args, corr, float(eps), ec, sdy, sdyxc, nt, T, int(WIDE_L1D))
     elif lay.B >= T:
-        _pick(cl_backward_eval, serial)(*args, sdy, sdyxc, nt)
+        _pick(cl_backward_eval, serial)(*args, fours, sdy, sdyxc, nt)
     else:
-        cl_backward_split(*args, _chunks(lay, T), int(train), corr, float(eps), ec, sdy, sdyxc, nt)
+        cl_backward_split(*args, fours, _chunks(lay, T), int(train), corr, float(eps), ec, sdy, sdyxc, nt)
     return sdy, sdyxc
 
 
