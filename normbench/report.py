@@ -13,8 +13,8 @@ rewrites the results table of README.md between ``<!-- results:start -->`` and `
 table is generated, never typed.  A file that is truncated, not JSON/CSV, from another schema, or holds the wrong
 types (a string for a number, a list for an object) is reported with a one-line message naming it and skipped:
 never a traceback; a null number is shown blank.  A source path given on the command line that does not exist,
-or a --history that is not a regular expression, is an argument error (exit code 2); a default source folder
-that does not exist is passed over quietly.
+a --history that is not a regular expression, or a --readme whose markers are not one start before one end (nor
+absent), is an argument error (exit code 2); a default source folder that does not exist is passed over quietly.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .accuracy.sweep import EXACT_H_PASS
+from .accuracy.sweep import EXACT_H_PASS, META
 from .benchmarks.cases import BIG_BYTES
 from .cli import output_dir_error, writable_file_error
 
@@ -129,11 +129,17 @@ ASV_COLUMNS = ["machine", "commit", "date", "benchmark", "params", "value", "env
 
 
 def asv_files(results_dir) -> list[Path]:
-    """The result files under an asv results folder (``<machine>/<commit>-<env>.json``), or the one file given."""
+    """The result files under an asv results folder (``<machine>/<commit>-<env>.json``), of one machine folder
+    (one that holds machine.json or result files itself), or the one file given."""
     root = Path(results_dir)
     if root.is_file():
         return [root]
-    machines = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    if not root.is_dir():
+        return []
+    own = sorted(f for f in root.glob("*.json") if f.name not in ("machine.json", "benchmarks.json"))
+    if own or (root / "machine.json").is_file():
+        return own
+    machines = sorted(p for p in root.iterdir() if p.is_dir())
     return [f for d in machines for f in sorted(d.glob("*.json")) if f.name != "machine.json"]
 
 
@@ -234,7 +240,7 @@ def load_accuracy(path) -> pd.DataFrame:
     missing = [c for c in ACCURACY_COLUMNS if c not in df.columns]
     if missing:
         raise ResultFileError(f"{path}: accuracy CSV lacks columns {missing} (older schema?)")
-    _numbers(df, ["max_err"], path)
+    _numbers(df, ["max_err"] + (["n_fail"] if "n_fail" in df.columns else []), path)
     return df
 
 
@@ -251,11 +257,13 @@ TABLE_MIN_BYTES = BIG_BYTES  # the results table's bandwidth-bound cases: workin
 
 
 def table_rows(runs: pd.DataFrame) -> pd.DataFrame:
-    """The rows the results table and its two plots show: the newest per machine, case, backend and pass, of
-    working sets of at least ``TABLE_MIN_BYTES`` (all of them where a run has none that big)."""
+    """The rows the results table and its two plots show: the newest per machine, case, backend and pass, of the
+    cases with a working set of at least ``TABLE_MIN_BYTES`` in either pass (both passes of such a case: a
+    backward moves more than its forward), per machine; all of a machine's cases where it has none that big (so a
+    machine with small runs only still has rows)."""
     df = latest_runs(runs)
-    big = df[df["bytes"] >= TABLE_MIN_BYTES]
-    return big if len(big) else df
+    big = df.groupby(["machine", "case", "backend"])["bytes"].transform("max") >= TABLE_MIN_BYTES
+    return df[big | ~big.groupby(df["machine"]).transform("any")]
 
 
 def _fmt(values: pd.Series, spec: str) -> pd.Series:
@@ -293,7 +301,7 @@ def results_table(runs: pd.DataFrame) -> str:
     table = t.to_markdown(index=False)
     if "file" in df.columns:
         table += "\n\n" + provenance(df)
-    if not _peers_paired(df).all():
+    if (df[speedups.columns].notna() & speedups.isna()).any(axis=None):  # the note explains blanked values only
         table += ("\n\nBlank speed-ups: rows from runs that timed the peers apart from the kernel and charged them "
                   "their fresh outputs' page faults (before 2026-11-22 13:09 UTC), which overstated them.")
     return table
@@ -334,17 +342,62 @@ def asv_table(asv: pd.DataFrame, pattern: str) -> str:
     return t.to_markdown(floatfmt=".3g")
 
 
-def accuracy_table(acc: pd.DataFrame) -> str:
-    """Max error of y and dx per variant (rows) and implementation (columns), default options, over the stress
-    families: one table per dtype, since each is in units of its own dtype's eps (float64's is 2**29 smaller)."""
-    d = acc[acc["output"].isin(["y", "dx"])]
-    if "pass" in d.columns:
-        d = d[d["pass"] != EXACT_H_PASS]  # an end-to-end figure for one note in numerics.md, not a kernel's error
+def _accuracy_rows(acc: pd.DataFrame) -> pd.DataFrame:
+    """The accuracy rows the table and the plot judge: errors against the oracle with default options, not the
+    CUDA simulator's agreement with the CPU (``kind=agreement``, ``against=cpu``: a difference, not an error; CSVs
+    without these columns are all against the oracle); an output with a NaN/Inf where the oracle is finite
+    (``n_fail`` > 0) as an infinite error, as bench_accuracy counts it (error_stats leaves the failed elements out
+    of max_err, which reads 0 when every element failed)."""
+    d = acc
+    if "against" in d.columns:
+        d = d[d["against"].astype(str) == "oracle"]
+    if "kind" in d.columns:
+        d = d[d["kind"].astype(str) != "agreement"]
     if "is_default" in d.columns:
         d = d[d["is_default"].astype(str) == "True"]
+    if "n_fail" in d.columns:
+        d = d.assign(max_err=d["max_err"].mask(d["n_fail"] > 0, np.inf))
+    return d
+
+
+def _raised_mask(d: pd.DataFrame) -> pd.Series:
+    """The error rows: the implementation raised (``error`` set; a CSV without the column has none)."""
+    if "error" not in d.columns:
+        return pd.Series(False, index=d.index)
+    return d["error"].notna() & (d["error"].astype(str) != "")
+
+
+def _raised(d: pd.DataFrame) -> pd.DataFrame:
+    """A y and a dx row for each implementation run that raised (an error row: ``error`` set, no output), for the
+    outputs that run (same variant, family, dtype, implementation and options) did not produce: a forward error
+    costs both, a backward one dx."""
+    raised = _raised_mask(d)
+    keys = [c for c in META if c in d.columns and c not in ("pass", "output")]
+    run = pd.Series(list(map(tuple, d[keys].astype(str).to_numpy())), index=d.index, dtype=object)
+    produced = set(zip(run[~raised], d.loc[~raised, "output"]))
+    rows = [dict(r, output=out, max_err=np.inf) for (_, r), k in zip(d[raised].iterrows(), run[raised])
+            for out in ("y", "dx") if (k, out) not in produced]
+    return pd.DataFrame(rows, columns=d.columns)
+
+
+def accuracy_table(acc: pd.DataFrame) -> str:
+    """Max error of y and dx per variant (rows) and implementation (columns), default options, over the stress
+    families: one table per dtype, since each is in units of its own dtype's eps (float64's is 2**29 smaller).
+    Rows as :func:`_accuracy_rows` (``inf``: NaN/Inf where the oracle is finite); a cell reads ``error`` where
+    the implementation raised for that variant and output in some family (the worst result there is)."""
+    d = _accuracy_rows(acc)
+    failed = _raised(d)
+    d = pd.concat([d, failed], ignore_index=True) if len(failed) else d
+    d = d[d["output"].isin(["y", "dx"])]
+    if "pass" in d.columns:
+        d = d[d["pass"] != EXACT_H_PASS]  # an end-to-end figure for one note in numerics.md, not a kernel's error
     parts = []
-    for dtype, g in d.groupby(d["dtype"].astype(str), sort=True):
+    for dtype, g in d.assign(raised=_raised_mask(d)).groupby(d["dtype"].astype(str), sort=True):
         t = g.pivot_table(index=["variant", "output"], columns="impl", values="max_err", aggfunc="max")
+        failed = g.pivot_table(index=["variant", "output"], columns="impl", values="raised", aggfunc="any")
+        # as text: a column holding "error" would otherwise print its numbers unformatted
+        t = t.apply(_fmt, spec=".3g")
+        t = t.mask(failed.reindex_like(t).fillna(False).astype(bool), "error")
         parts.append(f"### {dtype}: max error in units of {dtype} eps\n\n" + t.to_markdown(floatfmt=".3g"))
     return "\n\n".join(parts) if parts else "(no y/dx rows with default options)"
 
@@ -410,9 +463,14 @@ def plot_speedups(runs: pd.DataFrame, path: Path) -> Path | None:
     return path
 
 
+NON_FINITE = "non-finite (drawn at the top)"
+
+
 def plot_history(asv: pd.DataFrame, pattern: str, path: Path) -> Path | None:
     """The matching asv benchmarks across commit dates: one subplot per unit (seconds, fraction of copy, ...),
-    a line per machine, benchmark (class and method) and parameter set."""
+    a line per machine, benchmark (class and method) and parameter set.  An infinite value (which matplotlib
+    would leave out) is drawn as a triangle in its line's colour above the axis's largest finite value, with
+    the legend entry ``NON_FINITE``."""
     d = asv[asv["benchmark"].str.contains(pattern, regex=True)].dropna(subset=["value"])
     if d.empty:
         return None
@@ -423,11 +481,21 @@ def plot_history(asv: pd.DataFrame, pattern: str, path: Path) -> Path | None:
     units = list(dict.fromkeys(d.sort_values("benchmark")["unit"]))
     fig, axes = plt.subplots(len(units), 1, figsize=(10, 3.2 * len(units) + 1), sharex=True, squeeze=False)
     for ax, unit in zip(axes[:, 0], units):
-        for (machine, bench, params), g in d[d["unit"] == unit].groupby(["machine", "benchmark", "params"]):
+        du = d[d["unit"] == unit]
+        finite = du["value"][np.isfinite(du["value"])]
+        hi = finite.max() if len(finite) else 1.0
+        top = hi + 0.1 * (abs(hi) or 1.0)
+        for (machine, bench, params), g in du.groupby(["machine", "benchmark", "params"]):
             g = g.sort_values("date")
             name = bench.split(".", 1)[-1]  # without the module: Class.method, or the function's name
             label = f"{machine}: {name}" + (f" ({params.replace(chr(39), '')})" if params else "")
-            ax.plot(g["date"], g["value"], marker="o", label=label)
+            (line,) = ax.plot(g["date"], g["value"], marker="o", label=label)
+            inf = g[~np.isfinite(g["value"])]
+            if len(inf):
+                ax.plot(inf["date"], [top] * len(inf), ls="", marker="^", ms=9, color=line.get_color(),
+                        label="_nolegend_")
+        if not np.isfinite(du["value"]).all():
+            ax.plot([], [], ls="", marker="^", ms=9, color="k", label=NON_FINITE)
         ax.set_ylabel(unit)
         ax.legend(fontsize=6)
     axes[-1, 0].set_xlabel("commit date")
@@ -440,20 +508,21 @@ def plot_history(asv: pd.DataFrame, pattern: str, path: Path) -> Path | None:
 
 
 def plot_accuracy_offset(acc: pd.DataFrame, path: Path) -> Path | None:
-    """Max error of y vs the mean offset (stress families standard, offset1e3/1e4/1e6), per implementation."""
+    """Max error of y vs the mean offset (stress families standard, offset1e3/1e4/1e6), per implementation; None
+    (no file) when no implementation has two of them to draw a line through."""
     fams = {"standard": 0.0, "offset1e3": 1e3, "offset1e4": 1e4, "offset1e6": 1e6}
-    d = acc[acc["family"].isin(fams) & (acc["output"] == "y") & (acc["dtype"] == "float32")]
-    if "is_default" in d.columns:
-        d = d[d["is_default"].astype(str) == "True"]
-    if d.empty:
+    d = _accuracy_rows(acc)
+    d = d[d["family"].isin(fams) & (d["output"] == "y") & (d["dtype"] == "float32")]
+    d = d.assign(offset=d["family"].map(fams).replace(0.0, 1.0))
+    lines = {f"{variant} {impl}": g.groupby("offset")["max_err"].max() for (variant, impl), g in
+             d.groupby(["variant", "impl"])}
+    lines = {label: g for label, g in lines.items() if len(g) > 1}  # a line needs two offsets
+    if not lines:
         return None
     plt = _plt()
-    d = d.assign(offset=d["family"].map(fams).replace(0.0, 1.0))
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for (variant, impl), g in d.groupby(["variant", "impl"]):
-        g = g.groupby("offset")["max_err"].max()
-        if len(g) > 1:
-            ax.loglog(g.index, g.clip(lower=1e-2).values, marker="o", label=f"{variant} {impl}")
+    for label, g in lines.items():
+        ax.loglog(g.index, g.clip(lower=1e-2).values, marker="o", label=label)
     ax.set_xlabel("mean offset / spread (1 = no offset)")
     ax.set_ylabel("max error of y (units of eps, float32)")
     ax.legend(fontsize=6, ncol=2)
@@ -474,11 +543,33 @@ def _gather(paths, loader, problems):
     return pd.concat(frames, ignore_index=True) if frames else None
 
 
+class ReadmeMarkerError(ValueError):
+    """A README whose results markers are not one start followed by one end (nor absent): rewriting it would
+    append a second block or delete what lies between stray markers, so it is left alone."""
+
+
+def _readme_span(readme: Path, text: str) -> tuple[int, int] | None:
+    """Where the results block of ``text`` (read from ``readme``) lies, markers included; None when it has no
+    markers (the block is appended)."""
+    starts, ends = text.count(README_START), text.count(README_END)
+    if starts == ends == 0:
+        return None
+    start, end = text.find(README_START), text.find(README_END)
+    if starts == ends == 1 and end > start:
+        return start, end + len(README_END)
+    found = "the end marker first" if starts == ends == 1 else f"{starts} start and {ends} end markers"
+    raise ReadmeMarkerError(f"{readme}: needs one {README_START} followed by one {README_END}, or neither (found "
+                            f"{found}); fix the markers by hand (the file is left as it is)")
+
+
 def write_readme(readme: Path, table: str) -> None:
+    """Put ``table`` between the markers of ``readme`` (or append it under ## Results where there are none);
+    ReadmeMarkerError, the file untouched, where the markers are stray (:func:`_readme_span`)."""
     text = readme.read_text() if readme.exists() else ""
     block = f"{README_START}\n{table}\n{README_END}"
-    if README_START in text and README_END in text:
-        text = re.sub(re.escape(README_START) + ".*?" + re.escape(README_END), lambda _: block, text, flags=re.S)
+    span = _readme_span(readme, text)
+    if span:
+        text = text[:span[0]] + block + text[span[1]:]
     else:
         text = text.rstrip("\n") + "\n\n## Results\n\n" + block + "\n"
     readme.write_text(text)
@@ -488,7 +579,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="normbench report", description=__doc__.split("\n\n")[0])
     # sources default to None so that a path the user typed can be told from the default (see below)
     ap.add_argument("--runs", help="normbench run JSON: a file or a folder (default: results/runs)")
-    ap.add_argument("--asv", help="asv results: the folder, or one result file (default: results/asv)")
+    ap.add_argument("--asv", help="asv results: the folder, one machine's folder, or one result file "
+                                  "(default: results/asv)")
     ap.add_argument("--pytest", help="pytest-benchmark JSON: a file or a folder (default: results/pytest)")
     ap.add_argument("--accuracy", help="accuracy CSV: a file or a folder (default: results/accuracy)")
     ap.add_argument("--history", default=r"track_fraction_of_limit",
@@ -511,6 +603,11 @@ def main(argv=None) -> int:
     problem = output_dir_error("--out", args.out) or (args.readme and writable_file_error("--readme", args.readme, create=True))
     if problem:
         ap.error(problem)
+    if args.readme and Path(args.readme).is_file():  # stray markers: refused before anything is written
+        try:
+            _readme_span(Path(args.readme), Path(args.readme).read_text())
+        except ReadmeMarkerError as err:
+            ap.error(f"--readme {err}")
 
     def files(where, pattern):
         p = Path(where)

@@ -440,3 +440,176 @@ def test_readme_that_does_not_exist_is_created(tmp_path):
                  "--accuracy", str(DATA / "accuracy"), "--no-plots", "--out", str(tmp_path / "rep"),
                  "--readme", str(readme)])
     assert "<!-- results:start -->" in readme.read_text()
+
+
+# ---------------------------------------------------------------- small inputs built here: runs, accuracy rows, asv
+MIB = 2**20
+
+
+def _run(tmp_path, machine, rows, paired=False):
+    """A normbench run document on ``machine`` of ``rows`` ((case, pass, bytes, extra columns)), loaded."""
+    full = [dict(case=case, variant=case.split("/")[0], shape=case.split("/")[1], dtype="float32", params="",
+                 backend="cpu", bytes=nbytes, time_s=1e-3, gbps=1.0, copy_gbps=2.0, frac_copy=0.5, limit="copy",
+                 frac_limit=0.5, err_eps=0.5, **{"pass": pass_}, **extra) for case, pass_, nbytes, extra in rows]
+    doc = {"schema": report.RUN_SCHEMA, "created": "2026-01-01T00:00:00+00:00",
+           "machine": {"machine": machine, "numba_threads": 1}, "rows": full}
+    if paired:
+        doc["peer_timing"] = "paired"
+    path = tmp_path / f"{machine}.json"
+    path.write_text(json.dumps(doc))
+    return report.load_run(path)
+
+
+def _cells(table):
+    """The rows of a markdown table as dicts of header -> cell text."""
+    lines = [[c.strip() for c in ln.split("|")[1:-1]] for ln in table.splitlines() if ln.startswith("|")]
+    return [dict(zip(lines[0], r)) for r in lines[2:]]
+
+
+def _table_rows(runs):
+    """(machine, variant, pass) of the results table's rows."""
+    return {(c["machine"], c["variant"], c["pass"]) for c in _cells(report.results_table(runs))}
+
+
+def test_results_table_big_cases_per_machine(tmp_path):
+    """The >= 128 MiB rule is per machine: one whose runs have small cases only keeps them all, rather than
+    vanish from the table beside one with big cases."""
+    big = _run(tmp_path, "boxA", [("layer_norm/16384x2048/float32", "forward", 256 * MIB, {}),
+                                  ("layer_norm/8x768/float32", "forward", MIB, {})])
+    small = _run(tmp_path, "boxB", [("layer_norm/8x768/float32", "forward", MIB, {}),
+                                    ("rms_norm/8x768/float32", "forward", MIB, {})])
+    assert _table_rows(pd.concat([big, small])) == {("boxA-1t", "layer_norm", "forward"),
+                                                    ("boxB-1t", "layer_norm", "forward"),
+                                                    ("boxB-1t", "rms_norm", "forward")}
+
+
+def test_results_table_keeps_both_passes_of_a_big_case(tmp_path):
+    """A case is in when either pass reaches the threshold: local response norm 32x96x55x55 moves 106 MiB forward
+    and 177 MiB backward, and its forward row stays beside the backward one."""
+    case = "local_response_norm/32x96x55x55/float32"
+    runs = _run(tmp_path, "box", [(case, "forward", 106 * MIB, {}), (case, "backward", 177 * MIB, {}),
+                                  ("layer_norm/8x768/float32", "forward", MIB, {})])
+    assert _table_rows(runs) == {("box-1t", "local_response_norm", "forward"),
+                                 ("box-1t", "local_response_norm", "backward")}
+
+
+def test_blank_speed_up_note_only_for_blanked_values(tmp_path):
+    """The note explains speed-ups left blank: none when there is no speed-up column, or no value to blank."""
+    assert "Blank speed-ups" not in report.results_table(_run(tmp_path, "box", [("layer_norm/8x768/float32",
+                                                                                 "forward", MIB, {})]))
+    unpaired = _run(tmp_path, "box", [("layer_norm/8x768/float32", "forward", MIB, {"speedup_torch": None})])
+    assert "Blank speed-ups" not in report.results_table(unpaired)
+    unpaired = _run(tmp_path, "box", [("layer_norm/8x768/float32", "forward", MIB, {"speedup_torch": 2.0})])
+    assert "Blank speed-ups" in report.results_table(unpaired)
+
+
+def _accuracy(tmp_path, rows):
+    """An accuracy CSV as the sweep writes it (every META column, the metrics, error; blank where not given)."""
+    from normbench.accuracy import metrics, sweep
+
+    base = dict(family="standard", dtype="float32", shape="8x256", kind="backend", against="oracle",
+                eps_placement="inside", correction=0, variance="shifted", accumulate="float64", is_default=True,
+                max_err=0.5, n_fail=0, n=2048)
+    columns = list(sweep.META) + list(metrics.COLUMNS) + ["error"]
+    path = tmp_path / "accuracy.csv"
+    pd.DataFrame([dict(base, **r) for r in rows], columns=columns).to_csv(path, index=False)
+    return report.load_accuracy(path)
+
+
+def _accuracy_cells(text):
+    """(variant, output, impl) -> cell of the accuracy table's markdown (one dtype)."""
+    return {(*c[""].strip("()").replace("'", "").split(", "), impl): v
+            for c in _cells(text.split("\n\n", 1)[1]) for impl, v in c.items() if impl}
+
+
+def test_accuracy_leaves_out_agreement_rows(tmp_path, monkeypatch):
+    """The CUDA simulator's rows (kind agreement, against cpu) are a difference from the CPU, not an error: in
+    neither the table nor the offset plot (0 there would read as exact)."""
+    rows = [dict(variant="layer_norm", family=f, impl=impl, kind=kind, against=against, output="y", max_err=e)
+            for f in ("standard", "offset1e4")
+            for impl, kind, against, e in (("cpu", "backend", "oracle", 0.5), ("cuda", "agreement", "cpu", 0.0))]
+    acc = _accuracy(tmp_path, rows)
+    assert "cuda" not in report.accuracy_table(acc) and "cpu" in report.accuracy_table(acc)
+    figs = _plotted(monkeypatch)
+    assert report.plot_accuracy_offset(acc, tmp_path / "offset.png") is not None
+    (fig,) = figs
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["layer_norm cpu"]
+
+
+def test_accuracy_table_shows_failed_outputs_and_errors(tmp_path):
+    """An output that is all NaN/Inf (n_fail = n, max_err 0) is an infinite error, not exact; an implementation
+    that raised (an error row, no output) reads "error" for the outputs it did not produce, not vanish."""
+    rows = [dict(variant="layer_norm", impl="cpu", output="y", max_err=0.0, n_fail=2048),
+            dict(variant="layer_norm", impl="cpu", output="dx", max_err=0.5, **{"pass": "backward"}),
+            dict(variant="layer_norm", impl="torch", kind="peer", output="y", max_err=1.0),
+            dict(variant="layer_norm", impl="torch", kind="peer", output=None, error="RuntimeError: no dx"),
+            dict(variant="rms_norm", impl="cpu", output="y", max_err=0.25),
+            dict(variant="rms_norm", impl="cpu", output="dx", max_err=0.25, **{"pass": "backward"}),
+            dict(variant="rms_norm", impl="torch", kind="peer", output=None, error="NotImplementedError: x")]
+    cells = _accuracy_cells(report.accuracy_table(_accuracy(tmp_path, rows)))
+    assert cells == {("layer_norm", "dx", "cpu"): "0.5", ("layer_norm", "dx", "torch"): "error",
+                     ("layer_norm", "y", "cpu"): "inf", ("layer_norm", "y", "torch"): "1",
+                     ("rms_norm", "dx", "cpu"): "0.25", ("rms_norm", "dx", "torch"): "error",
+                     ("rms_norm", "y", "cpu"): "0.25", ("rms_norm", "y", "torch"): "error"}
+
+
+def test_accuracy_offset_plot_only_with_a_line_to_draw(tmp_path):
+    """No implementation with two offsets: no plot (not a blank PNG), and the report does not link one."""
+    acc = _accuracy(tmp_path, [dict(variant="layer_norm", impl="cpu", output="y")])
+    assert report.plot_accuracy_offset(acc, tmp_path / "offset.png") is None
+    assert not (tmp_path / "offset.png").exists()
+    e = str(tmp_path / "none")
+    (tmp_path / "none").mkdir()
+    assert report.main(["--runs", e, "--asv", e, "--pytest", e, "--accuracy", str(tmp_path / "accuracy.csv"),
+                        "--out", str(tmp_path / "rep")]) == 0
+    assert "accuracy_offset" not in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_history_plot_marks_infinite_values(tmp_path, monkeypatch):
+    """An inf value (matplotlib draws nothing for it) is a marker above the axis's finite values, in the legend."""
+    asv = pd.DataFrame([{"machine": "box", "commit": c, "date": pd.Timestamp(f"2026-11-2{k}"), "benchmark": "b.track_x",
+                         "params": "", "value": v, "env": "", "unit": "seconds"}
+                        for k, (c, v) in enumerate((("aaaaaaaa", 1.0), ("bbbbbbbb", float("inf")), ("cccccccc", 2.0)))])
+    figs = _plotted(monkeypatch)
+    assert report.plot_history(asv, "track_x", tmp_path / "h.png") is not None
+    (fig,) = figs
+    (ax,) = fig.axes
+    assert any("non-finite" in t.get_text() for t in ax.get_legend().get_texts())
+    marked = [(list(ln.get_xdata()), list(ln.get_ydata())) for ln in ax.get_lines()
+              if ln.get_marker() == "^" and len(ln.get_xdata())]
+    assert len(marked) == 1 and marked[0][0] == [asv["date"][1]] and marked[0][1][0] > 2.0
+
+
+@pytest.mark.parametrize("text", [
+    f"a\n{report.README_START}\nold\n\nmine\n",  # start only: a second block, then the next run deletes "mine"
+    f"a\n{report.README_END}\nmine\n",
+    f"{report.README_END}\nmine\n{report.README_START}\n",
+    f"{report.README_START}\nx\n{report.README_END}\nmine\n{report.README_START}\ny\n{report.README_END}\n",
+])
+def test_readme_with_stray_markers_is_left_alone(tmp_path, capsys, text):
+    """Markers other than one start before one end (or none): an argument error naming the file and the markers,
+    the README untouched and nothing written."""
+    readme = tmp_path / "README.md"
+    readme.write_text(text)
+    with pytest.raises(SystemExit) as exc:
+        report.main(["--runs", str(DATA / "runs"), "--out", str(tmp_path / "rep"), "--no-plots",
+                     "--readme", str(readme)])
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert exc.value.code == 2 and err.startswith(f"normbench report: error: --readme {readme}: ")
+    assert report.README_START in err and report.README_END in err
+    assert readme.read_text() == text and not (tmp_path / "rep").exists()
+    with pytest.raises(ValueError, match=re.escape(str(readme))):  # write_readme alone refuses alike
+        report.write_readme(readme, "table")
+    assert readme.read_text() == text
+
+
+def test_asv_given_one_machine_folder(tmp_path, capsys):
+    """--asv may name one machine's folder (machine.json and result files) as well as the folder of them."""
+    box = tmp_path / "testbox"
+    shutil.copytree(DATA / "asv" / "testbox", box)
+    assert [f.name for f in report.asv_files(box)] == [_one("asv/testbox/*-*.json").name]
+    e = str(tmp_path / "none")
+    (tmp_path / "none").mkdir()
+    assert report.main(["--runs", e, "--asv", str(box), "--pytest", e, "--accuracy", e, "--history", "numba_threads",
+                        "--out", str(tmp_path / "rep"), "--no-plots"]) == 0
+    assert "track_numba_threads" in (tmp_path / "rep" / "report.md").read_text()
