@@ -324,17 +324,25 @@ def test_column_sweep_from_memory_and_from_cache(rng, monkeypatch, two_threads_o
 
 
 @pytest.mark.parametrize("offset", (0.0, 1e4))
-def test_channels_last_backward_pipelined_or_not(rng, monkeypatch, two_threads_or_serial, offset):
-    """The channels-last training backward (group and instance norm, a block per sample) runs pipelined or block
-    by block, by machine (_channel.WIDE_L1D).  Both, float32, five samples of 40 rows of C = 24 (threads
-    taking runs of blocks): dx within the issue's 4 units of the float64 reference, and the same to the bit (the
-    same sums in the same order), as are dweight and dbias."""
+def test_channels_last_pipelined_or_not(rng, monkeypatch, two_threads_or_serial, offset):
+    """The channels-last training forward and backward (group and instance norm, a block per sample) run
+    pipelined or block by block, by machine (_channel.WIDE_L1D).  Both, float32, five samples of 40 rows of C = 24
+    (threads taking runs of blocks): y and the statistics the same to the bit (the same sums in the same order),
+    y within the issue's 4 units of the float64 reference; dx within 4 units and the same to the bit, as are
+    dweight and dbias."""
     x = (rng.standard_normal((5, 5, 8, 24)) * 3 + offset).astype(np.float32)
     dy = rng.standard_normal(x.shape).astype(np.float32)
     w, b = affine(rng, 24, np.float32)
     for G in (4, 24):
-        y, m, r = nb.group_norm_forward(x, G, w, b, axis=-1, backend="cpu")
+        fwd = {}
+        for pipe in (True, False):
+            monkeypatch.setattr(_channel, "WIDE_L1D", pipe)
+            fwd[pipe] = nb.group_norm_forward(x, G, w, b, axis=-1, backend="cpu")
+        for a, c in zip(fwd[True], fwd[False]):
+            np.testing.assert_array_equal(a, c)
+        y, m, r = fwd[False]
         yr, mr, rr = nb.group_norm_forward(x, G, w, b, axis=-1, backend="reference")
+        assert units(y, yr, -1, np.float32) <= 4
         dxr = nb.group_norm_backward(dy, x, G, mr, rr, w, b, axis=-1, backend="reference")[0]
         got = {}
         for pipe in (True, False):

@@ -669,11 +669,12 @@ def _normalize_and_sum(x2, y2, xn, K, tm, ts, th, tt, ss, ss2, nt):
 
 
 @njit(**_PAR)
-def cl_forward_pipelined(x3, y3, Cg, w, b, correction, eps, eps_code, gmean, gm2, grstd, nt, T, gang):
-    """:func:`cl_forward_fused` with the default statistics (shifted, float64 sums), software-pipelined as the
-    channels-first and row kernels: each thread takes a run of blocks, and the sweep that writes block bb (from
-    cache) also sums block bb + 1 (from memory), so reads and writes are in flight together.  The sums run in
-    K-row tiles of accumulators, in the same order for every block whatever the thread count."""
+def cl_forward_pipelined(x3, y3, Cg, w, b, correction, eps, eps_code, gmean, gm2, grstd, nt, T, wide):
+    """:func:`cl_forward_fused` with the default statistics (shifted, float64 sums), each thread taking a run of
+    blocks.  With ``wide`` (WIDE_L1D) software-pipelined as the channels-first and row kernels: the sweep that
+    writes block bb (from cache) also sums block bb + 1 (from memory), so reads and writes are in flight together;
+    without, a block's sums, then its y.  The sums run in K-row tiles of accumulators, in the same order for every
+    block whatever the thread count, and the same either way."""
     B, R, C = x3.shape
     nch = min(B, T)
     K = _tile_rows(C, TILE)
@@ -689,12 +690,14 @@ def cl_forward_pipelined(x3, y3, Cg, w, b, correction, eps, eps_code, gmean, gm2
         sh = np.empty(C)
         _tiled_sums(x3[b0], K, tt, ss, ss2)
         for bb in range(b0, b1):
+            if bb > b0 and not wide:
+                _tiled_sums(x3[bb], K, tt, ss, ss2)
             _tiled_moments(tt, ss, ss2, R, cm, cq)
             _group_stats(cm, cq, R, Cg, correction, eps, eps_code, gmean[bb], gm2[bb], grstd[bb])
             _fold(gmean[bb], grstd[bb], Cg, w, b, cm, sc, sh)
-            if bb + 1 == b1:
-                _normalize_rows(x3[bb], y3[bb], 0, R, cm, sc, sh, nt, gang)
-                break
+            if bb + 1 == b1 or not wide:
+                _normalize_rows(x3[bb], y3[bb], 0, R, cm, sc, sh, nt, wide)
+                continue
             tm, ts, th = _tiled(cm, K), _tiled(sc, K), _tiled(sh, K)
             if nt:  # a literal each way (see the note above _yv)
                 _normalize_and_sum(x3[bb], y3[bb], x3[bb + 1], K, tm, ts, th, tt, ss, ss2, True)
@@ -1206,16 +1209,17 @@ def _chunks(lay, T):
     return max(1, min(lay.R, -(-T // lay.B)))
 
 
-#: WIDE_L1D: two channels-last choices measured on the Xeon (48 KiB L1d) ran slower on the EPYC (Zen 4, 32 KiB L1d),
-#: so they are taken where the L1d holds at least 48 KiB (a proxy: only these two machines were measured):
-#: * the training backward software-pipelined (cl_backward_pipelined): Xeon, 2 threads, (128, 28, 28, 256) 28 ->
-#:   22 ms; EPYC, one core, its combined sweep (8 tiled vectors, 5 streams) 1.5-2.0 ns a value against 0.3-0.5 +
-#:   0.5 for a block's sums from memory, then its dx from cache (group norm (64, 128, 56, 56) backward 1.28x);
+#: WIDE_L1D: channels-last choices measured on the Xeon (48 KiB L1d) that ran slower on the EPYC (Zen 4, 32 KiB
+#: L1d) are taken where the L1d holds at least 48 KiB (a proxy: only these two machines were measured), so that the
+#: Xeon runs what was measured there:
+#: * the training forward and backward software-pipelined (cl_forward_pipelined, cl_backward_pipelined): Xeon, 2
+#:   threads, (128, 28, 28, 256) backward 28 -> 22 ms, instance norm forward 18.0 -> 10.6 ms; EPYC, one core, the
+#:   backward's combined sweep (8 tiled vectors, 5 streams) 1.5-2.0 ns a value against 0.3-0.5 + 0.5 for a block's
+#:   sums from memory, then its dx from cache (group norm (64, 128, 56, 56) backward 1.28x); block by block, the
+#:   forwards of group and instance norm measured 1.08-1.29x (tools/ab_trees.py, 5 rounds, four cases);
 #: * the forward's write sweep taking GANG tiles at a time (_normalize_rows_loop, see GANG): Xeon, one core,
 #:   1.3-1.6x; EPYC, one core, streaming stores to four tiles at once 0.6-0.8 ns a value from cache, against 0.19
-#:   one tile (of HALF_TILE values) at a time (batch norm (64, 128, 56, 56) channels-last forward 1.55x).  The
-#:   pipelined forward's combined sweep keeps its gangs: on the EPYC one tile at a time measured 0.6-1.8 ns a
-#:   value over tile sizes and repeats (the same configuration 0.9 and 1.6), and 0.73x on a whole group norm.
+#:   one tile (of HALF_TILE values) at a time (batch norm (64, 128, 56, 56) channels-last forward 1.55x);
 #: * the backward's column sums taking four rows per sweep from cache (ROWS_NOTE).
 WIDE_L1D = machine.caches().get("l1d_kib", 32) >= 48
 
