@@ -16,8 +16,11 @@ Two memory layouts cover every case, so each pass is written once:
   B=N, R=S, Cg=C/G.  Batch norm ``(N, C, S)`` with small S: B=1, R=N, C*S columns, Cg=S (slabs too short to
   be worth a range reduction each).  Vectorised over the columns with per-task partial buffers merged with
   Chan's formula; ``cl_forward_fused``/``*_pipelined``/``cl_backward_eval`` run whole blocks (B >= threads: one
-  per iteration, or a run of them per thread, pipelined), ``*_split`` cuts the rows of each
+  per iteration, or a run of them per thread, pipelined where WIDE_L1D), ``*_split`` cuts the rows of each
   block into ``P`` chunks (statistics, merge, then outputs: x is read twice, the 2/3 and 3/5 limits).
+
+Some loop shapes were faster on one machine and slower on another (the Xeon they were tuned on, an EPYC Zen 4):
+those choices are made per call from the cache sizes (WIDE_L1D, from_cache, FOURS in :mod:`._moments`).
 
 Outputs are computed in float64 from float64 statistics ((x - mean) * scale + shift, never a folded
 x*scale + shift in the storage dtype on training paths, which loses the offset-data accuracy).  Backward
