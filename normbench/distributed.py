@@ -179,7 +179,7 @@ def _exchange(comm, fname, local):
         if any(v != values[0] for v in values):
             listing = ", ".join(f"rank {r}: {v!r}" for r, v in enumerate(values))
             raise ValueError(f"{fname}: ranks disagree on {field} ({listing}); every rank must call it with "
-                             "the same channels, dtype, sample shape, axis and options")
+                             f"the same {', '.join(metas[0])}")  # this call's fields, not another's
     return [p for _, _, p in gathered]
 
 

@@ -140,6 +140,19 @@ def _mismatch_case(comm, what):
     return res
 
 
+def _population_mismatch_case(comm):
+    """PopulationStats of different widths: the message names this call's fields (it named SyncBN's, sample shape
+    and axis among them, which a PopulationStats has not)."""
+    import normbench as nb
+    from normbench import distributed as dist
+
+    stats = nb.PopulationStats(4 + (comm.rank == comm.size - 1))
+    res = _expect_error(lambda: dist.allreduce_population_stats(stats, comm=comm))
+    res["must_mention"] = "disagree on num_features"
+    res["names_its_own_fields"] = "the same num_features, weighting" in res["message"]
+    return res
+
+
 def _global_count_case(comm, counts, expect):
     """(N, C) input: "more than one value per channel" is judged on the global count."""
     from normbench import distributed as dist
@@ -345,6 +358,7 @@ def cases(P):
         "mismatched_dtype": lambda comm: _mismatch_case(comm, "dtype"),
         "bad_weight_on_one_rank": lambda comm: _mismatch_case(comm, "weight"),
         "mismatched_option_backward": lambda comm: _mismatch_case(comm, "option"),
+        "mismatched_population_num_features": _population_mismatch_case,
         "one_value_per_channel_globally": lambda comm: _global_count_case(comm, [1] + [0] * (P - 1), "ValueError"),
         "one_value_per_rank_is_fine": lambda comm: _global_count_case(comm, [1] * P, None),
         "comm_not_a_communicator": lambda comm: _bad_comm_case(),
