@@ -21,7 +21,7 @@ from normbench.cpu._stream import aligned_empty
 
 C = int(sys.argv[1]) if len(sys.argv) > 1 else 128
 ROWS = 64 * 3136
-K = ch._tile_rows(C)
+K = ch._tile_rows(C, ch.TILE)
 tt, ss, ss2 = (np.empty(K * C) for _ in range(3))
 mc, sc, sh = np.zeros(C), np.ones(C), np.zeros(C)
 tm, ts, th = ch._tiled(mc, K), ch._tiled(sc, K), ch._tiled(sh, K)
@@ -38,7 +38,7 @@ def blocks(R):
 def normalise(R):
     x3, y3 = blocks(R)
     for b in range(x3.shape[0]):
-        ch._normalize_rows(x3[b], y3[b], 0, R, mc, sc, sh, True)
+        ch._normalize_rows(x3[b], y3[b], 0, R, mc, sc, sh, True, int(ch.WIDE_L1D))
 
 
 def sums(R):

@@ -1227,8 +1227,8 @@ def _chunks(lay, T):
 WIDE_L1D = machine.caches().get("l1d_kib", 32) >= 48
 
 
-#: the last-level cache's bytes (sysfs; 32 MiB where unknown)
-LLC_BYTES = machine.caches().get("l3_kib", 32 * 1024) * 1024
+#: the last-level cache's bytes (sysfs: the L3, else the L2; 32 MiB where unknown)
+LLC_BYTES = (machine.caches().get("l3_kib") or machine.caches().get("l2_kib") or 32 * 1024) * 1024
 
 
 def from_cache(nbytes):
