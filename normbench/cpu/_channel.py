@@ -1224,11 +1224,12 @@ def _chunks(lay, T):
 #:   1.3-1.6x; EPYC, one core, streaming stores to four tiles at once 0.6-0.8 ns a value from cache, against 0.19
 #:   one tile (of HALF_TILE values) at a time (batch norm (64, 128, 56, 56) channels-last forward 1.55x);
 #: * the backward's column sums taking four rows per sweep from cache (ROWS_NOTE).
-WIDE_L1D = machine.caches().get("l1d_kib", 32) >= 48
+_CACHES = machine.caches()  # read once, at import
+WIDE_L1D = _CACHES.get("l1d_kib", 32) >= 48
 
 
 #: the last-level cache's bytes (sysfs: the L3, else the L2; 32 MiB where unknown)
-LLC_BYTES = (machine.caches().get("l3_kib") or machine.caches().get("l2_kib") or 32 * 1024) * 1024
+LLC_BYTES = (_CACHES.get("l3_kib") or _CACHES.get("l2_kib") or 32 * 1024) * 1024
 
 
 def from_cache(nbytes):
