@@ -852,3 +852,40 @@ def test_an_outlier_first_value_is_not_the_shift(rng, axis):
         got = fn(x, *args, axis=axis, backend="cpu")[0]
         want = fn(x, *args, axis=axis, backend="reference")[0]
         assert np.abs(got - want).max() <= 8 * np.finfo(np.float64).eps * np.abs(want).max(), fn.__name__
+
+
+# every path that merges partial statistics (_moments.MERGE_NOTE): (variant, physical shape, axis, groups)
+MERGE_CASES = [
+    ("batch_norm", (6, 3, 4, 6), 1, None),    # channels-first: units of 6 runs (pipelined; fused in serial)
+    ("batch_norm", (6, 1, 4, 6), 1, None),    # one unit, fewer than threads: split sub-runs
+    ("batch_norm", (6, 3, 4, 2), 1, None),    # short slabs: 8 columns a channel, merged as a group
+    ("batch_norm", (40, 7), 1, None),         # (N, C): row chunks
+    ("batch_norm", (6, 4, 5, 3), -1, None),   # channels-last: row chunks
+    ("group_norm", (3, 4, 5, 8), -1, 2),      # channels-last groups of 4 columns (a block per sample)
+    ("group_norm", (1, 4, 5, 8), -1, 2),      # one sample, fewer than threads: row chunks, then columns
+]
+
+
+@pytest.mark.parametrize("variant,shape,axis,G", MERGE_CASES, ids=[f"{v}-{s}-{a}" for v, s, a, _ in MERGE_CASES])
+def test_float64_statistics_far_from_zero_keep_their_digits(rng, schedule, variant, shape, axis, G):
+    """Float64 channels offset by 1e6 spreads, every kernel path that merges partial moments (runs, row chunks,
+    a group's columns), both schedules: rstd within 8 float64 units of the oracle (extended precision) and the mean
+    within an ulp of it.  Partial means rounded at 1e6 before their merges put 1.6e3-1.8e5 units into rstd; taken
+    relative to a data value of the unit (MERGE_NOTE), about 1, as the CUDA kernels."""
+    from normbench import registry
+    from normbench.accuracy import oracle
+
+    C = shape[1] if axis == 1 else shape[-1]
+    x = 1e6 + rng.standard_normal(shape)
+    inputs = dict(x=x, weight=None, bias=None, axis=axis)
+    if variant == "batch_norm":
+        inputs.update(running_mean=None, running_var=None, training=True)
+    else:
+        inputs.update(num_groups=G)
+    want = oracle.forward(variant, inputs)
+    _, mean, r = registry.VARIANTS[variant].run_forward(oracle.fresh(inputs), backend="cpu")
+    eps = np.finfo(np.float64).eps
+    r_units = np.max(np.abs(r.reshape(-1) - want["rstd"].reshape(-1)) / want["rstd"].reshape(-1)) / eps
+    assert r_units <= 8, (r_units, C)
+    ulps = np.abs(mean.reshape(-1) - want["mean"].reshape(-1)) / np.spacing(np.abs(mean.reshape(-1)))
+    assert np.max(ulps) <= 1

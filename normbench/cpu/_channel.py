@@ -42,7 +42,7 @@ from numba import njit, prange
 
 from .. import machine
 from . import _stream
-from ._moments import FAST, JIT, SHIFTED, chan_merge, column_moments, range_moments, rstd_from_m2, shift3
+from ._moments import FAST, JIT, SHIFTED, chan_merge, column_moments, range_moments_about, rstd_from_m2, shift3
 from ._stream import _put
 
 _PAR = dict(FAST, parallel=True)
@@ -140,24 +140,37 @@ def _subrun(t, nr, L, run_stride, S, Cg):
 
 
 # ------------------------------------------------------------------------------- units of runs (channels-first)
+@njit(inline="always", **_SEQ)
+def _run_ref(xf, lo, n):
+    """A unit's reference for its merges (MERGE_NOTE): the shift of the shifted sums over ``xf[lo:lo+n]``, as
+    range_moments takes it (so a unit of one run merges nothing and keeps its digits as before); 0 if empty."""
+    if n <= 0:
+        return 0.0
+    return shift3(np.float64(xf[lo]), np.float64(xf[lo + n // 2]), np.float64(xf[lo + n - 1]))
+
+
 @njit(**_SEQ)
 def _block_stats(xf, u0, u1, nr, L, run_stride, algo, acc64, n, correction, eps, eps_code, mean_out, m2_out,
                  rstd_out):
-    """Statistics of units u0:u1, run by run (see :func:`cf_forward_fused`)."""
+    """Statistics of units u0:u1, run by run (see :func:`cf_forward_fused`), merged relative to each unit's
+    first run's shift (MERGE_NOTE)."""
     B = u1 - u0
     cnt = np.zeros(B, np.int64)
     mean = np.zeros(B)
     m2 = np.zeros(B)
+    ref = np.zeros(B)
+    for u in range(u0, u1):
+        ref[u - u0] = _run_ref(xf, u * L, L) if nr > 0 else 0.0
     for k in range(nr):
         for u in range(u0, u1):
             lo = u * L + k * run_stride
-            m, q = range_moments(xf, lo, lo + L, algo, acc64)
+            m, q = range_moments_about(xf, lo, lo + L, algo, acc64, ref[u - u0])
             c1, m1, q1 = chan_merge(cnt[u - u0], mean[u - u0], m2[u - u0], L, m, q)
             cnt[u - u0] = c1
             mean[u - u0] = m1
             m2[u - u0] = q1
     for u in range(u0, u1):
-        mean_out[u] = mean[u - u0]
+        mean_out[u] = ref[u - u0] + mean[u - u0]
         m2_out[u] = m2[u - u0]
         rstd_out[u] = rstd_from_m2(m2[u - u0], n, correction, eps, eps_code)
 
@@ -218,6 +231,7 @@ def cf_forward_pipelined(xf, yf, U, nr, L, run_stride, S, Cg, G, w, b, correctio
         cnt = np.zeros(CB, np.int64)
         mean = np.zeros(CB)
         m2 = np.zeros(CB)
+        ref = np.zeros(CB)  # the next block's units' references: their first run's shift (MERGE_NOTE)
         for blk in range(b0, b1):
             u0 = blk * CB
             u1 = min(u0 + CB, U)
@@ -235,6 +249,8 @@ def cf_forward_pipelined(xf, yf, U, nr, L, run_stride, S, Cg, G, w, b, correctio
                         lo = u * L + k * run_stride
                         o = lo + CB * L  # the next block's run: its shift as range_moments takes it
                         K = shift3(np.float64(xf[o]), np.float64(xf[o + L // 2]), np.float64(xf[o + L - 1]))
+                        if k == 0:
+                            ref[u - u0] = K
                         s = 0.0
                         s2 = 0.0
                         for j in range(Cg):
@@ -248,7 +264,8 @@ def cf_forward_pipelined(xf, yf, U, nr, L, run_stride, S, Cg, G, w, b, correctio
                         q = s2 - s * (s / L)
                         if q < 0:  # NaN stays NaN
                             q = 0.0
-                        c1, m1, q1 = chan_merge(cnt[u - u0], mean[u - u0], m2[u - u0], L, K + s / L, q)
+                        c1, m1, q1 = chan_merge(cnt[u - u0], mean[u - u0], m2[u - u0], L,
+                                                (K - ref[u - u0]) + s / L, q)
                         cnt[u - u0] = c1
                         mean[u - u0] = m1
                         m2[u - u0] = q1
@@ -259,7 +276,7 @@ def cf_forward_pipelined(xf, yf, U, nr, L, run_stride, S, Cg, G, w, b, correctio
                             sh = np.float64(b[ch0 + j])
                             _normalize_range(xf, yf, s0, s0 + S, mu, sc, sh, nt)
             for v in range(u1, v1):
-                mean_out[v] = mean[v - u1]
+                mean_out[v] = ref[v - u1] + mean[v - u1]
                 m2_out[v] = m2[v - u1]
                 rstd_out[v] = rstd_from_m2(m2[v - u1], n, correction, eps, eps_code)
 
@@ -271,9 +288,12 @@ def cf_forward_split(xf, yf, U, nr, L, run_stride, S, Cg, G, w, b, algo, acc64, 
     T = U * nr * Cg
     tm = np.empty(T)
     tq = np.empty(T)
+    ref = np.empty(U)  # each unit's first sub-run's shift (MERGE_NOTE)
+    for u in range(U):
+        ref[u] = _run_ref(xf, u * L, S) if nr > 0 else 0.0
     for t in prange(T):
         u, j, s0 = _subrun(t, nr, L, run_stride, S, Cg)
-        m, q = range_moments(xf, s0, s0 + S, algo, acc64)
+        m, q = range_moments_about(xf, s0, s0 + S, algo, acc64, ref[u])
         tm[t] = m
         tq[t] = q
     for u in range(U):
@@ -282,7 +302,7 @@ def cf_forward_split(xf, yf, U, nr, L, run_stride, S, Cg, G, w, b, algo, acc64, 
         m2 = 0.0
         for t in range(u * nr * Cg, (u + 1) * nr * Cg):
             cnt, mean, m2 = chan_merge(cnt, mean, m2, S, tm[t], tq[t])
-        mean_out[u] = mean
+        mean_out[u] = ref[u] + mean
         m2_out[u] = m2
         rstd_out[u] = rstd_from_m2(m2, n, correction, eps, eps_code)
     if write_y:
@@ -437,8 +457,21 @@ def cf_backward_split(dyf, xf, dxf, U, nr, L, run_stride, S, Cg, G, w, mean, rst
 
 # --------------------------------------------------------------------------- blocks of columns (channels-last)
 @njit(**_SEQ)
-def _group_stats(cm, cq, rows, Cg, correction, eps, eps_code, gmean, gm2, grstd):
-    """Merge per-column moments of ``rows`` rows into per-group moments (groups of Cg adjacent columns)."""
+def _group_refs(x2, Cg, gref, cref):
+    """Each group's reference for its merges (MERGE_NOTE): the shift of its first column over the block's rows, as
+    column_moments takes it (a group of one column over one chunk merges nothing and keeps its digits as before),
+    in ``gref``; repeated for each of the group's columns in ``cref``."""
+    R = x2.shape[0]
+    for g in range(gref.shape[0]):
+        c = g * Cg
+        gref[g] = 0.0 if R == 0 else shift3(np.float64(x2[0, c]), np.float64(x2[R // 2, c]), np.float64(x2[R - 1, c]))
+    _expand(gref, Cg, cref)
+
+
+@njit(**_SEQ)
+def _group_stats(cm, cq, rows, Cg, correction, eps, eps_code, gref, gmean, gm2, grstd):
+    """Merge per-column moments of ``rows`` rows, their means relative to their group's ``gref``, into per-group
+    moments (groups of Cg adjacent columns; the reference added back once: MERGE_NOTE)."""
     n = rows * Cg
     for g in range(gmean.shape[0]):
         cnt = 0
@@ -446,7 +479,7 @@ def _group_stats(cm, cq, rows, Cg, correction, eps, eps_code, gmean, gm2, grstd)
         m2 = 0.0
         for c in range(g * Cg, (g + 1) * Cg):
             cnt, mean, m2 = chan_merge(cnt, mean, m2, rows, cm[c], cq[c])
-        gmean[g] = mean
+        gmean[g] = gref[g] + mean
         gm2[g] = m2
         grstd[g] = rstd_from_m2(m2, n, correction, eps, eps_code)
 
@@ -575,8 +608,11 @@ def cl_forward_fused(x3, y3, Cg, w, b, algo, acc64, fours, correction, eps, eps_
     for bb in prange(B):
         cm = np.empty(C)
         cq = np.empty(C)
-        _column_stats(x3[bb], 0, R, algo, acc64, fours, cm, cq)
-        _group_stats(cm, cq, R, Cg, correction, eps, eps_code, gmean[bb], gm2[bb], grstd[bb])
+        gref = np.empty(gmean.shape[1])
+        cref = np.empty(C)
+        _group_refs(x3[bb], Cg, gref, cref)
+        _column_stats(x3[bb], 0, R, algo, acc64, fours, cref, cm, cq)
+        _group_stats(cm, cq, R, Cg, correction, eps, eps_code, gref, gmean[bb], gm2[bb], grstd[bb])
         if write_y:
             sc = np.empty(C)
             sh = np.empty(C)
@@ -634,14 +670,14 @@ def _untile(ta, tc, sdy, sdyxc):
 
 
 @njit(**_SEQ)
-def _tiled_moments(tt, ss, ss2, R, cm, cq):
-    """Per-column (mean, m2) of R rows from :func:`_tiled_sums`' accumulators (the shifted one-pass formula, m2
-    clamped at 0 as column_moments does)."""
+def _tiled_moments(tt, ss, ss2, R, cref, cm, cq):
+    """Per-column (mean - cref, m2) of R rows from :func:`_tiled_sums`' accumulators (the shifted one-pass formula,
+    m2 clamped at 0 as column_moments does; MERGE_NOTE)."""
     _untile(ss, ss2, cm, cq)  # the column totals, then the moments in place
     for c in range(cm.shape[0]):
         a = cm[c]
         q = cq[c] - a * (a / R)
-        cm[c] = tt[c] + a / R
+        cm[c] = (tt[c] - cref[c]) + a / R
         cq[c] = 0.0 if q < 0.0 else q  # NaN stays NaN
 
 
@@ -691,12 +727,15 @@ def cl_forward_pipelined(x3, y3, Cg, w, b, correction, eps, eps_code, gmean, gm2
         cq = np.empty(C)
         sc = np.empty(C)
         sh = np.empty(C)
+        gref = np.empty(gmean.shape[1])
+        cref = np.empty(C)
         _tiled_sums(x3[b0], K, tt, ss, ss2)
         for bb in range(b0, b1):
             if bb > b0 and not wide:
                 _tiled_sums(x3[bb], K, tt, ss, ss2)
-            _tiled_moments(tt, ss, ss2, R, cm, cq)
-            _group_stats(cm, cq, R, Cg, correction, eps, eps_code, gmean[bb], gm2[bb], grstd[bb])
+            _group_refs(x3[bb], Cg, gref, cref)
+            _tiled_moments(tt, ss, ss2, R, cref, cm, cq)
+            _group_stats(cm, cq, R, Cg, correction, eps, eps_code, gref, gmean[bb], gm2[bb], grstd[bb])
             _fold(gmean[bb], grstd[bb], Cg, w, b, cm, sc, sh)
             if bb + 1 == b1 or not wide:
                 _normalize_rows(x3[bb], y3[bb], 0, R, cm, sc, sh, nt, wide)
@@ -709,11 +748,11 @@ def cl_forward_pipelined(x3, y3, Cg, w, b, correction, eps, eps_code, gmean, gm2
 
 
 @njit(**_SEQ)
-def _column_stats(x2, r0, r1, algo, acc64, fours, cm, cq):
+def _column_stats(x2, r0, r1, algo, acc64, fours, cref, cm, cq):
     C = x2.shape[1]
     work32 = np.empty((3, C), np.float32)
     work64 = np.empty((3, C), np.float64)
-    column_moments(x2, r0, r1, algo, acc64, fours, cm, cq, work32, work64)
+    column_moments(x2, r0, r1, algo, acc64, fours, cref, cm, cq, work32, work64)
 
 
 @njit(**_PAR)
@@ -722,10 +761,14 @@ def cl_forward_split(x3, y3, Cg, w, b, P, algo, acc64, fours, correction, eps, e
     B, R, C = x3.shape
     pm = np.empty((B * P, C))
     pq = np.empty((B * P, C))
+    gref = np.empty(gmean.shape)
+    cref = np.empty((B, C))
+    for bb in range(B):  # the chunks' means are taken relative to their group's reference (MERGE_NOTE)
+        _group_refs(x3[bb], Cg, gref[bb], cref[bb])
     for t in prange(B * P):
         bb = t // P
         p = t - bb * P
-        _column_stats(x3[bb], p * R // P, (p + 1) * R // P, algo, acc64, fours, pm[t], pq[t])
+        _column_stats(x3[bb], p * R // P, (p + 1) * R // P, algo, acc64, fours, cref[bb], pm[t], pq[t])
     cm = np.empty((B, C))
     cq = np.empty((B, C))
     for bb in range(B):
@@ -738,7 +781,7 @@ def cl_forward_split(x3, y3, Cg, w, b, P, algo, acc64, fours, correction, eps, e
                 cnt, mean, m2 = chan_merge(cnt, mean, m2, rows, pm[bb * P + p, c], pq[bb * P + p, c])
             cm[bb, c] = mean
             cq[bb, c] = m2
-        _group_stats(cm[bb], cq[bb], R, Cg, correction, eps, eps_code, gmean[bb], gm2[bb], grstd[bb])
+        _group_stats(cm[bb], cq[bb], R, Cg, correction, eps, eps_code, gref[bb], gmean[bb], gm2[bb], grstd[bb])
     if write_y:
         for t in prange(B * P):
             bb = t // P

@@ -62,11 +62,14 @@ def _make_range_moments(acc, fused):
 
     @njit(**FAST)
     def range_moments(x, r, alpha, lo, hi, algo):
+        """(base, d, m2): the mean is base + d, kept apart so that a caller can take it relative to a reference
+        before it is rounded at the data's magnitude (the shifted sums: base the shift, d their mean; the other
+        algorithms: the mean, 0).  See MERGE_NOTE."""
         n = hi - lo
         zero = acc(0.0)
         a = acc(alpha)
         if n <= 0:
-            return zero, zero
+            return zero, zero, zero
         # Re-base on views that start at a literal 0: LLVM then proves every index non-negative and drops
         # Numba's negative-index wraparound, which otherwise blocks vectorisation (5-7x slower, measured).
         x = x[lo:hi]
@@ -84,7 +87,7 @@ def _make_range_moments(acc, fused):
                 v = acc(x[i]) + a * acc(r[i]) if fused else acc(x[i])
                 d = v - mean
                 q += d * d
-            return mean, q
+            return mean, zero, q
         if algo == WELFORD:
             count = zero
             mean = zero
@@ -111,7 +114,7 @@ def _make_range_moments(acc, fused):
                     mean = mean + bm
                     q = acc(np.nan)
                 count = tot
-            return mean, q
+            return mean, zero, q
         if algo == NAIVE:
             s = zero
             s2 = zero
@@ -123,7 +126,7 @@ def _make_range_moments(acc, fused):
             q = s2 - s * mean
             if q < zero:  # cancellation can make it negative; NaN stays NaN
                 q = zero
-            return mean, q
+            return mean, zero, q
         # SHIFTED around the middle of the range's first, middle and last values
         if fused:
             shift = acc(shift3(acc(x[0]) + a * acc(r[0]), acc(x[n // 2]) + a * acc(r[n // 2]),
@@ -140,7 +143,7 @@ def _make_range_moments(acc, fused):
         q = s2 - s * (s / acc(n))
         if q < zero:
             q = zero
-        return shift + s / acc(n), q
+        return shift, s / acc(n), q
 
     @njit(**FAST)
     def range_sumsq(x, r, alpha, lo, hi):
@@ -166,10 +169,27 @@ _fused_moments_acc64, _fused_sumsq_acc64 = _make_range_moments(np.float64, True)
 def range_moments(x, lo, hi, algo, acc64):
     """(mean, m2) in float64 of the contiguous 1-D range ``x[lo:hi]`` with algorithm ``algo``."""
     if acc64:
-        m, q = range_moments_acc64(x, x, 0.0, lo, hi, algo)
-        return np.float64(m), np.float64(q)
-    m, q = range_moments_acc32(x, x, 0.0, lo, hi, algo)
-    return np.float64(m), np.float64(q)
+        m, d, q = range_moments_acc64(x, x, 0.0, lo, hi, algo)
+        return np.float64(m + d), np.float64(q)
+    m, d, q = range_moments_acc32(x, x, 0.0, lo, hi, algo)
+    return np.float64(m + d), np.float64(q)
+
+
+#: MERGE_NOTE: summaries that Chan's formula merges (a channel's runs or row chunks, a group's columns) carry their
+#: mean relative to a reference, one data value of the unit (``ref``), and the reference is added back once, after
+#: the merges.  A mean rounded at the data's magnitude first (``K + s/n``: an error of half an ulp of the offset) puts
+#: that error into every merge's ``delta``, which the ``delta**2`` term turns into an error of m2 relative to the
+#: spread: float64 batch norm at an offset of 1e6 spreads had rstd 1e4-2e5 float64 units off the oracle from a single
+#: merge; taken relative to ``ref`` (``(K - ref) + s/n``, the shift and the reference both data values) about 1, as
+#: the CUDA kernels (which merge relative to their segment's shift).
+@njit(**FAST)
+def range_moments_about(x, lo, hi, algo, acc64, ref):
+    """(mean - ref, m2) in float64 of ``x[lo:hi]``, the mean relative to ``ref`` (MERGE_NOTE)."""
+    if acc64:
+        m, d, q = range_moments_acc64(x, x, 0.0, lo, hi, algo)
+    else:
+        m, d, q = range_moments_acc32(x, x, 0.0, lo, hi, algo)
+    return (np.float64(m) - ref) + np.float64(d), np.float64(q)
 
 
 @njit(**FAST)
@@ -184,10 +204,10 @@ def row_stats(x, r, alpha, lo, hi, rms, algo, acc64, fused):
         return 0.0, np.float64(q)
     if fused:
         if acc64:
-            m, q = _fused_moments_acc64(x, r, alpha, lo, hi, algo)
+            m, d, q = _fused_moments_acc64(x, r, alpha, lo, hi, algo)
         else:
-            m, q = _fused_moments_acc32(x, r, alpha, lo, hi, algo)
-        return np.float64(m), np.float64(q)
+            m, d, q = _fused_moments_acc32(x, r, alpha, lo, hi, algo)
+        return np.float64(m + d), np.float64(q)
     return range_moments(x, lo, hi, algo, acc64)
 
 
@@ -213,9 +233,10 @@ def chan_merge(na, mean_a, m2_a, nb, mean_b, m2_b):
 
 def _make_column_moments(acc):
     @njit(**FAST)
-    def column_moments(x, r0, r1, algo, fours, mean_out, m2_out, work):
-        """Per-column (mean, m2) of rows ``r0:r1`` of the 2-D C-contiguous ``x`` (rows x C), vectorised over
-        C: written to ``mean_out``/``m2_out`` (float64, length C). ``work`` is a (3, C) scratch of ``acc``."""
+    def column_moments(x, r0, r1, algo, fours, ref, mean_out, m2_out, work):
+        """Per-column (mean - ref, m2) of rows ``r0:r1`` of the 2-D C-contiguous ``x`` (rows x C), vectorised over
+        C: written to ``mean_out``/``m2_out`` (float64, length C); ``ref`` (float64, length C) the columns'
+        references (MERGE_NOTE). ``work`` is a (3, C) scratch of ``acc``."""
         C = x.shape[1]
         n = r1 - r0
         x = x[r0:r1]  # re-based at a literal 0 row (see range_moments: no wraparound checks)
@@ -229,7 +250,7 @@ def _make_column_moments(acc):
             s2[c] = 0.0
         if n <= 0:
             for c in range(C):
-                mean_out[c] = 0.0
+                mean_out[c] = 0.0  # (no rows: nothing to merge)
                 m2_out[c] = 0.0
             return
         if algo == TWO_PASS:
@@ -243,7 +264,7 @@ def _make_column_moments(acc):
                     d = acc(x[r, c]) - t[c]
                     s2[c] += d * d
             for c in range(C):
-                mean_out[c] = t[c]
+                mean_out[c] = np.float64(t[c]) - ref[c]
                 m2_out[c] = s2[c]
             return
         if algo == WELFORD:
@@ -279,6 +300,8 @@ def _make_column_moments(acc):
                         mean_out[c] += tc
                         m2_out[c] = np.nan
                 count = tot
+            for c in range(C):
+                mean_out[c] -= ref[c]
             return
         if algo == NAIVE:
             for r in range(r0, r1):
@@ -291,7 +314,7 @@ def _make_column_moments(acc):
                 q = s2[c] - s[c] * m
                 if q < 0:
                     q = 0
-                mean_out[c] = m
+                mean_out[c] = np.float64(m) - ref[c]
                 m2_out[c] = q
             return
         # SHIFTED around the middle of the first, middle and last rows' values (shift3)
@@ -316,7 +339,7 @@ def _make_column_moments(acc):
             q = s2[c] - s[c] * (s[c] / acc(n))
             if q < 0:
                 q = 0
-            mean_out[c] = t[c] + s[c] / acc(n)
+            mean_out[c] = (np.float64(t[c]) - ref[c]) + np.float64(s[c] / acc(n))
             m2_out[c] = q
 
     return column_moments
@@ -334,13 +357,14 @@ column_moments_acc64 = _make_column_moments(np.float64)
 
 
 @njit(**FAST)
-def column_moments(x, r0, r1, algo, acc64, fours, mean_out, m2_out, work32, work64):
-    """Per-column (mean, m2) of rows ``r0:r1`` of ``x`` with the accumulator chosen at run time: ``work32`` and
-    ``work64`` are (3, C) float32 / float64 scratch arrays (only the chosen one is touched); ``fours``: see FOURS."""
+def column_moments(x, r0, r1, algo, acc64, fours, ref, mean_out, m2_out, work32, work64):
+    """Per-column (mean - ref, m2) of rows ``r0:r1`` of ``x`` (MERGE_NOTE) with the accumulator chosen at run
+    time: ``work32`` and ``work64`` are (3, C) float32 / float64 scratch arrays (only the chosen one is touched);
+    ``fours``: see FOURS."""
     if acc64:
-        column_moments_acc64(x, r0, r1, algo, fours, mean_out, m2_out, work64)
+        column_moments_acc64(x, r0, r1, algo, fours, ref, mean_out, m2_out, work64)
     else:
-        column_moments_acc32(x, r0, r1, algo, fours, mean_out, m2_out, work32)
+        column_moments_acc32(x, r0, r1, algo, fours, ref, mean_out, m2_out, work32)
 
 
 @njit(**JIT)
