@@ -9,10 +9,17 @@ from __future__ import annotations
 import atexit
 import os
 import pickle
+import threading
 import warnings
 
 import numpy as np
-from numba import cuda
+from numba import cuda, typeof
+
+try:  # the simulator has neither; the fast launch below is off there
+    from numba.cuda.cudadrv.devicearray import DeviceNDArray
+    from numba.cuda.errors import normalize_kernel_dimensions
+except ImportError:  # pragma: no cover - another numba-cuda layout
+    DeviceNDArray = normalize_kernel_dimensions = None
 
 # the per-channel finishing kernels are tiny by design; numba's low-occupancy warning would fire on every call
 warnings.filterwarnings("ignore", message="Grid size .* will likely result in GPU under-utilization")
@@ -45,6 +52,31 @@ def flat(a):
 
 def empty(shape, dtype):
     return cuda.device_array(shape, dtype=np.dtype(dtype))
+
+
+def scratch(tag, n, dtype):
+    """A device work array of ``n`` values that never reaches the caller (partial sums, coefficients), kept per
+    thread, context and ``tag`` (distinct arrays of one call need distinct tags) and reused by later calls: every
+    kernel runs on the default stream, in launch order, so a later call's kernels write it only after this call's
+    have read it.  A device allocation costs 27-46 us of host time on the H100 hosts measured (docs/gpu.md);
+    a backward allocated up to five of these a call.  At most SCRATCH_KEPT arrays are kept per thread."""
+    if _simulator():
+        return empty(n, dtype)
+    pool = getattr(_SCRATCH, "pool", None)
+    if pool is None:
+        pool = _SCRATCH.pool = {}
+    dtype = np.dtype(dtype)
+    key = (tag, n, dtype.str, id(cuda.current_context()))
+    a = pool.get(key)
+    if a is None:
+        if len(pool) >= SCRATCH_KEPT:
+            pool.clear()
+        a = pool[key] = cuda.device_array(n, dtype=dtype)
+    return a
+
+
+_SCRATCH = threading.local()
+SCRATCH_KEPT = 32
 
 
 def dummy(dtype):
@@ -102,12 +134,50 @@ _RECORD = os.environ.get("NORMBENCH_CUDA_SIGNATURES")
 def launch(kernels, name, grid, block, *args):
     kernel = getattr(kernels, name)
     if _RECORD:
-        from numba import typeof
-
         key = (kernels.module, kernels.acc, name)
         if key not in SIGNATURES:
             SIGNATURES[key] = tuple(typeof(getattr(a, "_ary", a)) for a in args)
-    kernel[grid, block](*args)
+    if _FAST["ok"] and not _simulator():
+        _fast_launch(kernel, grid, block, args)
+    else:
+        kernel[grid, block](*args)
+
+
+# A launch through the dispatcher types every argument (numba's typeof: a fresh device array builds its Array type,
+# 10-35 us each, and a call passes several) before it finds the compiled kernel.  The kinds of our arguments
+# decide their types (a device array: dtype, ndim, C-contiguity; a scalar: its Python type), so the compiled
+# kernel is looked up by them once and launched directly afterwards: 1.2-1.5x less host time a call on the H100
+# host (2026-11-23, docs/gpu.md), results identical.  Any failure of the direct launch (another numba-cuda's
+# internals) turns it off for the process; the dispatcher then launches as before.
+_FAST = {"ok": DeviceNDArray is not None, "stream": None}
+_COMPILED: dict = {}
+
+
+def _kind(a):
+    if isinstance(a, DeviceNDArray):
+        return a.dtype, a.ndim, a.is_c_contiguous()
+    return type(a)
+
+
+def _fast_launch(kernel, grid, block, args):
+    key = (id(kernel), tuple(map(_kind, args)))
+    compiled = _COMPILED.get(key)
+    if compiled is None:
+        kernel[grid, block](*args)  # compiles if needed
+        compiled = kernel.overloads.get(tuple(typeof(a) for a in args))
+        if compiled is not None:
+            _COMPILED[key] = compiled
+        return
+    try:
+        if _FAST["stream"] is None:
+            from numba.cuda.cudadrv import driver
+
+            _FAST["stream"] = driver._to_core_stream(0)
+        g, b = normalize_kernel_dimensions(grid, block)
+        compiled.launch(args, g, b, _FAST["stream"], 0)
+    except Exception:  # noqa: BLE001 - an internal API moved: launch as numba documents, from now on
+        _FAST["ok"] = False
+        kernel[grid, block](*args)
 
 
 def _dump():

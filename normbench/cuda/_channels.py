@@ -23,7 +23,7 @@ import numpy as np
 from numba import cuda, float32, float64
 
 from . import config
-from ._arrays import dummy, empty, flat, launch, output, to_device
+from ._arrays import dummy, empty, flat, launch, output, scratch, to_device
 from ._reduce import (advance, chan, cursor, drstd_factor, effective_shift, group_moments, group_sum2, rstd_from_m2,
                       seg_shift, thread_moments32, thread_moments64)
 from .config import MAX_THREADS
@@ -412,7 +412,7 @@ def moments(ks, xd, g, opts, eps, rm=None, rv=None, momentum=0.0):
         nan = np.full(g.Q, np.nan)
         return to_device(nan), to_device(nan), to_device(nan)
     grid, block, nsplit, chunk = _launch_shape(g.Q, g.seg)
-    part = empty(nsplit * g.Q * 4, np.float64)  # (count, mean - k0, M2, k0) per split and segment
+    part = scratch("moment_partials", nsplit * g.Q * 4, np.float64)  # (count, mean - k0, M2, k0) per split and segment
     qin, qout, qst, cnt, inner, outer = g.seg
     launch(ks, "seg_moments", grid, block, xd, g.Q, qin, qout, qst, cnt, inner, outer, chunk, opts.variance_code,
            part)
@@ -439,14 +439,14 @@ def backward(ks, dyd, xd, g, mean, rstd, weight, want_w, want_b, training, opts,
         zero = np.zeros(g.C, dyd.dtype)
         return (to_device(zero) if want_w else None), (to_device(zero) if want_b else None)
     grid, block, nsplit, chunk = _launch_shape(g.P, g.sums)
-    part = empty(nsplit * g.P * 2, np.float64)
+    part = scratch("sum_partials", nsplit * g.P * 2, np.float64)
     qin, qout, qst, cnt, inner, outer = g.sums
     launch(ks, "seg_sums", grid, block, dyd, xd, mean, g.P, qin, qout, qst, cnt, inner, outer, chunk, g.C, g.qn,
            g.Cg, part)
-    db, ds = empty(g.P, np.float64), empty(g.P, np.float64)
+    db, ds = scratch("db", g.P, np.float64), scratch("ds", g.P, np.float64)
     launch(ks, "sums_finish", *_finish_shape(g.P, nsplit), part, nsplit, g.P, db, ds)
     w, has_w = _opt(weight, dyd.dtype)
-    mg, kq = empty(g.Q, np.float64), empty(g.Q, np.float64)
+    mg, kq = scratch("mg", g.Q, np.float64), scratch("kq", g.Q, np.float64)
     nseg = g.seg[3]
     launch(ks, "seg_coef", *_grid(g.Q), db, ds, w, has_w, rstd, g.Q, g.C, g.G, g.Cg, nseg, bool(training),
            opts.correction, float(eps), opts.eps_code, mg, kq)

@@ -17,7 +17,7 @@ import numpy as np
 from numba import cuda, float32, float64
 
 from . import config
-from ._arrays import dummy, empty, flat, launch, on_host, output, result, to_device
+from ._arrays import dummy, empty, flat, launch, on_host, output, result, scratch, to_device
 from ._reduce import (drstd_factor, effective_shift, group_moments, row_sum2, rstd_from_m2, seg_shift,
                       thread_moments32, thread_moments64)
 from .config import MAX_THREADS, ROW_PARTIALS
@@ -224,7 +224,7 @@ def rows_forward(x, D, weight, bias, *, eps, opts, center, out=None, residual=No
     if R:
         src = flat(xd)
         if fused:  # the forward below reads the unrounded sum (float64), not the stored h
-            src = empty(x.size, np.float64)
+            src = scratch("h64", x.size, np.float64)
             launch(ks, "residual_add", *_grid(x.size), flat(xd), flat(to_device(residual, "residual")),
                    float(alpha), flat(h), src)
         launch(ks, "forward", min(R, config.MAX_GRID), _block(D), src, flat(wd) if wd is not None else none,
@@ -250,8 +250,8 @@ def rows_backward(dy, x, D, mean, rstd, weight, want_bias, *, eps, opts, center,
     md = to_device(mean, "mean", dtype=np.float64) if center else rd
     nblk = max(1, min(R, config.BACKWARD_ROW_BLOCKS))
     want_w = weight is not None
-    pw = empty(nblk * D, np.float64) if want_w else dummy(np.float64)
-    pb = empty(nblk * D, np.float64) if want_bias else dummy(np.float64)
+    pw = scratch("pw", nblk * D, np.float64) if want_w else dummy(np.float64)
+    pb = scratch("pb", nblk * D, np.float64) if want_bias else dummy(np.float64)
     if R:
         launch(ks, "backward", nblk, _block(D), flat(dyd), flat(xd), D, flat(md), flat(rd),
                flat(wd) if want_w else none, want_w, center, opts.correction, float(eps), opts.eps_code,

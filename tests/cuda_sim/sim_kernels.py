@@ -752,3 +752,42 @@ def test_channel_backward_sums_in_float64_whatever_accumulate_says(variant):
         calls = lambda b: nb.instance_norm_backward(dy, x, f[1], f[2], w, w, backend=b, **kw)  # noqa: E731
     for name, got, want in zip(("dx", "dweight", "dbias"), calls("cuda"), calls("cpu")):
         close(name, got, want, 1e-12)
+
+
+def test_direct_launch_matches_the_dispatcher(monkeypatch):
+    """On a GPU, _arrays.launch looks the compiled kernel up by its arguments' kinds and launches it directly after
+    the first call (the dispatcher's typing skipped): the outputs of a row and a channel forward and backward equal
+    the dispatcher's to the bit, the direct path was taken and stayed on, and scratch arrays are reused.  In the
+    simulator (which has its own dispatcher and no compiled kernels) both are off: nothing is recorded."""
+    from normbench.cuda import _arrays
+
+    rng = np.random.default_rng(21)
+    x = cuda.to_device(rng.standard_normal((6, 40)).astype(np.float32))
+    dy = cuda.to_device(rng.standard_normal((6, 40)).astype(np.float32))
+    w = cuda.to_device(rng.standard_normal(40).astype(np.float32))
+    xc = cuda.to_device(rng.standard_normal((4, 5, 3, 7)).astype(np.float32))
+
+    def calls():
+        y, m, r = nb.layer_norm_forward(x, 40, w, w)
+        g = nb.layer_norm_backward(dy, x, 40, m, r, w, w)
+        yc, mc, rc = nb.batch_norm_forward(xc, None, None, None, None, training=True, axis=-1)
+        gc = nb.batch_norm_backward(xc, xc, None, None, mc, rc, training=True, axis=-1)
+        return [a.copy_to_host() for a in (y, m, r, *g, yc, mc, rc, gc[0])]
+
+    if SIMULATOR:
+        before = len(_arrays._COMPILED)
+        calls()
+        assert len(_arrays._COMPILED) == before == 0
+        assert _arrays.scratch("t", 8, np.float64) is not _arrays.scratch("t", 8, np.float64)
+        return
+    monkeypatch.setitem(_arrays._FAST, "ok", False)
+    want = calls()
+    monkeypatch.setitem(_arrays._FAST, "ok", True)
+    calls()  # first calls of these kinds: through the dispatcher, compiled kernels recorded
+    n = len(_arrays._COMPILED)
+    got = calls()
+    assert _arrays._FAST["ok"] and n > 0 and len(_arrays._COMPILED) == n
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+    assert _arrays.scratch("t", 8, np.float64) is _arrays.scratch("t", 8, np.float64)
+    assert _arrays.scratch("t", 8, np.float64) is not _arrays.scratch("u", 8, np.float64)
