@@ -59,24 +59,27 @@ def scratch(tag, n, dtype):
     thread, context and ``tag`` (distinct arrays of one call need distinct tags) and reused by later calls: every
     kernel runs on the default stream, in launch order, so a later call's kernels write it only after this call's
     have read it.  A device allocation costs 27-46 us of host time on the H100 hosts measured (docs/gpu.md);
-    a backward allocated up to five of these a call.  At most SCRATCH_KEPT arrays are kept per thread."""
-    if _simulator():
+    a backward allocated up to five of these a call.  At most SCRATCH_BYTES are kept per thread (the pool is
+    emptied when a new array would pass it); an array larger than a quarter of that is allocated per call (its
+    call's kernels take far longer than the allocation)."""
+    dtype = np.dtype(dtype)
+    nbytes = n * dtype.itemsize
+    if _simulator() or 4 * nbytes > SCRATCH_BYTES:
         return empty(n, dtype)
     pool = getattr(_SCRATCH, "pool", None)
     if pool is None:
         pool = _SCRATCH.pool = {}
-    dtype = np.dtype(dtype)
     key = (tag, n, dtype.str, id(cuda.current_context()))
     a = pool.get(key)
     if a is None:
-        if len(pool) >= SCRATCH_KEPT:
+        if nbytes + sum(v.nbytes for v in pool.values()) > SCRATCH_BYTES:
             pool.clear()
         a = pool[key] = cuda.device_array(n, dtype=dtype)
     return a
 
 
 _SCRATCH = threading.local()
-SCRATCH_KEPT = 32
+SCRATCH_BYTES = 64 << 20
 
 
 def dummy(dtype):
