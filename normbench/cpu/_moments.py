@@ -9,7 +9,8 @@ split of the data — a row over threads, a channel over the batch — merges ex
   in registers and merged into the running moments with Chan's formula (vectorisable, one pass).
 * ``NAIVE``: sum and sum of squares, ``m2 = s2 - s1**2/n`` clamped at 0 (catastrophic cancellation on offset
   data: kept on purpose for the accuracy study).
-* ``SHIFTED``: one pass of sums around ``K = x[lo]``: ``m2 = sum((x-K)**2) - sum(x-K)**2/n`` (clamped at 0);
+* ``SHIFTED``: one pass of sums around ``K`` (:func:`shift3`: the middle of the range's first, middle and last
+  values): ``m2 = sum((x-K)**2) - sum(x-K)**2/n`` (clamped at 0);
   with a float64 accumulator this is as accurate as two-pass on float32 data and as fast as one pass.
 
 Each comes with a float32 and a float64 accumulator (``acc64``).  ``fastmath`` allows reassociation and
@@ -64,7 +65,8 @@ def _make_range_moments(acc, fused):
     def range_moments(x, r, alpha, lo, hi, algo):
         """(base, d, m2): the mean is base + d, kept apart so that a caller can take it relative to a reference
         before it is rounded at the data's magnitude (the shifted sums: base the shift, d their mean; the other
-        algorithms: the mean, 0).  See MERGE_NOTE."""
+        algorithms: the mean, 0).  Callers add them in float64 whatever the accumulator (a float32 accumulator holds
+        the sums, not the mean: the shift is a value of the data).  See MERGE_NOTE."""
         n = hi - lo
         zero = acc(0.0)
         a = acc(alpha)
@@ -170,9 +172,9 @@ def range_moments(x, lo, hi, algo, acc64):
     """(mean, m2) in float64 of the contiguous 1-D range ``x[lo:hi]`` with algorithm ``algo``."""
     if acc64:
         m, d, q = range_moments_acc64(x, x, 0.0, lo, hi, algo)
-        return np.float64(m + d), np.float64(q)
+        return np.float64(m) + np.float64(d), np.float64(q)
     m, d, q = range_moments_acc32(x, x, 0.0, lo, hi, algo)
-    return np.float64(m + d), np.float64(q)
+    return np.float64(m) + np.float64(d), np.float64(q)
 
 
 #: MERGE_NOTE: summaries that Chan's formula merges (a channel's runs or row chunks, a group's columns) carry their
@@ -207,7 +209,7 @@ def row_stats(x, r, alpha, lo, hi, rms, algo, acc64, fused):
             m, d, q = _fused_moments_acc64(x, r, alpha, lo, hi, algo)
         else:
             m, d, q = _fused_moments_acc32(x, r, alpha, lo, hi, algo)
-        return np.float64(m + d), np.float64(q)
+        return np.float64(m) + np.float64(d), np.float64(q)
     return range_moments(x, lo, hi, algo, acc64)
 
 
