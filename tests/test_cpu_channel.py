@@ -355,12 +355,22 @@ def test_channels_last_pipelined_or_not(rng, monkeypatch, two_threads_or_serial,
             np.testing.assert_array_equal(a, c)
 
 
+@numba.njit
+def _normalize_and_sum_plain(x, y, xn, K, tm, ts, th, tt, ss, ss2, folded):
+    """_normalize_and_sum with ordinary stores as a compile-time literal, as the kernels call it (a store kind
+    passed at run time from Python may be merged by LLVM into one store with the streaming store's alignment,
+    which faults on unaligned arrays: _stream._put)."""
+    _channel._normalize_and_sum(x, y, xn, K, tm, ts, th, tt, ss, ss2, False, folded)
+
+
+@pytest.mark.parametrize("folded", (0, 1))
 @pytest.mark.parametrize("gang", (1, 0))
 @pytest.mark.parametrize("C", (16, 20, 1024, 1500))  # K = TILE // C rows a tile: 64, 51, 1 and 1
-def test_tiled_loops_against_numpy(rng, C, gang):
+def test_tiled_loops_against_numpy(rng, C, gang, folded):
     """The channels-last forward's tiled loops alone, on blocks of fewer rows than a gang, exactly a gang, and a
     gang plus a tile plus one row: _tiled_sums' shifted column sums and sums of squares (summed over the tiles),
-    _normalize_rows_loop's y, and _normalize_and_sum doing both at once, against NumPy in float64."""
+    _normalize_rows_loop's y, and _normalize_and_sum doing both at once, against NumPy in float64; y also in the
+    folded form (FOLD_NOTE: x*sc + (sh - mc*sc))."""
     K = int(_channel._tile_rows(C, _channel.TILE))
     for R in (3, _channel.GANG * K - 1, _channel.GANG * K, _channel.GANG * K + K + 1):
         x = rng.standard_normal((R, C)).astype(np.float32)
@@ -374,12 +384,13 @@ def test_tiled_loops_against_numpy(rng, C, gang):
         np.testing.assert_allclose(ss.reshape(K, C).sum(0), d.sum(0), rtol=1e-12, atol=1e-12 * R)
         np.testing.assert_allclose(ss2.reshape(K, C).sum(0), (d * d).sum(0), rtol=1e-12)
         y_ref = ((x.astype(np.float64) - mc) * sc + sh).astype(np.float32)
+        shf = sh - mc * sc if folded else sh  # as _fold makes it
         y = np.full_like(x, np.nan)
-        _channel._normalize_rows_loop(x, y, 0, R, mc, sc, sh, False, gang)
+        _channel._normalize_rows(x, y, 0, R, mc, sc, shf, 0, gang, folded)
         np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=1e-6)
         y2 = np.full_like(x, np.nan)
-        tiled = [_channel._tiled(v, K) for v in (mc, sc, sh)]
-        _channel._normalize_and_sum(x, y2, xn, K, *tiled, tt, ss, ss2, False)
+        tiled = [_channel._tiled(v, K) for v in (mc, sc, shf)]
+        _normalize_and_sum_plain(x, y2, xn, K, *tiled, tt, ss, ss2, folded)
         np.testing.assert_array_equal(y2, y)
         np.testing.assert_allclose(ss.reshape(K, C).sum(0), d.sum(0), rtol=1e-12, atol=1e-12 * R)
         np.testing.assert_allclose(ss2.reshape(K, C).sum(0), (d * d).sum(0), rtol=1e-12)

@@ -38,7 +38,7 @@ def blocks(R):
 def normalise(R):
     x3, y3 = blocks(R)
     for b in range(x3.shape[0]):
-        ch._normalize_rows(x3[b], y3[b], 0, R, mc, sc, sh, True, int(ch.WIDE_L1D))
+        ch._normalize_rows(x3[b], y3[b], 0, R, mc, sc, sh, True, int(ch.WIDE_L1D), 1)
 
 
 def sums(R):
@@ -50,13 +50,13 @@ def sums(R):
 def one_pass(R):
     x3, y3 = blocks(R)
     for b in range(x3.shape[0]):
-        ch._normalize_and_sum(x3[b], y3[b], x3[b], K, tm, ts, th, tt, ss, ss2, True)
+        ch._normalize_and_sum(x3[b], y3[b], x3[b], K, tm, ts, th, tt, ss, ss2, True, 1)
 
 
 def pipelined(R):
     x3, y3 = blocks(R)
     for b in range(x3.shape[0] - 1):
-        ch._normalize_and_sum(x3[b], y3[b], x3[b + 1], K, tm, ts, th, tt, ss, ss2, True)
+        ch._normalize_and_sum(x3[b], y3[b], x3[b + 1], K, tm, ts, th, tt, ss, ss2, True, 1)
 
 
 R = 3136

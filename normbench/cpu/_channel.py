@@ -23,7 +23,8 @@ Some loop shapes were faster on one machine and slower on another (the Xeon they
 those choices are made per call from the cache sizes (WIDE_L1D, from_cache, FOURS in :mod:`._moments`).
 
 Outputs are computed in float64 from float64 statistics ((x - mean) * scale + shift, never a folded
-x*scale + shift in the storage dtype on training paths, which loses the offset-data accuracy).  Backward
+x*scale + shift in the storage dtype on training paths, which loses the offset-data accuracy; float32 data in the
+channels-last write sweeps take it folded in float64: FOLD_NOTE).  Backward
 reductions are float64 whatever ``accumulate`` says (``accumulate`` governs the statistics of the forward).
 Large outputs (y, dx) are written with streaming stores (:mod:`._stream`) where every run (channels-first: S
 values) or row (channels-last: ``cols`` values) starts on a 64-byte line, decided per call by :func:`_nt`; the
@@ -485,22 +486,28 @@ def _group_stats(cm, cq, rows, Cg, correction, eps, eps_code, gref, gmean, gm2, 
 
 
 @njit(**_SEQ)
-def _fold(gmean, grstd, Cg, w, b, mc, sc, sh):
-    """Per-column mean, scale and shift of ``y = (x - mean) * scale + shift``."""
+def _fold(gmean, grstd, gm2, Cg, w, b, mc, sc, sh, folded):
+    """Per-column mean, scale and shift of ``y = (x - mean) * scale + shift``; ``folded`` (float32 data): the
+    scale and shift of ``y = x * scale + shift`` instead (FOLD_NOTE)."""
     for c in range(mc.shape[0]):
         g = c // Cg
         mc[c] = gmean[g]
         sc[c] = grstd[g] * w[c]
         sh[c] = b[c]
+        if folded:
+            if gm2[g] == 0.0 and abs(sc[c]) < np.inf:  # a constant group: y = shift exactly (with an infinite
+                sc[c] = 0.0                                # rstd, eps = 0, 0*inf stays NaN as unfolded)
+            sh[c] = np.float64(b[c]) - gmean[g] * sc[c]
 
 
 @njit(**_SEQ)
-def _normalize_rows(x2, y2, r0, r1, mc, sc, sh, nt, gang):
-    """Rows r0:r1 of y, per-column coefficients; ``nt`` at run time (the literal dispatch is made here once)."""
+def _normalize_rows(x2, y2, r0, r1, mc, sc, sh, nt, gang, folded):
+    """Rows r0:r1 of y, per-column coefficients (``folded``: see :func:`_yt`); ``nt`` at run time (the literal
+    dispatch is made here once)."""
     if nt:
-        _normalize_rows_loop(x2, y2, r0, r1, mc, sc, sh, True, gang)
+        _normalize_rows_loop(x2, y2, r0, r1, mc, sc, sh, True, gang, folded)
     else:
-        _normalize_rows_loop(x2, y2, r0, r1, mc, sc, sh, False, gang)
+        _normalize_rows_loop(x2, y2, r0, r1, mc, sc, sh, False, gang, folded)
 
 
 #: values per tile of rows in the channels-last output loops: per-column coefficient vectors are repeated this
@@ -549,14 +556,29 @@ def _gang(a, o, m):
 
 
 @njit(inline="always", **_SEQ)
-def _put_y4(xs, ys, i, mean, scale, shift, nt):
+def _put_y4(xs, ys, i, tm, ts, th, nt, folded):
     """Position i of four tiles of y (views in ``ys``) from the same positions of ``xs``, one set of coefficients."""
     x0, x1, x2, x3 = xs
     y0, y1, y2, y3 = ys
-    _put(y0, i, _yv(x0[i], mean, scale, shift), nt)
-    _put(y1, i, _yv(x1[i], mean, scale, shift), nt)
-    _put(y2, i, _yv(x2[i], mean, scale, shift), nt)
-    _put(y3, i, _yv(x3[i], mean, scale, shift), nt)
+    _put(y0, i, _yt(x0[i], i, tm, ts, th, folded), nt)
+    _put(y1, i, _yt(x1[i], i, tm, ts, th, folded), nt)
+    _put(y2, i, _yt(x2[i], i, tm, ts, th, folded), nt)
+    _put(y3, i, _yt(x3[i], i, tm, ts, th, folded), nt)
+
+
+# FOLD_NOTE: float32 data take the folded ``y = x*scale + (shift - mean*scale)`` in the channels-last write sweeps,
+# as evaluation does (apply_affine): in float64 its error is about offset/spread * 4e-9 float32 units (0.004 at an
+# offset of 1e6 spreads), and it reads two tiled coefficient vectors a value instead of three: the EPYC's sweep over
+# group norm (8, 56, 56, 64) from cache, two threads, 174 -> 137 us.  Float64 data keep the subtraction (the folded
+# form loses log10(offset/spread) of their digits).  A constant group (m2 = 0) is folded to scale 0: its y is its
+# shift exactly, as in the unfolded form (x*scale - mean*scale, contracted into one multiply-add, left the product's
+# rounding error: 1e-13 where y is 0).
+@njit(inline="always", **_SEQ)
+def _yt(xv, i, tm, ts, th, folded):
+    """y of the value ``xv`` at tile position i: ``(x - tm)*ts + th``, or ``x*ts + th`` when ``folded``."""
+    if folded:
+        return xv * ts[i] + th[i]
+    return _yv(xv, tm[i], ts[i], th[i])
 
 
 @njit(inline="always", **_SEQ)
@@ -580,7 +602,7 @@ def _add_sums1(v, i, tt, ss, ss2):
 
 
 @njit(**_SEQ)
-def _normalize_rows_loop(x2, y2, r0, r1, mc, sc, sh, nt, gang):
+def _normalize_rows_loop(x2, y2, r0, r1, mc, sc, sh, nt, gang, folded):
     C = x2.shape[1]
     K = _tile_rows(C, TILE if gang else HALF_TILE)
     tm, ts, th = _tiled(mc, K), _tiled(sc, K), _tiled(sh, K)
@@ -592,18 +614,18 @@ def _normalize_rows_loop(x2, y2, r0, r1, mc, sc, sh, nt, gang):
     for r in range(0, g, GANG * K):  # 1-D views of K rows: 2-D indexing measured 10% slower writing to memory
         xs, ys = _gang(xf, r * C, m), _gang(yf, r * C, m)
         for i in range(0, m):
-            _put_y4(xs, ys, i, tm[i], ts[i], th[i], nt)
+            _put_y4(xs, ys, i, tm, ts, th, nt, folded)
     for r in range(g, n, K):
         mr = min(K, n - r) * C
         x = xf[r * C:r * C + mr]
         y = yf[r * C:r * C + mr]
         for i in range(0, mr):
-            _put(y, i, _yv(x[i], tm[i], ts[i], th[i]), nt)
+            _put(y, i, _yt(x[i], i, tm, ts, th, folded), nt)
 
 
 @njit(**_PAR)
 def cl_forward_fused(x3, y3, Cg, w, b, algo, acc64, fours, correction, eps, eps_code, gmean, gm2, grstd, write_y,
-                     nt, gang):
+                     nt, gang, folded):
     B, R, C = x3.shape
     for bb in prange(B):
         cm = np.empty(C)
@@ -616,8 +638,8 @@ def cl_forward_fused(x3, y3, Cg, w, b, algo, acc64, fours, correction, eps, eps_
         if write_y:
             sc = np.empty(C)
             sh = np.empty(C)
-            _fold(gmean[bb], grstd[bb], Cg, w, b, cm, sc, sh)
-            _normalize_rows(x3[bb], y3[bb], 0, R, cm, sc, sh, nt, gang)
+            _fold(gmean[bb], grstd[bb], gm2[bb], Cg, w, b, cm, sc, sh, folded)
+            _normalize_rows(x3[bb], y3[bb], 0, R, cm, sc, sh, nt, gang, folded)
 
 
 @njit(**_SEQ)
@@ -682,7 +704,7 @@ def _tiled_moments(tt, ss, ss2, R, cref, cm, cq):
 
 
 @njit(**_SEQ)
-def _normalize_and_sum(x2, y2, xn, K, tm, ts, th, tt, ss, ss2, nt):
+def _normalize_and_sum(x2, y2, xn, K, tm, ts, th, tt, ss, ss2, nt, folded):
     """One sweep over two blocks: y2 from x2 (its rows from cache, per-column coefficients tiled as in
     :func:`_normalize_rows_loop`) and :func:`_tiled_sums` of the next block ``xn`` (from memory)."""
     R, C = x2.shape
@@ -695,7 +717,7 @@ def _normalize_and_sum(x2, y2, xn, K, tm, ts, th, tt, ss, ss2, nt):
     for r in range(0, g, GANG * K):
         xs, ys, vs = _gang(xf, r * C, m), _gang(yf, r * C, m), _gang(nf, r * C, m)
         for i in range(0, m):
-            _put_y4(xs, ys, i, tm[i], ts[i], th[i], nt)
+            _put_y4(xs, ys, i, tm, ts, th, nt, folded)
             _add_sums4(vs, i, tt, ss, ss2)
     for r in range(g, R, K):
         mr = min(K, R - r) * C
@@ -703,12 +725,12 @@ def _normalize_and_sum(x2, y2, xn, K, tm, ts, th, tt, ss, ss2, nt):
         y = yf[r * C:r * C + mr]
         v = nf[r * C:r * C + mr]
         for i in range(0, mr):
-            _put(y, i, _yv(x[i], tm[i], ts[i], th[i]), nt)
+            _put(y, i, _yt(x[i], i, tm, ts, th, folded), nt)
             _add_sums1(v, i, tt, ss, ss2)
 
 
 @njit(**_PAR)
-def cl_forward_pipelined(x3, y3, Cg, w, b, correction, eps, eps_code, gmean, gm2, grstd, nt, T, wide):
+def cl_forward_pipelined(x3, y3, Cg, w, b, correction, eps, eps_code, gmean, gm2, grstd, nt, T, wide, folded):
     """:func:`cl_forward_fused` with the default statistics (shifted, float64 sums), each thread taking a run of
     blocks.  With ``wide`` (WIDE_L1D) software-pipelined as the channels-first and row kernels: the sweep that
     writes block bb (from cache) also sums block bb + 1 (from memory), so reads and writes are in flight together;
@@ -736,15 +758,15 @@ def cl_forward_pipelined(x3, y3, Cg, w, b, correction, eps, eps_code, gmean, gm2
             _group_refs(x3[bb], Cg, gref, cref)
             _tiled_moments(tt, ss, ss2, R, cref, cm, cq)
             _group_stats(cm, cq, R, Cg, correction, eps, eps_code, gref, gmean[bb], gm2[bb], grstd[bb])
-            _fold(gmean[bb], grstd[bb], Cg, w, b, cm, sc, sh)
+            _fold(gmean[bb], grstd[bb], gm2[bb], Cg, w, b, cm, sc, sh, folded)
             if bb + 1 == b1 or not wide:
-                _normalize_rows(x3[bb], y3[bb], 0, R, cm, sc, sh, nt, wide)
+                _normalize_rows(x3[bb], y3[bb], 0, R, cm, sc, sh, nt, wide, folded)
                 continue
             tm, ts, th = _tiled(cm, K), _tiled(sc, K), _tiled(sh, K)
             if nt:  # a literal each way (see the note above _yv)
-                _normalize_and_sum(x3[bb], y3[bb], x3[bb + 1], K, tm, ts, th, tt, ss, ss2, True)
+                _normalize_and_sum(x3[bb], y3[bb], x3[bb + 1], K, tm, ts, th, tt, ss, ss2, True, folded)
             else:
-                _normalize_and_sum(x3[bb], y3[bb], x3[bb + 1], K, tm, ts, th, tt, ss, ss2, False)
+                _normalize_and_sum(x3[bb], y3[bb], x3[bb + 1], K, tm, ts, th, tt, ss, ss2, False, folded)
 
 
 @njit(**_SEQ)
@@ -757,7 +779,7 @@ def _column_stats(x2, r0, r1, algo, acc64, fours, cref, cm, cq):
 
 @njit(**_PAR)
 def cl_forward_split(x3, y3, Cg, w, b, P, algo, acc64, fours, correction, eps, eps_code, gmean, gm2, grstd,
-                     write_y, nt, gang):
+                     write_y, nt, gang, folded):
     B, R, C = x3.shape
     pm = np.empty((B * P, C))
     pq = np.empty((B * P, C))
@@ -789,8 +811,8 @@ def cl_forward_split(x3, y3, Cg, w, b, P, algo, acc64, fours, correction, eps, e
             mc = np.empty(C)
             sc = np.empty(C)
             sh = np.empty(C)
-            _fold(gmean[bb], grstd[bb], Cg, w, b, mc, sc, sh)
-            _normalize_rows(x3[bb], y3[bb], p * R // P, (p + 1) * R // P, mc, sc, sh, nt, gang)
+            _fold(gmean[bb], grstd[bb], gm2[bb], Cg, w, b, mc, sc, sh, folded)
+            _normalize_rows(x3[bb], y3[bb], p * R // P, (p + 1) * R // P, mc, sc, sh, nt, gang, folded)
 
 
 # ROWS_NOTE: the backward's column sweeps (these sums, _column_sums_dx) take four rows per sweep (a quarter of the
@@ -1321,16 +1343,18 @@ def forward_stats(x, y, lay, weight, bias, opts, eps, write_y=True):
     G = lay.cols // lay.Cg
     mean, m2, rstd = np.empty((lay.B, G)), np.empty((lay.B, G)), np.empty((lay.B, G))
     gang = int(WIDE_L1D)
+    folded = int(x.dtype == np.float32)  # FOLD_NOTE
     if lay.B >= T and write_y and algo == SHIFTED and acc64:  # the defaults
-        _pick(cl_forward_pipelined, serial)(x3, y3, lay.Cg, w, b, corr, float(eps), ec, mean, m2, rstd, nt, T, gang)
+        _pick(cl_forward_pipelined, serial)(x3, y3, lay.Cg, w, b, corr, float(eps), ec, mean, m2, rstd, nt, T, gang,
+                                            folded)
         return mean, m2, rstd
     fours = int(from_cache(x.nbytes))
     if lay.B >= T:
         _pick(cl_forward_fused, serial)(x3, y3, lay.Cg, w, b, algo, acc64, fours, corr, float(eps), ec, mean, m2,
-                                        rstd, int(write_y), nt, gang)
+                                        rstd, int(write_y), nt, gang, folded)
     else:
         cl_forward_split(x3, y3, lay.Cg, w, b, _chunks(lay, T), algo, acc64, fours, corr, float(eps), ec, mean, m2,
-                         rstd, int(write_y), nt, gang)
+                         rstd, int(write_y), nt, gang, folded)
     return mean, m2, rstd
 
 
