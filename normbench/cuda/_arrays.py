@@ -151,8 +151,10 @@ def launch(kernels, name, grid, block, *args):
 # decide their types (a device array: dtype, ndim, C-contiguity; a scalar: its Python type), so the compiled
 # kernel is looked up by them once and launched directly afterwards: 1.2-1.5x less host time a call on the H100
 # host (2026-11-23, docs/gpu.md), results identical.  Any failure of the direct launch (another numba-cuda's
-# internals) turns it off for the process; the dispatcher then launches as before.
-_FAST = {"ok": DeviceNDArray is not None, "stream": None}
+# internals) turns it off for the process; the dispatcher then launches as before.  The default stream's object
+# is kept per context (as `scratch` and `dummy` key their arrays), for a process that switches between GPUs.
+_FAST = {"ok": DeviceNDArray is not None}
+_STREAMS: dict = {}
 _COMPILED: dict = {}
 
 
@@ -172,12 +174,14 @@ def _fast_launch(kernel, grid, block, args):
             _COMPILED[key] = compiled
         return
     try:
-        if _FAST["stream"] is None:
+        context = id(cuda.current_context())
+        stream = _STREAMS.get(context)
+        if stream is None:
             from numba.cuda.cudadrv import driver
 
-            _FAST["stream"] = driver._to_core_stream(0)
+            stream = _STREAMS[context] = driver._to_core_stream(0)
         g, b = normalize_kernel_dimensions(grid, block)
-        compiled.launch(args, g, b, _FAST["stream"], 0)
+        compiled.launch(args, g, b, stream, 0)
     except Exception:  # noqa: BLE001 - an internal API moved: launch as numba documents, from now on
         _FAST["ok"] = False
         kernel[grid, block](*args)
